@@ -1,0 +1,139 @@
+"""`vitserve export`: model -> deploy rewrite -> ONNX -> verification -> artifact directory.
+
+The artifact is assembled in a temporary directory beside the target and renamed into place only when the
+verification passed: a failed export never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vitserve.artifact import LABELS_NAME, MODEL_NAME, Manifest, TensorSpec, write_labels, write_manifest
+from vitserve.config import DEFAULT_ATOL, DEFAULT_MAX_BATCH, DEFAULT_OPSET
+from vitserve.errors import ExportError, VerificationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportOptions:
+    out: Path
+    max_batch: int = DEFAULT_MAX_BATCH
+    opset: int = DEFAULT_OPSET
+    rewrite: bool = True
+    atol: float = DEFAULT_ATOL
+    overwrite: bool = True
+
+
+def export_artifact(built, options: ExportOptions, progress: Callable[[str], None] = log.info) -> Manifest:
+    """Exports a BuiltModel (vitserve.models.build) to `options.out`; returns the manifest written there.
+
+    Raises VerificationError (artifact not written) when the export does not match the model.
+    """
+    from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, graph_stats
+    from vitserve.export.verify import verify_export
+    from vitserve.models.rewrite import deploy_copy
+
+    if options.max_batch < 1:
+        raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
+    out = Path(options.out)
+    if out.exists() and not (out / "vitserve.json").is_file() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not a vitserve artifact; choose another --out or empty it")
+    spec = built.spec
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if options.rewrite:
+            deploy, rewrite = deploy_copy(built.model)
+            progress(f"rewrite: {rewrite or 'none needed for this architecture'}")
+        else:
+            deploy, rewrite = built.model, None
+            progress("rewrite: skipped (--no-rewrite)")
+
+        started = time.perf_counter()
+        progress(f"exporting ONNX (opset {options.opset}, batch 1..{options.max_batch})")
+        export_onnx(deploy, spec.preprocess.input_size, tmp / MODEL_NAME, max_batch=options.max_batch,
+                    opset=options.opset)
+        stats = graph_stats(tmp / MODEL_NAME)
+        progress(f"  {stats['nodes']} nodes, {stats['file_bytes'] / 1e6:.1f} MB, {time.perf_counter() - started:.1f}s")
+
+        progress("verifying against PyTorch on random inputs and photographs")
+        try:
+            report = verify_export(tmp / MODEL_NAME, built.model, deploy, spec.preprocess, atol=options.atol,
+                                   max_batch=options.max_batch, opset=options.opset)
+        except VerificationError as e:
+            failed = out.parent / f"{out.name}.failed-verification.json"
+            failed.write_text(_json(e.report))
+            raise VerificationError(f"{e} Full report: {failed}", e.report) from e
+        progress(f"  max |diff| {report['max_abs_diff']:.2e} (atol {options.atol:g}), "
+                 f"top-1 agreement {report['top1_agreement']:.0%}, min cosine {report['min_cosine']:.6f}")
+
+        write_labels(tmp / LABELS_NAME, built.labels)
+        C, H, W = spec.preprocess.input_size
+        manifest = Manifest(
+            name=spec.name,
+            architecture=spec.timm_name,
+            family=type(built.model).__module__.rsplit(".", 1)[-1],
+            input=TensorSpec(INPUT_NAME, (-1, C, H, W)),
+            output=TensorSpec(OUTPUT_NAME, (-1, built.num_classes)),
+            max_batch=options.max_batch,
+            preprocess=spec.preprocess,
+            num_classes=built.num_classes,
+            rewrite=rewrite,
+            opset=options.opset,
+            weights={**built.weights, **({"timm_kwargs": _plain(spec.timm_kwargs)} if spec.timm_kwargs else {})},
+            graph=stats,
+            verification=report,
+            versions=_versions(),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        write_manifest(tmp, manifest)
+        _replace_dir(tmp, out)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Moves src to dst; an existing artifact at dst is swapped out first and removed after the move."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import timm
+    import torch
+
+    import vitserve
+
+    return {"vitserve": vitserve.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _json(data) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"

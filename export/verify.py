@@ -1,0 +1,208 @@
+"""Proof that an exported file answers like the PyTorch model it came from.
+
+Every export runs the ONNX file in onnxruntime on random tensors *and* on real photographs (scikit-image ships a
+few), preprocessed with the model's own timm eval transform, and compares with the original (un-rewritten) PyTorch
+model: max |logit difference|, lowest cosine similarity, top-1 agreement. Over tolerance, the export fails and the
+report names the first block whose output diverges, found by exporting the deploy model again with every block's
+output as an extra graph output.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitserve.artifact import Preprocess
+from vitserve.errors import VerificationError
+from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+
+log = logging.getLogger(__name__)
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field")
+RANDOM_BATCH = 3
+# Block outputs (`blocks.3`, `layers.1.blocks.0`, Twins' `blocks.2.1`, CaiT's `blocks_token_only.0`) are where
+# the first divergence is looked for.
+PROBE_PATTERN = re.compile(r"(^|\.)blocks[a-z_]*(\.\d+)+$")
+
+
+def sample_photos(preprocess: Preprocess) -> tuple[list[str], torch.Tensor]:
+    """scikit-image's bundled photographs through the model's timm eval transform: (names, N x C x H x W)."""
+    import skimage.data
+    from PIL import Image
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=preprocess.input_size,
+        interpolation=preprocess.interpolation,
+        mean=preprocess.mean,
+        std=preprocess.std,
+        crop_pct=preprocess.crop_pct,
+        crop_mode="center",
+        is_training=False,
+    )
+    images = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS]
+    return list(PHOTOS), torch.stack([transform(img) for img in images])
+
+
+def run_onnx(path: Path, x: np.ndarray, max_batch: int, output_index: int | None = 0) -> list[np.ndarray]:
+    """Runs an ONNX file on CPU in chunks of at most max_batch images; returns every output, concatenated."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    chunks = [session.run(None, {INPUT_NAME: x[i : i + max_batch]}) for i in range(0, len(x), max_batch)]
+    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+
+
+def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    out = got.reshape(len(got), -1).astype(np.float64)
+    diff = np.abs(ref - out)
+    cosine = (ref * out).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
+    return {
+        "batch": len(ref),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "min_cosine": float(cosine.min()),
+        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()),
+    }
+
+
+def verify_export(
+    onnx_path: Path,
+    reference: nn.Module,
+    deploy: nn.Module,
+    preprocess: Preprocess,
+    *,
+    atol: float,
+    max_batch: int,
+    opset: int,
+) -> dict[str, Any]:
+    """Compares the ONNX file with `reference`; returns the report, or raises VerificationError with it."""
+    import onnxruntime as ort
+
+    generator = torch.Generator().manual_seed(0)
+    random_x = torch.randn(RANDOM_BATCH, *preprocess.input_size, generator=generator)
+    photo_names, photo_x = sample_photos(preprocess)
+    inputs = {"random": random_x, "photos": photo_x, "single_photo": photo_x[:1]}
+    report: dict[str, Any] = {"atol": atol, "photos": photo_names, "onnxruntime": ort.__version__, "inputs": {}}
+    for name, x in inputs.items():
+        with torch.no_grad():
+            ref = reference(x).numpy()
+        (got,) = run_onnx(onnx_path, x.numpy(), max_batch)
+        report["inputs"][name] = compare(ref, got)
+    stats = report["inputs"].values()
+    report["max_abs_diff"] = max(s["max_abs_diff"] for s in stats)
+    report["min_cosine"] = min(s["min_cosine"] for s in stats)
+    report["top1_agreement"] = min(s["top1_agreement"] for s in stats)
+    report["passed"] = report["max_abs_diff"] <= atol
+    if report["passed"]:
+        return report
+    worst = max(inputs, key=lambda n: report["inputs"][n]["max_abs_diff"])
+    report["first_divergence"] = locate_divergence(reference, deploy, inputs[worst], atol=atol, opset=opset)
+    where = report["first_divergence"].get("summary", "no block-level divergence found")
+    raise VerificationError(
+        f"the exported model does not match the PyTorch model: max |logit difference| "
+        f"{report['max_abs_diff']:.3g} > atol {atol:g} (top-1 agreement {report['top1_agreement']:.1%}). {where}",
+        report,
+    )
+
+
+class _Probe(nn.Module):
+    """Runs a model and also returns every block's output (in timm's layout, via `probe_view` where defined)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = names
+        self._outputs: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        self._handles = [modules[n].register_forward_hook(partial(self._record, n)) for n in names]
+
+    def _record(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        output = output[0] if isinstance(output, tuple) else output
+        view = getattr(module, "probe_view", None)
+        self._outputs[name] = view(output) if view is not None else output
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._outputs = {}
+        logits = self.model(x)
+        return (logits, *[self._outputs[n] for n in self.names])
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def probe_names(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the block modules that run on `x`, in execution order."""
+    candidates = [n for n, m in model.named_modules() if PROBE_PATTERN.search(n) and _has_forward(m)]
+    fired: list[str] = []
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda *_, n=n: fired.append(n)) for n in candidates]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return list(dict.fromkeys(fired))
+
+
+def _has_forward(module: nn.Module) -> bool:
+    return not isinstance(module, (nn.ModuleList, nn.ModuleDict))
+
+
+def locate_divergence(
+    reference: nn.Module, deploy: nn.Module, x: torch.Tensor, *, atol: float, opset: int
+) -> dict[str, Any]:
+    """Block-by-block comparison of the reference, the PyTorch deploy form and its ONNX export on `x`.
+
+    A block diverges when max |difference| / max(1, max |reference|) exceeds atol. Returns every block's figures
+    and a one-line summary naming the first divergent block and whether the PyTorch deploy form already shows it
+    (a wrong rewrite) or only the ONNX file does (exporter or runtime).
+    """
+    names = [n for n in probe_names(reference, x) if n in dict(deploy.named_modules())]
+    if not names:
+        return {"summary": "the model has no block modules to compare"}
+    ref_probe, deploy_probe = _Probe(reference, names), _Probe(deploy, names)
+    try:
+        with torch.no_grad():
+            ref_outs = [t.numpy() for t in ref_probe(x)[1:]]
+            torch_outs = [t.numpy() for t in deploy_probe(x)[1:]]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "probe.onnx"
+            output_names = [OUTPUT_NAME] + [f"probe_{i}" for i in range(len(names))]
+            export_onnx(deploy_probe, tuple(x.shape[1:]), path, max_batch=len(x), opset=opset, output_names=output_names)
+            onnx_outs = run_onnx(path, x.numpy(), max_batch=len(x))[1:]
+    finally:
+        ref_probe.remove()
+        deploy_probe.remove()
+    blocks = []
+    first = None
+    for name, ref, t, o in zip(names, ref_outs, torch_outs, onnx_outs):
+        scale = max(1.0, float(np.abs(ref).max()))
+        torch_err = float(np.abs(ref - t).max()) / scale
+        onnx_err = float(np.abs(ref - o).max()) / scale
+        blocks.append({"block": name, "torch_rel_diff": torch_err, "onnx_rel_diff": onnx_err})
+        if first is None and max(torch_err, onnx_err) > atol:
+            first = blocks[-1]
+    result: dict[str, Any] = {"blocks": blocks}
+    if first is None:
+        result["summary"] = "every block output is within tolerance; the divergence is after the last block (head)"
+    else:
+        culprit = "already in the PyTorch deploy form (the rewrite)" if first["torch_rel_diff"] > atol else \
+            "only in the ONNX graph (exporter or onnxruntime)"
+        result["first_block"] = first["block"]
+        result["summary"] = (
+            f"First divergent block: {first['block']} (relative difference {max(first['torch_rel_diff'], first['onnx_rel_diff']):.3g}), "  # noqa: E501
+            f"{culprit}."
+        )
+    return result

@@ -1,0 +1,183 @@
+"""Reading checkpoints and fitting them to an architecture, with errors that say what to pass instead."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from vitserve.config import hub_connect_timeout
+from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavailableError
+
+# Keys under which training scripts (timm's train.py, DeiT, Swin's original repo, Lightning-style loops) nest the
+# weights. EMA weights come first: when a checkpoint carries both, they are the ones its authors evaluate.
+WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+SHOWN_KEYS = 8
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors / .pth / .pt checkpoint, unwrapped. Never runs pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix not in SUFFIXES:
+        raise WeightsError(f"weights file {path} has an unknown extension; use one of {', '.join(SUFFIXES)}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"cannot read {path} as safetensors ({e}); is the file complete?") from e
+    return _unwrap(_torch_load(path), path)
+
+
+def _torch_load(path: Path) -> object:
+    # weights_only=True refuses arbitrary pickled objects; argparse.Namespace is allowed because timm's train.py
+    # stores its arguments in every checkpoint, and rebuilding a Namespace runs no code of the file's choosing.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise WeightsError(
+                f"{path} holds Python objects besides tensors, and vitserve does not run pickled code. "
+                "Save only the weights (torch.save(model.state_dict(), 'weights.pth')) or convert them to "
+                f".safetensors. Detail: {str(e).splitlines()[0]}"
+            ) from e
+        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e}); "
+                           "is the file complete?") from e
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict) and not _is_state_dict(obj):
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict) and obj[k]), None)
+        if key is None:
+            raise WeightsError(
+                f"{path} is a dict without tensors at its top level or under any of {', '.join(WRAPPER_KEYS)} "
+                f"(its keys: {', '.join(map(str, list(obj)[:SHOWN_KEYS]))})"
+            )
+        obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    # DataParallel / DistributedDataParallel save every key under "module."
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
+
+
+def _is_state_dict(d: dict) -> bool:
+    return bool(d) and sum(isinstance(v, torch.Tensor) for v in d.values()) >= len(d) / 2
+
+
+def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Loads `state_dict` into `model` strictly; on any mismatch, raises an error naming keys and the fix."""
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        # timm's per-family converter: maps the original repos' key layouts (Swin, DeiT, ...) to timm's and
+        # leaves timm-format dicts as they are. A dict it cannot handle is compared as given.
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except Exception:  # noqa: BLE001 - any failure just means "not that layout"
+            pass
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(expected[k].shape))
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        model.load_state_dict(state_dict, strict=True)
+        return
+    lines = [f"the checkpoint {source} does not fit {model.__class__.__name__}:"]
+    if mismatched:
+        lines.append(f"  {len(mismatched)} tensors have another shape: " + ", ".join(
+            f"{k} {got} (model expects {want})" for k, got, want in mismatched[:SHOWN_KEYS]))
+    if missing:
+        lines.append(f"  {len(missing)} missing keys: {_some(missing)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected keys: {_some(unexpected)}")
+    head_classes = _checkpoint_num_classes(model, state_dict)
+    if head_classes is not None and head_classes != _model_num_classes(model):
+        lines.append(f"The checkpoint's classifier has {head_classes} classes: pass --num-classes {head_classes} "
+                     "(and --labels FILE with one class name per line).")
+    else:
+        lines.append("Check that the model name matches the architecture the checkpoint was trained with.")
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def _some(keys: list[str]) -> str:
+    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(keys[:SHOWN_KEYS]) + more
+
+
+def _classifier_keys(model: nn.Module) -> list[str]:
+    names = model.pretrained_cfg.get("classifier", "head") if hasattr(model, "pretrained_cfg") else "head"
+    return [f"{n}.weight" for n in ([names] if isinstance(names, str) else names)]
+
+
+def _checkpoint_num_classes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int | None:
+    for key in _classifier_keys(model):
+        if key in state_dict and state_dict[key].ndim == 2:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def _model_num_classes(model: nn.Module) -> int | None:
+    return getattr(model, "num_classes", None)
+
+
+# ---- pretrained weights from the model hub ------------------------------------------------------------------
+
+
+def hub_reachable() -> bool:
+    """True when a TCP connection to the Hugging Face hub (or HF_ENDPOINT) opens within the timeout."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=hub_connect_timeout()):
+            return True
+    except OSError:
+        return False
+
+
+def cached_pretrained_file(hub_id: str) -> Path | None:
+    """The hub checkpoint of `hub_id` when it is already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def offline_error(hub_name: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"cannot get pretrained weights for {hub_name}: the model hub is not reachable from this machine and "
+        "the weights are not in the local cache.\n"
+        "  - export your own checkpoint:      --weights FILE (.safetensors, .pth or .pt)\n"
+        "  - try the pipeline without weights: --random-init (the model will classify at random)\n"
+        "  - or run `vitserve export swin_digits`, the small model that ships with vitserve."
+    )

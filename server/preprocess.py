@@ -1,0 +1,58 @@
+"""Image decoding and the eval transform, in PIL + numpy (the server installs without torch).
+
+The transform reproduces timm's eval transform (crop_mode 'center') step for step: torchvision's Resize of the
+shorter side to floor(size / crop_pct) on the PIL image, CenterCrop with torchvision's rounding, ToTensor's /255
+and Normalize, all in float32. tests/server/test_preprocess.py checks it against timm on real photographs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from vitserve.artifact import Preprocess
+
+INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded bytes -> upright RGB PIL image (EXIF orientation applied, 16-bit scaled to 8-bit)."""
+    image = Image.open(io.BytesIO(data))
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: PIL's RGB conversion would clip at 255; scale to 8 bits instead
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype(np.uint8))
+    return image.convert("RGB")
+
+
+def transform(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
+    """RGB PIL image -> float32 array (3, H, W), normalized like timm's eval transform."""
+    _, height, width = preprocess.input_size
+    if height != width:
+        raise ValueError(f"only square model inputs are supported, got {height}x{width}")
+    scale = math.floor(height / preprocess.crop_pct)
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = scale, int(scale * long / short)
+    size = (new_short, new_long) if w <= h else (new_long, new_short)
+    if size != (w, h):
+        image = image.resize(size, INTERPOLATION[preprocess.interpolation])
+    w, h = image.size
+    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+    image = image.crop((left, top, left + width, top + height))
+    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+    mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(preprocess.std, dtype=np.float32).reshape(3, 1, 1)
+    return (array - mean) / std

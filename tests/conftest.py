@@ -1,0 +1,33 @@
+"""Shared fixtures. Everything runs offline: random-init or the bundled swin_digits weights, never the hub."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# A port nothing listens on: the hub is "unreachable" at once, on any machine, without waiting for DNS.
+OFFLINE_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "VITSERVE_HUB_TIMEOUT": "1"}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m vitserve ARGS` in a fresh process; returns the completed process (never raises)."""
+    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vitserve", *args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def digits_artifact(tmp_path_factory) -> Path:
+    """swin_digits exported once (with the rewrite) for every test that needs an artifact."""
+    from vitserve.export.pipeline import ExportOptions, export_artifact
+    from vitserve.models.build import build_model
+    from vitserve.models.registry import SPECS
+
+    out = tmp_path_factory.mktemp("artifacts") / "swin_digits"
+    export_artifact(build_model(SPECS["swin_digits"]), ExportOptions(out=out, max_batch=64), progress=lambda m: None)
+    return out

@@ -1,0 +1,113 @@
+"""Checkpoint reading and fitting: formats, wrappers, refusals, and errors that say what to pass."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavailableError
+from vitserve.models.build import build_model
+from vitserve.models.registry import DIGITS_TIMM_KWARGS, SPECS, resolve
+from vitserve.models.weights import fit_state_dict, read_state_dict
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    torch.manual_seed(1)
+    model = timm.create_model("swin_tiny_patch4_window7_224", **DIGITS_TIMM_KWARGS)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: sd,
+    lambda sd: {"state_dict": sd, "epoch": 3, "args": argparse.Namespace(lr=0.1)},  # timm train.py checkpoint
+    lambda sd: {"model": sd, "optimizer": {}},
+    lambda sd: {"state_dict": {k: torch.zeros_like(v) for k, v in sd.items()}, "state_dict_ema": sd},
+    lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DistributedDataParallel
+], ids=["plain", "timm-train", "model", "ema-preferred", "ddp-prefix"])
+def test_pth_wrappers(tmp_path, state_dict, wrap):
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap(state_dict), path)
+    assert _same(read_state_dict(path), state_dict)
+
+
+def test_safetensors_and_build(tmp_path, state_dict):
+    path = tmp_path / "w.safetensors"
+    save_file(state_dict, str(path))
+    built = build_model(SPECS["swin_digits"], weights=path)
+    assert _same(built.model.state_dict(), state_dict)
+    assert built.weights["source"] == "file" and len(built.weights["sha256"]) == 64
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": Evil()}, path)
+    with pytest.raises(WeightsError, match="does not run pickled code"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_corrupt_file(tmp_path, suffix):
+    path = tmp_path / f"broken{suffix}"
+    path.write_bytes(b"\x80\x02this is not a checkpoint" * 10)
+    with pytest.raises(WeightsError, match="cannot read"):
+        read_state_dict(path)
+
+
+def test_missing_file_and_bad_extension(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.pth")
+    (tmp_path / "w.txt").write_text("x")
+    with pytest.raises(WeightsError, match="unknown extension"):
+        read_state_dict(tmp_path / "w.txt")
+
+
+def test_head_size_mismatch_suggests_num_classes(state_dict):
+    model = timm.create_model("swin_tiny_patch4_window7_224", **dict(DIGITS_TIMM_KWARGS, num_classes=7))
+    with pytest.raises(CheckpointMismatchError, match="--num-classes 10") as e:
+        fit_state_dict(model, state_dict, "ckpt.pth")
+    assert "head.fc.weight (10, 192)" in str(e.value)
+
+
+def test_missing_and_unexpected_keys_are_named(state_dict):
+    model = timm.create_model("swin_tiny_patch4_window7_224", **DIGITS_TIMM_KWARGS)
+    broken = dict(state_dict)
+    del broken["layers.0.blocks.0.norm1.weight"]
+    broken["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError) as e:
+        fit_state_dict(model, broken, "ckpt.pth")
+    assert "layers.0.blocks.0.norm1.weight" in str(e.value) and "extra.weight" in str(e.value)
+
+
+def test_wrong_architecture(state_dict):
+    model = timm.create_model("deit_tiny_patch16_224", num_classes=10)
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        fit_state_dict(model, state_dict, "ckpt.pth")
+
+
+def test_offline_pretrained_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("vitserve.models.weights.hub_reachable", lambda: False)
+    monkeypatch.setattr("vitserve.models.weights.cached_pretrained_file", lambda hub_id: None)
+    with pytest.raises(WeightsUnavailableError, match="--weights FILE.*\n.*--random-init"):
+        build_model(resolve("deit_t"))
+
+
+def test_hub_probe_fails_fast_when_unreachable(monkeypatch):
+    import huggingface_hub.constants
+
+    from vitserve.models.weights import hub_reachable
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    assert hub_reachable() is False

@@ -1,0 +1,112 @@
+"""The `vitserve` command as a user runs it: a fresh process, exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_cli
+
+
+def _fails_cleanly(result, *fragments: str, code: int = 1) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_models_lists_aliases():
+    result = run_cli("models")
+    assert result.returncode == 0
+    for alias in ("swin_t", "vit_b_16", "swinv2_t", "cait_xxs24", "swin_digits"):
+        assert alias in result.stdout
+    listed = json.loads(run_cli("models", "--json").stdout)
+    assert {m["name"] for m in listed} >= {"swin_t", "deit_s_distilled"}
+
+
+def test_unknown_model_suggests():
+    _fails_cleanly(run_cli("export", "swin_tt"), "unknown model 'swin_tt'", "Did you mean: swin_t")
+
+
+def test_offline_pretrained_names_the_options(tmp_path):
+    result = run_cli("export", "deit_t", "--out", str(tmp_path / "a"), env={"HF_HOME": str(tmp_path / "hf")})
+    _fails_cleanly(result, "model hub is not reachable", "--weights FILE", "--random-init")
+    assert not (tmp_path / "a").exists()
+
+
+def test_weights_and_random_init_are_exclusive():
+    _fails_cleanly(run_cli("export", "swin_t", "--weights", "x.pth", "--random-init"), "not allowed with", code=2)
+
+
+def test_missing_and_corrupt_weights(tmp_path):
+    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(tmp_path / "none.pth")), "does not exist")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage" * 100)
+    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(bad)), "cannot read", "is the file complete")
+
+
+def test_checkpoint_for_other_head_size(tmp_path):
+    from vitserve.models.build import build_model
+    from vitserve.models.registry import SPECS
+
+    ckpt = tmp_path / "ft.pth"
+    model = build_model(SPECS["swin_digits"], random_init=True, num_classes=4).model
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(ckpt)), "--num-classes 4", "head.fc.weight")
+
+
+def test_fine_tuned_checkpoint_with_labels(tmp_path):
+    from vitserve.models.build import build_model
+    from vitserve.models.registry import SPECS
+
+    ckpt = tmp_path / "ft.pth"
+    torch.save(build_model(SPECS["swin_digits"], random_init=True, num_classes=3).model.state_dict(), ckpt)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    out = tmp_path / "ft"
+    result = run_cli("export", "swin_digits", "--weights", str(ckpt), "--labels", str(labels), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "vitserve.json").read_text())
+    assert manifest["num_classes"] == 3 and manifest["weights"]["source"] == "file"
+    assert (out / "labels.txt").read_text() == "cat\ndog\nbird\n"
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("a\nb\n")
+    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(ckpt), "--labels", str(wrong), "--num-classes",
+                           "3"), "has 2 labels but the model has 3 classes")
+
+
+def test_out_dir_that_is_not_an_artifact(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    _fails_cleanly(run_cli("export", "swin_digits", "--out", str(tmp_path)), "is not a vitserve artifact")
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_export_then_classify_examples(tmp_path):
+    out = tmp_path / "swin_digits"
+    result = run_cli("export", "swin_digits", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "verifying" in result.stderr and "wrote" in result.stdout
+    examples = sorted((ROOT / "examples").glob("digit_*.png"))
+    assert examples
+    result = run_cli("classify", str(out), *map(str, examples), "--top-k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)["results"]
+    for path, answer in zip(examples, answers):
+        expected = path.stem.split("_")[1]
+        assert answer["top_k"][0]["label"] == expected, (path.name, answer)
+        assert len(answer["top_k"]) == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["classify", "/nonexistent/dir", "x.png"], "is not a directory"),
+])
+def test_classify_errors(args, message):
+    _fails_cleanly(run_cli(*args), message)
+
+
+def test_classify_rejects_non_image(tmp_path, digits_artifact):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    _fails_cleanly(run_cli("classify", str(digits_artifact), str(junk)), "cannot read image")

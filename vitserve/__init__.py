@@ -1,0 +1,3 @@
+"""vitserve: export, verify and serve Vision Transformer image classifiers."""
+
+__version__ = "0.1.0"

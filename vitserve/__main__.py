@@ -1,0 +1,3 @@
+from vitserve.cli import main
+
+raise SystemExit(main())

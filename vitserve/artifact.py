@@ -1,0 +1,148 @@
+"""The artifact: what `vitserve export` writes and `vitserve serve` reads.
+
+An artifact is a directory::
+
+    model.onnx      the graph, batch dimension dynamic (1..max_batch)
+    labels.txt      one class name per line, line i = class index i
+    vitserve.json   the manifest below
+
+Only the standard library is used here: the server reads manifests without torch or onnx.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitserve.errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "vitserve.json"
+MODEL_NAME = "model.onnx"
+LABELS_NAME = "labels.txt"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The eval transform a model was trained with (timm's eval transform, crop_mode 'center').
+
+    Resize the shorter side to floor(size / crop_pct) with `interpolation`, center-crop to `input_size`,
+    scale to [0, 1], normalize with `mean` / `std`; channels first, RGB.
+    """
+
+    input_size: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float = 0.9
+    interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            input_size=tuple(d["input_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            crop_pct=float(d["crop_pct"]),
+            interpolation=str(d["interpolation"]),
+        )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. A -1 in `shape` is the dynamic batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass
+class Manifest:
+    """vitserve.json. Written once by the exporter; the server trusts nothing else about the model."""
+
+    name: str
+    architecture: str
+    family: str
+    input: TensorSpec
+    output: TensorSpec
+    max_batch: int
+    preprocess: Preprocess
+    num_classes: int
+    labels_file: str = LABELS_NAME
+    model_file: str = MODEL_NAME
+    rewrite: str | None = None
+    opset: int | None = None
+    weights: dict[str, Any] = field(default_factory=dict)
+    graph: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        d["input"]["shape"] = list(self.input.shape)
+        d["output"]["shape"] = list(self.output.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"artifact format_version {version!r} is not supported (this vitserve reads {FORMAT_VERSION}); "
+                "re-export the model with this version of vitserve"
+            )
+        try:
+            fields = dict(d)
+            fields["input"] = TensorSpec(d["input"]["name"], tuple(d["input"]["shape"]), d["input"]["dtype"])
+            fields["output"] = TensorSpec(d["output"]["name"], tuple(d["output"]["shape"]), d["output"]["dtype"])
+            fields["preprocess"] = Preprocess.from_dict(d["preprocess"])
+            return cls(**fields)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"manifest is malformed ({type(e).__name__}: {e}); re-export the model") from e
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    path = Path(directory) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Reads and checks an artifact directory's manifest; raises ArtifactError saying what is wrong."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is not a directory; pass the folder `vitserve export` wrote")
+    if not path.is_file():
+        raise ArtifactError(f"{directory} has no {MANIFEST_NAME}; is it an artifact written by `vitserve export`?")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} does not hold a JSON object")
+    manifest = Manifest.from_dict(data)
+    if not (directory / manifest.model_file).is_file():
+        raise ArtifactError(f"{directory} has no {manifest.model_file}; the artifact is incomplete, re-export it")
+    return manifest
+
+
+def write_labels(path: Path, labels: list[str]) -> None:
+    path.write_text("".join(label.replace("\n", " ") + "\n" for label in labels))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """One label per line; trailing blank lines are ignored, blank lines inside are kept as empty labels."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    while lines and lines[-1].strip() == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]

@@ -1,0 +1,162 @@
+"""The `vitserve` command. Heavy libraries are imported inside each command, so `vitserve --help` stays instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vitserve import __version__
+from vitserve.config import DEFAULT_ARTIFACTS_DIR, DEFAULT_ATOL, DEFAULT_MAX_BATCH, DEFAULT_OPSET
+from vitserve.errors import VitServeError
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def models_markdown() -> str:
+    """The supported-models table of README.md (a test keeps the two equal)."""
+    from vitserve.models.registry import list_specs
+
+    rows = ["| alias | timm architecture | weights tag | input | crop_pct | mean / std | description |",
+            "|---|---|---|---|---|---|---|"]
+    for s in list_specs():
+        p = s.preprocess
+        norm = "imagenet" if p.mean == (0.485, 0.456, 0.406) else f"{p.mean[0]} / {p.std[0]}"
+        rows.append(f"| `{s.name}` | `{s.timm_name}` | {s.pretrained_tag or 'bundled'} | {p.input_size[1]} | "
+                    f"{p.crop_pct} | {norm} | {s.description} |")
+    return "\n".join(rows)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from vitserve.models.registry import list_specs
+
+    specs = list_specs()
+    if args.markdown:
+        print(models_markdown())
+        return 0
+    if args.json:
+        print(json.dumps([{"name": s.name, "timm_name": s.timm_name, "pretrained_tag": s.pretrained_tag,
+                           "num_classes": s.num_classes, "preprocess": s.preprocess.to_dict(),
+                           "description": s.description} for s in specs], indent=2))
+        return 0
+    print(f"{'name':<18} {'timm architecture':<34} {'input':<8} description")
+    for s in specs:
+        print(f"{s.name:<18} {s.timm_name:<34} {s.preprocess.input_size[1]:<8} {s.description}")
+    print("\nAny timm architecture name is accepted as well (e.g. swin_base_patch4_window12_384).")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vitserve.models.registry import resolve
+
+    spec = resolve(args.model)  # unknown names fail before torch is imported
+    from vitserve.export.pipeline import ExportOptions, export_artifact
+    from vitserve.models.build import build_model
+
+    out = Path(args.out) if args.out else Path(DEFAULT_ARTIFACTS_DIR) / spec.name.replace("/", "_")
+    _progress(f"building {spec.name} ({spec.timm_name})")
+    built = build_model(spec, weights=args.weights, random_init=args.random_init, num_classes=args.num_classes,
+                        labels_file=args.labels)
+    _progress(f"  weights: {built.weights['source']}" + (f" ({built.weights['path']})" if "path" in built.weights
+                                                          else ""))
+    options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
+                            atol=args.atol)
+    manifest = export_artifact(built, options, progress=_progress)
+    print(f"wrote {out} ({manifest.graph['nodes']} ONNX nodes, verified: max |diff| "
+          f"{manifest.verification['max_abs_diff']:.1e}, top-1 agreement {manifest.verification['top1_agreement']:.0%})")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vitserve.artifact import read_labels
+    from vitserve.server.backends import OnnxRuntimeBackend, softmax, top_k
+    from vitserve.server.preprocess import decode_image, transform
+
+    backend = OnnxRuntimeBackend(args.artifact)
+    manifest = backend.manifest
+    labels = read_labels(Path(args.artifact) / manifest.labels_file)
+    batch = []
+    for path in args.images:
+        try:
+            data = Path(path).read_bytes()
+            batch.append(transform(decode_image(data), manifest.preprocess))
+        except OSError as e:  # PIL raises UnidentifiedImageError (an OSError) for non-images
+            raise VitServeError(f"cannot read image {path}: {e}") from e
+    results = []
+    for start in range(0, len(batch), manifest.max_batch):
+        probs = softmax(backend(np.stack(batch[start:start + manifest.max_batch])))
+        results.extend(top_k(probs, labels, args.top_k))
+    if args.json:
+        print(json.dumps({"model": manifest.name, "results": [
+            {"image": str(p), "top_k": r} for p, r in zip(args.images, results)]}, indent=2))
+        return 0
+    for path, classes in zip(args.images, results):
+        print(f"{path}:")
+        for c in classes:
+            print(f"  {c['score']:7.2%}  {c['label']} ({c['index']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitserve",
+        description="Export, verify and serve Vision Transformer image classifiers.",
+    )
+    parser.add_argument("--version", action="version", version=f"vitserve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details from the libraries")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model aliases and their preprocessing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--markdown", action="store_true", help="print the README's table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "export",
+        help="export a model to a verified ONNX artifact",
+        description="Build MODEL, rewrite it into its export-friendly form, write ONNX and prove that the ONNX "
+        "file gives the same answers as the PyTorch model (random inputs and real photographs).",
+    )
+    p.add_argument("model", help="alias from `vitserve models` or any timm architecture name")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--weights", metavar="FILE", help="checkpoint: .safetensors, .pth or .pt state dict "
+                         "(also nested under state_dict / model / state_dict_ema)")
+    weights.add_argument("--random-init", action="store_true", help="random weights (testing the pipeline only)")
+    p.add_argument("--num-classes", type=int, metavar="N", help="classifier size of a fine-tuned checkpoint")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (fine-tuned models)")
+    p.add_argument("--out", metavar="DIR", help=f"artifact directory (default {DEFAULT_ARTIFACTS_DIR}/MODEL)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+                   help=f"largest batch the graph accepts (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--no-rewrite", action="store_true", help="export timm's original graph (for comparison)")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                   help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("classify", help="classify image files with an artifact (onnxruntime, no server)")
+    p.add_argument("artifact", help="artifact directory written by `vitserve export`")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_classify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except VitServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
