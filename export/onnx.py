@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -67,7 +68,8 @@ def export_onnx(
             )
             program.save(str(path), external_data=False)
     except Exception as e:  # the exporter raises many types; the user needs the message, not the type
-        raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {e}") from e
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+        raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {' '.join(message[:3])}") from e
 
 
 def graph_stats(path: Path) -> dict[str, Any]:

@@ -50,11 +50,10 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        deploy, rewrite = deploy_copy(built.model, rewrite=options.rewrite)
         if options.rewrite:
-            deploy, rewrite = deploy_copy(built.model)
-            progress(f"rewrite: {rewrite or 'none needed for this architecture'}")
+            progress(f"rewrite: {rewrite or 'none for this architecture'}")
         else:
-            deploy, rewrite = built.model, None
             progress("rewrite: skipped (--no-rewrite)")
 
         started = time.perf_counter()

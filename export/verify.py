@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 from vitserve.artifact import Preprocess
 from vitserve.errors import VerificationError
-from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,8 @@ def locate_divergence(
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "probe.onnx"
             output_names = [OUTPUT_NAME] + [f"probe_{i}" for i in range(len(names))]
-            export_onnx(deploy_probe, tuple(x.shape[1:]), path, max_batch=len(x), opset=opset, output_names=output_names)
+            export_onnx(deploy_probe, tuple(x.shape[1:]), path, max_batch=len(x), opset=opset,
+                        output_names=output_names)
             onnx_outs = run_onnx(path, x.numpy(), max_batch=len(x))[1:]
     finally:
         ref_probe.remove()

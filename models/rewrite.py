@@ -1,11 +1,10 @@
-"""Deploy rewrites: which families have one, and applying it to a copy of a model."""
+"""Deploy rewrites: which families have one, and preparing a copy of a model for export."""
 
 from __future__ import annotations
 
 import copy
 
 from torch import nn
-
 from vitserve.models import swin, swinv2
 
 # timm module of the model class -> (rewrite name, function that rewrites a model in place)
@@ -15,19 +14,32 @@ REWRITES = {
 }
 
 
-def rewrite_name_for(model: nn.Module) -> str | None:
-    entry = REWRITES.get(type(model).__module__)
-    return entry[0] if entry else None
+def explicit_attention(model: nn.Module) -> int:
+    """Switches timm attention modules to their explicit path (q @ k^T, softmax, @ v); returns how many.
+
+    timm calls F.scaled_dot_product_attention where it can. ONNX opset 18 has no attention op, so the exporter
+    spells SDPA out in the same primitive ops anyway, but its SDPA translation takes 4-D tensors only and Twins'
+    locally grouped attention passes 5-D ones. timm's explicit path is the same mathematics and exports everywhere.
+    """
+    count = 0
+    for module in model.modules():
+        if getattr(module, "fused_attn", False):
+            module.fused_attn = False
+            count += 1
+    return count
 
 
-def deploy_copy(model: nn.Module) -> tuple[nn.Module, str | None]:
-    """A copy of `model` in its export-friendly form, and the rewrite's name (None: the copy is unchanged).
+def deploy_copy(model: nn.Module, rewrite: bool = True) -> tuple[nn.Module, str | None]:
+    """A copy of `model` prepared for export, and the name of the rewrite applied (None: no rewrite).
 
-    The original model is never modified: it stays the reference the export is verified against.
+    The copy always uses explicit attention; with `rewrite`, families listed in REWRITES also get their
+    export-friendly form. The original model is never modified: it stays the reference the export is
+    verified against.
     """
     deploy = copy.deepcopy(model).eval()
+    explicit_attention(deploy)
     entry = REWRITES.get(type(model).__module__)
-    if entry is None:
+    if not rewrite or entry is None:
         return deploy, None
-    name, rewrite = entry
-    return deploy, (name if rewrite(deploy) else None)
+    name, apply = entry
+    return deploy, (name if apply(deploy) else None)

@@ -6,7 +6,6 @@ import copy
 
 import torch
 from torch import nn
-
 from vitserve.models.windows import (
     WindowOrderAttention,
     WindowOrderBlock,

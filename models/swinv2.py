@@ -12,7 +12,6 @@ import math
 
 import torch
 from torch import nn
-
 from vitserve.models.windows import (
     WindowOrderAttention,
     WindowOrderBlock,

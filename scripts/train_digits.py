@@ -14,14 +14,12 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.data import create_transform
 from torchvision.transforms import v2
-
 from vitserve.models.digits import load_split
 from vitserve.models.registry import SPECS
 
@@ -73,7 +71,8 @@ def main() -> None:
             optimizer.step()
             schedule.step()
         if epoch % 5 == 4 or epoch == args.epochs - 1:
-            print(f"epoch {epoch + 1:3d}  loss {loss.item():.3f}  held-out accuracy {evaluate(model, x_test, y_test):.2%}"
+            accuracy = evaluate(model, x_test, y_test)
+            print(f"epoch {epoch + 1:3d}  loss {loss.item():.3f}  held-out accuracy {accuracy:.2%}"
                   f"  ({time.perf_counter() - started:.0f}s)", flush=True)
     accuracy = evaluate(model, x_test, y_test)
     if accuracy < args.min_accuracy:

@@ -66,8 +66,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
                             atol=args.atol)
     manifest = export_artifact(built, options, progress=_progress)
-    print(f"wrote {out} ({manifest.graph['nodes']} ONNX nodes, verified: max |diff| "
-          f"{manifest.verification['max_abs_diff']:.1e}, top-1 agreement {manifest.verification['top1_agreement']:.0%})")
+    report = manifest.verification
+    print(f"wrote {out} ({manifest.graph['nodes']} ONNX nodes, verified: max |diff| {report['max_abs_diff']:.1e}, "
+          f"top-1 agreement {report['top1_agreement']:.0%})")
     return 0
 
 
