@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import timm
 import torch
+
 from vitserve.export.onnx import INPUT_NAME, export_onnx, graph_stats
 from vitserve.models.build import build_model
 from vitserve.models.registry import resolve

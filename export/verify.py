@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 from vitserve.artifact import Preprocess
 from vitserve.errors import VerificationError
+from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from vitserve.models import weights as w
-from vitserve.models.registry import IMAGENET_LABELS, ModelSpec
 
 from vitserve.artifact import read_labels
 from vitserve.errors import LabelsError, WeightsUnavailableError
+from vitserve.models import weights as w
+from vitserve.models.registry import IMAGENET_LABELS, ModelSpec
 
 log = logging.getLogger(__name__)
 

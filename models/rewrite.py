@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from torch import nn
+
 from vitserve.models import swin, swinv2
 
 # timm module of the model class -> (rewrite name, function that rewrites a model in place)

@@ -12,14 +12,8 @@ import math
 
 import torch
 from torch import nn
-from vitserve.models.windows import (
-    WindowOrderAttention,
-    WindowOrderBlock,
-    block_attn_mask,
-    padded_size,
-    rewrite_stages,
-    window_order,
-)
+
+from vitserve.models.windows import WindowOrderBlock, convert_timm_block, rewrite_stages
 
 REWRITE_NAME = "swinv2-window-order"
 
@@ -43,20 +37,11 @@ def _position_bias(attn: nn.Module, window_area: int) -> torch.Tensor:
 
 def convert_block(block: nn.Module) -> tuple[WindowOrderBlock, torch.Tensor]:
     """timm SwinTransformerV2Block -> (WindowOrderBlock, its window order)."""
-    resolution = tuple(block.input_resolution)
-    window, shift = tuple(block.window_size), tuple(block.shift_size)
     attn = block.attn
     with torch.no_grad():
         logit_scale = torch.clamp(attn.logit_scale, max=math.log(1.0 / 0.01)).exp()  # nH, 1, 1
-        bias = _position_bias(attn, window[0] * window[1])
-        mask = block_attn_mask(block)
-        if mask is not None:
-            bias = bias + mask.unsqueeze(1)  # nW, nH, N, N
-    Hp, Wp = padded_size(resolution, window)
-    num_windows = (Hp // window[0]) * (Wp // window[1])
-    order = window_order(resolution, window, shift)
-    deploy_attn = WindowOrderAttention(_qkv_linear(attn), attn.proj, attn.num_heads, num_windows, bias, logit_scale)
-    return WindowOrderBlock(block.norm1, deploy_attn, block.norm2, block.mlp, order, resolution, True), order
+        bias = _position_bias(attn, block.window_size[0] * block.window_size[1])  # 1, nH, N, N
+        return convert_timm_block(block, _qkv_linear(attn), bias, post_norm=True, logit_scale=logit_scale)
 
 
 def rewrite(model: nn.Module) -> int:

@@ -222,6 +222,26 @@ def rewrite_stages(
     return count
 
 
+def convert_timm_block(
+    block: nn.Module, qkv: nn.Linear, bias: torch.Tensor, post_norm: bool, logit_scale: torch.Tensor | None = None
+) -> tuple[WindowOrderBlock, torch.Tensor]:
+    """A timm Swin / Swin V2 block -> (WindowOrderBlock, its window order).
+
+    The family-specific parts come in ready-made: `qkv` (one Linear for q, k and v), the position `bias`
+    (1, nH, N, N) and, for cosine attention, `logit_scale`. The shift mask is added to the bias here.
+    """
+    resolution = tuple(block.input_resolution)
+    window, shift = tuple(block.window_size), tuple(block.shift_size)
+    mask = block_attn_mask(block)  # nW, N, N (0 / -100) or None
+    if mask is not None:
+        bias = bias + mask.unsqueeze(1)  # nW, nH, N, N
+    Hp, Wp = padded_size(resolution, window)
+    num_windows = (Hp // window[0]) * (Wp // window[1])
+    order = window_order(resolution, window, shift)
+    attn = WindowOrderAttention(qkv, block.attn.proj, block.attn.num_heads, num_windows, bias, logit_scale)
+    return WindowOrderBlock(block.norm1, attn, block.norm2, block.mlp, order, resolution, post_norm), order
+
+
 def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
     return (math.ceil(resolution[0] / window[0]) * window[0], math.ceil(resolution[1] / window[1]) * window[1])
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.data import create_transform
 from torchvision.transforms import v2
+
 from vitserve.models.digits import load_split
 from vitserve.models.registry import SPECS
 

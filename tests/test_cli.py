@@ -110,3 +110,12 @@ def test_classify_rejects_non_image(tmp_path, digits_artifact):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
     _fails_cleanly(run_cli("classify", str(digits_artifact), str(junk)), "cannot read image")
+
+
+def test_verification_failure_exits_nonzero(tmp_path):
+    """An impossible tolerance: the export must refuse, explain, and write no artifact."""
+    out = tmp_path / "strict"
+    result = run_cli("export", "swin_digits", "--out", str(out), "--atol", "1e-12")
+    _fails_cleanly(result, "does not match the PyTorch model", "atol 1e-12", "Full report")
+    assert not out.exists()
+    assert (tmp_path / "strict.failed-verification.json").is_file()

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from vitserve.export.pipeline import ExportOptions, export_artifact
 from vitserve.export.verify import run_onnx
 from vitserve.models.build import build_model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from vitserve.export.pipeline import ExportOptions, export_artifact
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
 import vitserve.models.rewrite as rewrite_module
+from vitserve.errors import VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
-
-from vitserve.errors import VerificationError
 
 
 def _broken_deploy_copy(break_fn):

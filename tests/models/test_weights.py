@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+
+from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavailableError
 from vitserve.models.build import build_model
 from vitserve.models.registry import DIGITS_TIMM_KWARGS, SPECS, resolve
 from vitserve.models.weights import fit_state_dict, read_state_dict
-
-from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavailableError
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,7 @@ def test_offline_pretrained_is_a_clear_error(monkeypatch):
 
 def test_hub_probe_fails_fast_when_unreachable(monkeypatch):
     import huggingface_hub.constants
+
     from vitserve.models.weights import hub_reachable
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")

@@ -11,6 +11,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition
+
 from vitserve.models.rewrite import deploy_copy
 from vitserve.models.windows import EvenPatchMerging, WindowOrderStage, move_index, raster_order, window_order
 

@@ -9,10 +9,10 @@ import pytest
 import skimage.data
 from PIL import Image
 from timm.data import create_transform
-from vitserve.models.registry import SPECS
-from vitserve.server.preprocess import decode_image, transform
 
 from vitserve.artifact import Preprocess
+from vitserve.models.registry import SPECS
+from vitserve.server.preprocess import decode_image, transform
 
 CONFIGS = [SPECS["swin_t"].preprocess, SPECS["swinv2_t"].preprocess, SPECS["cait_xxs24"].preprocess,
            SPECS["vit_b_16"].preprocess, Preprocess((3, 224, 224), (0.4, 0.4, 0.4), (0.2, 0.3, 0.2), 0.875, "bilinear")]
