@@ -9,23 +9,42 @@ import numpy as np
 from vitserve.artifact import Manifest, read_manifest
 from vitserve.errors import ArtifactError
 
+# What each --device asks onnxruntime for, best first; CPU always closes the list as the fallback.
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def choose_providers(device: str, available: list[str]) -> list[str]:
+    """Execution providers for `device`: 'auto' takes CUDA when onnxruntime-gpu sees a GPU, else the CPU."""
+    if device == "auto":
+        device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    wanted = PROVIDERS[device]
+    if wanted[0] not in available:
+        raise ArtifactError(f"--device {device} needs onnxruntime's {wanted[0]}, which this installation lacks "
+                            f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
+    return [p for p in wanted if p in available]
+
 
 class OnnxRuntimeBackend:
-    """The artifact's model.onnx in onnxruntime (CPU unless another provider is asked for)."""
+    """The artifact's model.onnx in onnxruntime."""
 
-    def __init__(self, artifact_dir: str | Path, threads: int | None = None, providers: list[str] | None = None):
+    name = "onnxruntime"
+
+    def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "cpu"):
         import onnxruntime as ort
 
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
+        self.providers = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(
-                str(self.directory / self.manifest.model_file), options,
-                providers=providers or ["CPUExecutionProvider"],
-            )
+            self.session = ort.InferenceSession(str(self.directory / self.manifest.model_file), options,
+                                                providers=self.providers)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             raise ArtifactError(f"onnxruntime cannot load {self.directory / self.manifest.model_file}: {e}") from e
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from vitserve.artifact import Preprocess
+from vitserve.errors import PayloadTooLargeError, RequestError
 
 INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -25,9 +27,27 @@ INTERPOLATION = {
 }
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Encoded bytes -> upright RGB PIL image (EXIF orientation applied, 16-bit scaled to 8-bit)."""
-    image = Image.open(io.BytesIO(data))
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Encoded bytes -> upright RGB PIL image (EXIF orientation applied, 16-bit scaled to 8-bit).
+
+    Raises RequestError for empty, unreadable or truncated data and PayloadTooLargeError for an image over
+    `max_pixels`, checked from the header before any pixel is decoded (decompression bombs).
+    """
+    if not data:
+        raise RequestError("empty image: the upload has no bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise PayloadTooLargeError(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's errors for unknown, corrupt, truncated data
+        raise RequestError(f"not a readable image ({type(e).__name__}: {e})") from e
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: PIL's RGB conversion would clip at 255; scale to 8 bits instead

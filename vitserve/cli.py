@@ -85,9 +85,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     batch = []
     for path in args.images:
         try:
-            data = Path(path).read_bytes()
-            batch.append(transform(decode_image(data), manifest.preprocess))
-        except OSError as e:  # PIL raises UnidentifiedImageError (an OSError) for non-images
+            batch.append(transform(decode_image(Path(path).read_bytes()), manifest.preprocess))
+        except (OSError, VitServeError) as e:
             raise VitServeError(f"cannot read image {path}: {e}") from e
     results = []
     for start in range(0, len(batch), manifest.max_batch):
@@ -102,6 +101,37 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for c in classes:
             print(f"  {c['score']:7.2%}  {c['label']} ({c['index']})")
     return 0
+
+
+SERVE_FLAGS = {  # flag -> (Settings field, type, help)
+    "--host": ("host", str, "address to listen on (default 127.0.0.1)"),
+    "--port": ("port", int, "port (default 8000)"),
+    "--max-batch-size": ("max_batch_size", int, "a batch closes at this many images (default 32)"),
+    "--max-wait-ms": ("max_wait_ms", float, "... or this long after its first image (default 5)"),
+    "--max-queue": ("max_queue", int, "images allowed to wait; beyond, 503 (default 256)"),
+    "--timeout-ms": ("timeout_ms", float, "answer within this or 504 (default 10000)"),
+    "--threads": ("threads", int, "inference threads (default: all cores)"),
+    "--device": ("device", str, "auto, cpu, cuda or tensorrt (default auto)"),
+    "--max-body-mb": ("max_body_mb", float, "largest request body (default 32)"),
+    "--max-pixels": ("max_pixels", int, "largest image, width x height (default 40000000)"),
+    "--max-images": ("max_images", int, "images per request (default 64)"),
+}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from vitserve.server.run import serve
+    from vitserve.server.settings import Settings
+
+    given = {field: getattr(args, field) for field, _, _ in SERVE_FLAGS.values() if getattr(args, field) is not None}
+    try:
+        settings = Settings(artifact=Path(args.artifact), **given)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise VitServeError(f"invalid settings: {problems}") from e
+    logging.getLogger("vitserve").setLevel(logging.INFO)
+    return serve(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an artifact over HTTP (POST /classify, KServe V2)",
+        description="Serve an artifact: POST /classify, the KServe V2 protocol under /v2, /healthz, /readyz, "
+        "/metrics, /docs. Unset flags come from VITSERVE_* environment variables; VITSERVE_API_KEY, if set, is "
+        "required on inference routes.",
+    )
+    p.add_argument("artifact", help="artifact directory written by `vitserve export`")
+    for flag, (field, kind, help_text) in SERVE_FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -49,3 +49,25 @@ class VerificationError(ExportError):
 
 class ArtifactError(VitServeError):
     """An artifact directory is missing, incomplete or of an unknown format."""
+
+
+class RequestError(VitServeError):
+    """A client sent something the server cannot use; `status` is the HTTP status it answers with."""
+
+    status = 400
+
+
+class PayloadTooLargeError(RequestError):
+    status = 413
+
+
+class UnsupportedMediaTypeError(RequestError):
+    status = 415
+
+
+class UnauthorizedError(RequestError):
+    status = 401
+
+
+class NotFoundError(RequestError):
+    status = 404

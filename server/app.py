@@ -1,0 +1,223 @@
+"""The FastAPI application: `create_app(settings)`; the model is loaded and warmed in the lifespan, never at import.
+
+    uvicorn --factory vitserve.server.app:create_app      # settings from VITSERVE_* environment variables
+    vitserve serve ARTIFACT_DIR                           # the same app, settings from flags
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from vitserve import __version__
+from vitserve.artifact import Manifest, read_labels
+from vitserve.errors import PayloadTooLargeError, RequestError, VitServeError
+from vitserve.server.backends import OnnxRuntimeBackend
+from vitserve.server.batching import (
+    BatchFailedError,
+    BatchStats,
+    DeadlineExceededError,
+    DynamicBatcher,
+    QueueFullError,
+    ShuttingDownError,
+)
+from vitserve.server.metrics import Metrics
+from vitserve.server.preprocess import decode_image, transform
+from vitserve.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    """Everything a request needs: the model, its batcher, limits, metrics, and whether it takes work."""
+
+    settings: Settings
+    manifest: Manifest
+    labels: list[str]
+    backend: OnnxRuntimeBackend
+    batcher: DynamicBatcher
+    metrics: Metrics
+    ready: bool = False
+    draining: bool = False
+    warmed_batch_sizes: list[int] = field(default_factory=list)
+
+    def decode_one(self, data: bytes) -> np.ndarray:
+        return transform(decode_image(data, self.settings.max_pixels), self.manifest.preprocess)
+
+    async def decode(self, blobs: list[bytes]) -> np.ndarray:
+        """Encoded images -> (N, C, H, W), decoded in a worker thread so the event loop stays free."""
+        started = time.perf_counter()
+        arrays = await run_in_threadpool(lambda: [self.decode_one(b) for b in blobs])
+        self.metrics.decode_seconds.observe(time.perf_counter() - started)
+        return np.stack(arrays)
+
+    def check_image_count(self, count: int) -> None:
+        if count == 0:
+            raise RequestError("no images in the request")
+        if count > self.settings.max_images:
+            raise RequestError(f"{count} images in one request; the limit is {self.settings.max_images}")
+
+    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, BatchStats]:
+        if self.draining:
+            raise ShuttingDownError("the server is shutting down")
+        return await self.batcher.submit(images, self.settings.timeout_ms / 1000)
+
+
+def load_service(settings: Settings) -> Service:
+    """Loads the artifact into a backend and builds the batcher; VitServeError when the artifact is unusable."""
+    backend = OnnxRuntimeBackend(settings.artifact, threads=settings.threads, device=settings.device)
+    manifest = backend.manifest
+    if settings.max_batch_size > manifest.max_batch:
+        raise VitServeError(f"--max-batch-size {settings.max_batch_size} exceeds the artifact's max_batch "
+                            f"{manifest.max_batch}; lower it or re-export with --max-batch {settings.max_batch_size}")
+    labels = read_labels(settings.artifact / manifest.labels_file)
+    metrics = Metrics(settings.max_batch_size)
+
+    def on_batch(size: int, seconds: float, waits: list[float]) -> None:
+        metrics.batch_size.observe(size)
+        metrics.inference_seconds.observe(seconds)
+        for wait in waits:
+            metrics.queue_seconds.observe(wait)
+
+    batcher = DynamicBatcher(backend, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
+                             max_queue=settings.max_queue, on_batch=on_batch, on_queue_depth=metrics.queue_depth.set)
+    return Service(settings, manifest, labels, backend, batcher, metrics)
+
+
+def warm_batch_sizes(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... up to max_batch_size, and max_batch_size itself."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size]
+
+
+def _warm_up(service: Service) -> None:
+    shape = service.manifest.input.shape[1:]
+    for size in warm_batch_sizes(service.settings.max_batch_size):
+        service.backend(np.zeros((size, *shape), dtype=np.float32))
+        service.warmed_batch_sizes.append(size)
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+    """The vitserve app; without `settings`, they are read from VITSERVE_* environment variables.
+
+    The model is loaded in the lifespan, unless `service` (from load_service) is passed in already loaded.
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal service
+        service = service or await run_in_threadpool(load_service, settings)
+        app.state.service = service
+        await run_in_threadpool(_warm_up, service)
+        service.batcher.start()
+        service.ready = True
+        log.info("serving %s (%s) on %s", service.manifest.name, service.backend.providers[0],
+                 ", ".join(map(str, service.warmed_batch_sizes)))
+        try:
+            yield
+        finally:
+            service.ready = False
+            service.draining = True
+            await service.batcher.stop(drain_timeout_s=settings.timeout_ms / 1000)
+
+    app = FastAPI(title="vitserve", version=__version__, lifespan=lifespan,
+                  description="Image classification with dynamic batching; KServe V2 inference protocol.")
+    app.state.settings = settings
+    app.state.service = None
+    _install_error_handlers(app)
+    app.add_middleware(LimitsAndMetrics, max_body_bytes=int(settings.max_body_mb * 1024 * 1024))
+
+    from vitserve.server import routes_classify, routes_health, routes_v2
+
+    app.include_router(routes_health.router)
+    app.include_router(routes_classify.router)
+    app.include_router(routes_v2.router)
+    return app
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error body is {"error": message}: the KServe V2 error format, used on every route."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    statuses: dict[type[Exception], tuple[int, dict[str, str] | None]] = {
+        QueueFullError: (503, {"Retry-After": "1"}),
+        ShuttingDownError: (503, {"Retry-After": "5"}),
+        DeadlineExceededError: (504, None),
+        BatchFailedError: (500, None),
+    }
+    for exc_type, (status, headers) in statuses.items():
+        app.add_exception_handler(exc_type, lambda r, e, s=status, h=headers: _error(s, str(e), h))
+    app.add_exception_handler(RequestError, lambda r, e: _error(e.status, str(e)))
+
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(400, f"invalid request: {problems}")
+
+    app.add_exception_handler(RequestValidationError, validation)
+
+
+class LimitsAndMetrics:
+    """ASGI middleware: refuses bodies over the limit (413) and counts requests by route template and status."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+        limit = self.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _error(413, f"request body is {int(declared)} bytes; the limit is {limit}")(scope, receive, send)
+            self._record(scope, 413, started)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        async def tracking_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        finally:
+            self._record(scope, status["code"], started)
+
+    @staticmethod
+    def _record(scope, status: int, started: float) -> None:
+        app = scope.get("app")
+        service = getattr(getattr(app, "state", None), "service", None) if app is not None else None
+        if service is None:
+            return
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        service.metrics.requests.labels(path, str(status)).inc()
+        service.metrics.total_seconds.labels(path).observe(time.perf_counter() - started)
+

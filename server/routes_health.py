@@ -1,0 +1,34 @@
+"""Liveness, readiness and Prometheus metrics (never behind the API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """200 once the model is loaded and warmed; 503 before, and from the moment a shutdown begins."""
+    service = request.app.state.service
+    if service is None or not service.ready or service.draining:
+        state = "draining" if service is not None and service.draining else "loading"
+        return JSONResponse({"status": state}, status_code=503)
+    return JSONResponse({"status": "ready", "model": service.manifest.name})
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    service = request.app.state.service
+    if service is None:
+        return Response("", media_type=CONTENT_TYPE_LATEST)
+    service.metrics.queue_depth.set(service.batcher.queue_depth)
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,73 @@
+"""KServe V2 / Open Inference Protocol over REST (see v2.py for the tensor formats)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from vitserve import __version__
+from vitserve.errors import NotFoundError
+from vitserve.server import v2
+from vitserve.server.deps import Authorized, ServiceDep
+
+router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+
+INFER_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
+                                            "application/octet-stream": {"schema": {"type": "string",
+                                                                                     "format": "binary"}}}}
+
+
+def _check_model(service, name: str, version: str | None = None) -> None:
+    if name != service.manifest.name:
+        raise NotFoundError(f"unknown model {name!r}; this server serves {service.manifest.name!r}")
+    if version is not None and version != "1":
+        raise NotFoundError(f"model {name!r} has only version '1', not {version!r}")
+
+
+@router.get("")
+def server_metadata() -> dict:
+    return {"name": "vitserve", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+
+
+@router.get("/health/live")
+def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready")
+def ready(request: Request) -> JSONResponse:
+    service = request.app.state.service
+    is_ready = bool(service and service.ready and not service.draining)
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+def model_metadata(name: str, service: ServiceDep, version: str | None = None) -> dict:
+    _check_model(service, name, version)
+    return v2.model_metadata(service.manifest)
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+def model_ready(name: str, service: ServiceDep, version: str | None = None) -> dict:
+    _check_model(service, name, version)
+    return {"name": name, "ready": not service.draining}
+
+
+@router.post("/models/{name}/infer", dependencies=[Authorized], openapi_extra={"requestBody": INFER_BODY})
+@router.post("/models/{name}/versions/{version}/infer", dependencies=[Authorized],
+             openapi_extra={"requestBody": INFER_BODY})
+async def infer(name: str, request: Request, service: ServiceDep, version: str | None = None) -> Response:
+    _check_model(service, name, version)
+    with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
+        body = await request.body()
+        parsed = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH), service.manifest,
+                                  service.settings.max_images)
+        images = parsed.pixel_values if parsed.pixel_values is not None else await service.decode(parsed.images)
+    logits, _ = await service.infer(images)
+    payload, header_length = v2.encode_response(parsed, service.manifest, logits, service.labels)
+    if header_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(payload, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})

@@ -1,0 +1,29 @@
+"""Server settings: `vitserve serve` flags, or VITSERVE_* environment variables for `uvicorn --factory`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field can be set as VITSERVE_<FIELD> (e.g. VITSERVE_ARTIFACT=artifacts/swin_t)."""
+
+    model_config = SettingsConfigDict(env_prefix="VITSERVE_", extra="ignore")
+
+    artifact: Path = Field(description="artifact directory written by `vitserve export`")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_batch_size: int = Field(32, ge=1, description="a batch closes when it holds this many images")
+    max_wait_ms: float = Field(5.0, ge=0, description="... or this long after its first image arrived")
+    max_queue: int = Field(256, ge=1, description="images waiting beyond this are refused with 503")
+    timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
+    threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
+    max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")
+    max_images: int = Field(64, ge=1, description="images per request")
+    api_key: SecretStr | None = Field(None, description="if set, required on inference routes")

@@ -1,0 +1,318 @@
+"""Every route and every client error, in process (ASGI app with its lifespan), on the shipped swin_digits model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import ROOT
+from vitserve.models.registry import SPECS
+from vitserve.server.app import create_app
+from vitserve.server.backends import OnnxRuntimeBackend
+from vitserve.server.preprocess import decode_image, transform
+from vitserve.server.settings import Settings
+
+EXAMPLES = {d: (ROOT / "examples" / f"digit_{d}.png").read_bytes() for d in range(10)}
+
+
+@pytest.fixture(scope="module")
+def client(digits_artifact):
+    with TestClient(create_app(Settings(artifact=digits_artifact, max_images=8))) as c:
+        yield c
+
+
+def _client(artifact, **settings) -> TestClient:
+    return TestClient(create_app(Settings(artifact=artifact, **settings)))
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but carries almost no data (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def _error(response, status: int, fragment: str = "") -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert fragment.lower() in response.json()["error"].lower()
+
+
+# ---- health, metrics, docs ---------------------------------------------------------------------------------
+
+
+def test_health_ready_metrics_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "model": "swin_digits"}
+    client.post("/classify", files={"file": ("3.png", EXAMPLES[3], "image/png")})
+    metrics = client.get("/metrics").text
+    for name in ("vitserve_requests_total", "vitserve_queue_depth", "vitserve_batch_size_bucket",
+                 "vitserve_decode_seconds_bucket", "vitserve_queue_wait_seconds_bucket",
+                 "vitserve_inference_seconds_bucket", "vitserve_request_seconds_bucket"):
+        assert name in metrics
+    assert 'route="/classify",status="200"' in metrics
+    assert client.get("/docs").status_code == 200
+    assert "/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_model_is_warmed_before_ready(digits_artifact):
+    with _client(digits_artifact, max_batch_size=12) as c:
+        assert c.app.state.service.warmed_batch_sizes == [1, 2, 4, 8, 12]
+
+
+# ---- /classify -----------------------------------------------------------------------------------------------
+
+
+def test_classify_multipart_many(client):
+    files = [("file", (f"{d}.png", EXAMPLES[d], "image/png")) for d in (0, 4, 9)]
+    body = client.post("/classify?top_k=3", files=files).json()
+    assert body["model"] == "swin_digits"
+    assert [r["predictions"][0]["label"] for r in body["results"]] == ["0", "4", "9"]
+    assert [r["image"] for r in body["results"]] == ["0.png", "4.png", "9.png"]
+    first = body["results"][0]["predictions"]
+    assert len(first) == 3 and first[0]["score"] >= first[1]["score"] >= first[2]["score"]
+    assert set(body["timings_ms"]) == {"decode", "queue", "inference", "total"}
+
+
+def test_classify_raw_body(client):
+    body = client.post("/classify?top_k=1", content=EXAMPLES[6], headers={"content-type": "image/png"}).json()
+    assert body["results"][0]["predictions"][0]["label"] == "6"
+
+
+def test_scores_are_softmax_of_the_model(client, digits_artifact):
+    backend = OnnxRuntimeBackend(digits_artifact)
+    x = transform(decode_image(EXAMPLES[2]), backend.manifest.preprocess)[None]
+    logits = backend(x)[0]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    got = client.post("/classify?top_k=10", content=EXAMPLES[2], headers={"content-type": "image/png"}).json()
+    for p in got["results"][0]["predictions"]:
+        assert abs(p["score"] - probs[p["index"]]) < 1e-6
+
+
+@pytest.mark.parametrize("make", [
+    lambda img: _encode(img.convert("L"), "PNG"),
+    lambda img: _encode(img.convert("P"), "PNG"),
+    lambda img: _encode(img.convert("RGBA"), "PNG"),
+    lambda img: _encode(img.convert("CMYK"), "JPEG"),
+    lambda img: _encode(Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257), "PNG"),
+    lambda img: _encode(img, "GIF", save_all=True, append_images=[img.rotate(90)]),
+    lambda img: _encode(img, "WEBP"),
+    lambda img: _encode(img, "BMP"),
+], ids=["grayscale", "palette", "rgba", "cmyk", "16-bit", "animated-gif", "webp", "bmp"])
+def test_classify_image_modes(client, make):
+    data = make(Image.open(io.BytesIO(EXAMPLES[7])))
+    response = client.post("/classify?top_k=1", content=data, headers={"content-type": "image/x-any"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["predictions"][0]["label"] == "7"
+
+
+def test_exif_orientation_is_applied(client):
+    upright = Image.open(io.BytesIO(EXAMPLES[4])).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # the viewer rotates 90 degrees counter-clockwise
+    stored = upright.rotate(-90, expand=True)  # what a camera would store for that orientation
+    data = _encode(stored, "JPEG", exif=exif, quality=100)
+    body = client.post("/classify?top_k=1", content=data, headers={"content-type": "image/jpeg"}).json()
+    assert body["results"][0]["predictions"][0]["label"] == "4"
+
+
+@pytest.mark.parametrize("content,ctype,status,fragment", [
+    (b"hello", "text/plain", 415, "unsupported content type"),
+    (b"\x89PNG", None, 415, "unsupported content type"),
+    (b"", "image/png", 400, "empty image"),
+    (b"this is not an image", "image/png", 400, "not a readable image"),
+    (EXAMPLES[1][: len(EXAMPLES[1]) // 2], "image/png", 400, "not a readable image"),
+    (_png_header_only(30000, 30000), "image/png", 413, "pixels"),
+])
+def test_classify_bad_bodies(client, content, ctype, status, fragment):
+    headers = {"content-type": ctype} if ctype else {}
+    _error(client.post("/classify", content=content, headers=headers), status, fragment)
+
+
+def test_classify_multipart_errors(client):
+    _error(client.post("/classify", data={"other": "x"}, files={"other_file": ("a.png", EXAMPLES[1])}), 400,
+           "no images")
+    _error(client.post("/classify", data={"file": "just text"}, files={"x": ("a.png", EXAMPLES[1])}), 400,
+           "must carry files")
+    too_many = [("file", (f"{i}.png", EXAMPLES[1], "image/png")) for i in range(9)]
+    _error(client.post("/classify", files=too_many), 400, "limit is 8")
+    _error(client.post("/classify?top_k=0", content=EXAMPLES[1], headers={"content-type": "image/png"}), 400,
+           "top_k")
+
+
+def test_limits(digits_artifact):
+    with _client(digits_artifact, max_body_mb=0.002, max_pixels=500) as c:
+        _error(c.post("/classify", content=b"x" * 5000, headers={"content-type": "image/png"}), 413, "limit")
+        _error(c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}), 413, "pixels")
+
+        def chunks():  # no Content-Length: the limit applies while streaming
+            for _ in range(10):
+                yield b"x" * 1000
+
+        _error(c.post("/classify", content=chunks(), headers={"content-type": "image/png"}), 413, "limit")
+
+
+def test_api_key(digits_artifact):
+    with _client(digits_artifact, api_key="s3cret") as c:
+        headers = {"content-type": "image/png"}
+        _error(c.post("/classify", content=EXAMPLES[1], headers=headers), 401, "api key")
+        _error(c.post("/classify", content=EXAMPLES[1], headers={**headers, "x-api-key": "wrong"}), 401)
+        assert c.post("/classify", content=EXAMPLES[1], headers={**headers, "x-api-key": "s3cret"}).status_code == 200
+        assert c.post("/classify", content=EXAMPLES[1],
+                      headers={**headers, "authorization": "Bearer s3cret"}).status_code == 200
+        _error(c.post("/v2/models/swin_digits/infer", json={}), 401)
+        assert c.get("/readyz").status_code == 200 and c.get("/v2/health/ready").status_code == 200
+
+
+# ---- overload, deadlines, backend failures ---------------------------------------------------------------------
+
+
+def test_queue_full_is_503_with_retry_after(digits_artifact):
+    with _client(digits_artifact, max_queue=1, max_images=4) as c:
+        files = [("file", (f"{i}.png", EXAMPLES[i], "image/png")) for i in range(2)]
+        response = c.post("/classify", files=files)
+        _error(response, 503, "queue is full")
+        assert response.headers["retry-after"] == "1"
+
+
+def test_deadline_is_504(digits_artifact):
+    with _client(digits_artifact, timeout_ms=50) as c:
+        batcher = c.app.state.service.batcher
+        real = batcher.infer
+        batcher.infer = lambda x: (time.sleep(0.3), real(x))[1]
+        _error(c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}), 504, "within 50 ms")
+        batcher.infer = real
+        time.sleep(0.4)  # the slow batch finishes in the background; its answer is discarded
+        assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_backend_failure_is_500_and_server_keeps_serving(digits_artifact):
+    with _client(digits_artifact) as c:
+        batcher = c.app.state.service.batcher
+        real = batcher.infer
+
+        def broken(x):
+            batcher.infer = real  # fails once
+            raise RuntimeError("GPU fell off the bus")
+
+        batcher.infer = broken
+        _error(c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}), 500, "fell off")
+        assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
+
+
+# ---- KServe V2 ---------------------------------------------------------------------------------------------------
+
+
+def _pixels(*digits: int) -> np.ndarray:
+    """Preprocessed examples, as a client that preprocesses itself would send them."""
+    return np.stack([transform(decode_image(EXAMPLES[d]), SPECS["swin_digits"].preprocess) for d in digits])
+
+
+def test_v2_metadata_and_health(client):
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2/models/swin_digits").json()
+    assert meta["inputs"][0] == {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, 32, 32]}
+    assert meta["outputs"][0] == {"name": "logits", "datatype": "FP32", "shape": [-1, 10]}
+    assert client.get("/v2/models/swin_digits/versions/1").json() == meta
+    assert client.get("/v2/models/swin_digits/ready").json()["ready"] is True
+    _error(client.get("/v2/models/resnet50"), 404, "unknown model")
+    _error(client.get("/v2/models/swin_digits/versions/2/ready"), 404, "only version")
+
+
+def test_v2_infer_json_fp32(client, digits_artifact):
+    x = _pixels(3, 8)
+    request = {"id": "abc", "inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": list(x.shape),
+                                        "data": x.ravel().tolist()}]}
+    body = client.post("/v2/models/swin_digits/infer", json=request).json()
+    assert body["id"] == "abc" and body["model_name"] == "swin_digits"
+    out = body["outputs"][0]
+    assert out["name"] == "logits" and out["shape"] == [2, 10] and out["datatype"] == "FP32"
+    expected = OnnxRuntimeBackend(digits_artifact)(x)
+    assert np.abs(np.array(out["data"]).reshape(2, 10) - expected).max() < 1e-5
+
+
+def test_v2_infer_bytes_base64_with_classification(client):
+    request = {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2],
+                           "data": [base64.b64encode(EXAMPLES[d]).decode() for d in (5, 0)]}],
+               "outputs": [{"name": "logits", "parameters": {"classification": 2}}]}
+    out = client.post("/v2/models/swin_digits/infer", json=request).json()["outputs"][0]
+    assert out["datatype"] == "BYTES" and out["shape"] == [2, 2]
+    best = [s.split(":") for s in out["data"][::2]]
+    assert [(idx, label) for _, idx, label in best] == [("5", "5"), ("0", "0")]
+
+
+def test_v2_infer_binary_request_and_response(client, digits_artifact):
+    x = _pixels(1, 2, 3)
+    head = {"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": list(x.shape),
+                        "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}
+    head_bytes = json.dumps(head).encode()
+    response = client.post("/v2/models/swin_digits/infer", content=head_bytes + x.tobytes(),
+                           headers={"Inference-Header-Content-Length": str(len(head_bytes)),
+                                    "content-type": "application/octet-stream"})
+    n = int(response.headers["inference-header-content-length"])
+    meta = json.loads(response.content[:n])
+    logits = np.frombuffer(response.content[n:], dtype="<f4").reshape(meta["outputs"][0]["shape"])
+    assert np.abs(logits - OnnxRuntimeBackend(digits_artifact)(x)).max() < 1e-5
+
+
+def _fp32(shape, data=None, datatype="FP32", name="pixel_values"):
+    count = int(np.prod(shape)) if shape and all(isinstance(d, int) and d >= 0 for d in shape) else 1
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": shape,
+                        "data": data if data is not None else [0.0] * count}]}
+
+
+@pytest.mark.parametrize("request_body,fragment", [
+    (_fp32([1, 3, 32, 31]), "must have shape"),
+    (_fp32([1, 3, 32, 32], datatype="INT64"), "must be FP32"),
+    (_fp32([1, 3, 32, 32], name="input0"), "unknown input"),
+    (_fp32([1, 3, 32, 32], data=[0.0] * 10), "needs 3072 values"),
+    (_fp32([1, 3, 32, 32], data=["a"] * 3072), "not a list of numbers"),
+    (_fp32([1, 3, 32, 32], data=[float("nan")] + [0.0] * 3071), "nan"),
+    (_fp32([1, 3, 32, 32], data=[float("inf")] + [0.0] * 3071), "infinite"),
+    (_fp32([9, 3, 32, 32]), "limit is 8"),
+    (_fp32(["a", 3, 32, 32]), "shape must be"),
+    ({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["%%%not base64%%%"]}]},
+     "not valid base64"),
+    ({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": ["aGk="]}]}, "holds 1"),
+    ({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]},
+     "not a readable image"),
+    ({"inputs": []}, "exactly one input"),
+    ({"nothing": 1}, "'inputs' list"),
+    ({**_fp32([1, 3, 32, 32]), "outputs": [{"name": "probs"}]}, "unknown output"),
+    ({**_fp32([1, 3, 32, 32]), "outputs": [{"name": "logits", "parameters": {"classification": 0}}]},
+     "positive integer"),
+])
+def test_v2_bad_requests(client, request_body, fragment):
+    body = json.dumps(request_body).encode()  # json.dumps writes NaN / Infinity literals, as some clients do
+    response = client.post("/v2/models/swin_digits/infer", content=body, headers={"content-type": "application/json"})
+    _error(response, 400, fragment)
+
+
+def test_v2_bad_framing(client):
+    _error(client.post("/v2/models/swin_digits/infer", content=b"{not json"), 400, "not valid json")
+    _error(client.post("/v2/models/swin_digits/infer", content=b"{}",
+                       headers={"Inference-Header-Content-Length": "99"}), 400, "does not fit")
+    head = b'{"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1,3,32,32], ' \
+           b'"parameters": {"binary_data_size": 12288}}]}'
+    _error(client.post("/v2/models/swin_digits/infer", content=head + b"\0" * 100,
+                       headers={"Inference-Header-Content-Length": str(len(head))}), 400, "binary_data_size")
