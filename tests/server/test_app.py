@@ -316,3 +316,15 @@ def test_v2_bad_framing(client):
            b'"parameters": {"binary_data_size": 12288}}]}'
     _error(client.post("/v2/models/swin_digits/infer", content=head + b"\0" * 100,
                        headers={"Inference-Header-Content-Length": str(len(head))}), 400, "binary_data_size")
+
+
+def test_draining_fails_readiness_and_refuses_work(digits_artifact):
+    with _client(digits_artifact) as c:
+        c.app.state.service.draining = True
+        assert c.get("/readyz").status_code == 503 and c.get("/readyz").json()["status"] == "draining"
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/healthz").status_code == 200
+        response = c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"})
+        _error(response, 503, "shutting down")
+        assert "retry-after" in response.headers
+        c.app.state.service.draining = False
