@@ -3,22 +3,27 @@
     python benchmarks/serve_load.py ARTIFACT [--concurrency 1,8,32] [--seconds 10] [--max-batch-size 8]
 
 For each server mode (dynamic batching with --max-batch-size, and batching off = --max-batch-size 1) a fresh
-`vitserve serve` process is started on 127.0.0.1; N client threads each send one image, wait for the answer and
-send the next (closed loop) for a fixed time. Printed per row: throughput (images/s), p50 and p99 latency.
-Beside them, the raw backend in this process (onnxruntime on preprocessed tensors, no HTTP, no decode) at batch 1
-and at --max-batch-size, and the decode + preprocess time of the image: the server's ceiling and its overhead.
-Everything is bounded (--seconds per row) and stays on 127.0.0.1. The load generator shares the machine with the
-server, so on few cores it takes CPU time from it; the ratios are measured under that same condition.
+`vitserve serve` process is started on 127.0.0.1; N clients each send one image, wait for the answer and send the
+next (closed loop) for a fixed time. The clients are `wrk` (Debian package `wrk`; a light C load generator) when it
+is installed, else Python threads with httpx, which take noticeably more of the machine's CPU. Printed per row:
+throughput (images/s), p50 and p99 latency. Beside them, the raw backend in this process (onnxruntime on
+preprocessed tensors, no HTTP, no decode) at batch 1 and at --max-batch-size, and the decode + preprocess time of
+the image: the server's ceiling and its overhead. Everything is bounded (--seconds per row) and stays on 127.0.0.1.
+The load generator shares the machine with the server, so on few cores it takes CPU time from it; the ratios are
+measured under that same condition.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -58,8 +63,37 @@ def start_server(artifact: Path, max_batch_size: int, threads: int | None) -> tu
     raise RuntimeError("server did not become ready")
 
 
+WRK_SCRIPT = """
+local f = io.open(os.getenv("VITSERVE_BENCH_IMAGE"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+wrk.headers["Content-Type"] = "image/jpeg"
+f:close()
+"""
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def wrk_loop(url: str, image: bytes, concurrency: int, seconds: float) -> tuple[float, dict[str, float], int]:
+    """(requests/s, {"p50", "p99"} in s, non-2xx count) measured by wrk with `concurrency` connections."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "image").write_bytes(image)
+        (Path(tmp) / "post.lua").write_text(WRK_SCRIPT)
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "--timeout", "60s",
+             "-s", str(Path(tmp) / "post.lua"), f"{url}/classify?top_k=1"],
+            capture_output=True, text=True, check=True, env={**os.environ, "VITSERVE_BENCH_IMAGE": f"{tmp}/image"},
+        ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    latency = {}
+    for q in ("50", "99"):
+        value, unit = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s|m)", out).groups()
+        latency[f"p{q}"] = float(value) * UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rate, latency, int(errors.group(1)) if errors else 0
+
+
 def closed_loop(url: str, image: bytes, concurrency: int, seconds: float) -> tuple[float, list[float], int]:
-    """(images/s, latencies in s, errors) for `concurrency` clients sending one image at a time."""
+    """(images/s, latencies in s, errors) for `concurrency` client threads sending one image at a time."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -166,8 +200,12 @@ def main() -> None:
             if batch > 1:
                 overhead = {"http": http_round_trip_ms(url), "server": server_overhead_ms(url, image)}
             for c in levels:
-                ips, lat, errors = closed_loop(url, image, c, args.seconds)
-                rows.append((label, c, ips, percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3, errors))
+                if shutil.which("wrk"):
+                    ips, lat, errors = wrk_loop(url, image, c, args.seconds)
+                    rows.append((label, c, ips, lat["p50"] * 1e3, lat["p99"] * 1e3, errors))
+                else:
+                    ips, lat, errors = closed_loop(url, image, c, args.seconds)
+                    rows.append((label, c, ips, percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3, errors))
                 print(f"  {label:<24} c={c:<3} {ips:8.1f} img/s  p50 {rows[-1][3]:7.1f} ms  p99 {rows[-1][4]:7.1f} ms"
                       f"  errors {errors}", flush=True)
         finally:
@@ -178,8 +216,9 @@ def main() -> None:
     raw = {b: (raw_before[b] + raw_after[b]) / 2 for b in raw_sizes}
     raw_b1_ms = 1e3 / raw[1]
 
-    print(f"\n{manifest.name}: {os.cpu_count()} cores; image {len(image)} bytes, decode + preprocess "
-          f"{decode_ms:.2f} ms; raw backend (no HTTP, mean of before/after): "
+    client = "wrk" if shutil.which("wrk") else "httpx threads"
+    print(f"\n{manifest.name}: {os.cpu_count()} cores, load from {client}; image {len(image)} bytes, "
+          f"decode + preprocess {decode_ms:.2f} ms; raw backend (no HTTP, mean of before/after): "
           + ", ".join(f"b{b} {raw[b]:.1f} img/s ({raw_before[b]:.1f}/{raw_after[b]:.1f})" for b in raw_sizes))
     best_raw = max(raw.values())
     print("\n| server | concurrency | img/s | vs raw backend (best batch) | p50 ms | p99 ms | errors |")
