@@ -5,12 +5,12 @@
 For each server mode (dynamic batching with --max-batch-size, and batching off = --max-batch-size 1) a fresh
 `vitserve serve` process is started on 127.0.0.1; N clients each send one image, wait for the answer and send the
 next (closed loop) for a fixed time. The clients are `wrk` (Debian package `wrk`; a light C load generator) when it
-is installed, else Python threads with httpx, which take noticeably more of the machine's CPU. Printed per row:
-throughput (images/s), p50 and p99 latency. Beside them, the raw backend in this process (onnxruntime on
-preprocessed tensors, no HTTP, no decode) at batch 1 and at --max-batch-size, and the decode + preprocess time of
-the image: the server's ceiling and its overhead. Everything is bounded (--seconds per row) and stays on 127.0.0.1.
-The load generator shares the machine with the server, so on few cores it takes CPU time from it; the ratios are
-measured under that same condition.
+is installed, else Python threads with httpx, which take noticeably more of the machine's CPU. Each load window is
+followed by a window of the raw backend in this process (onnxruntime on preprocessed tensors, no HTTP, no decode)
+at the server's batch size; a row's ratio is the median over --rounds such pairs. Printed per row: throughput
+(images/s), the raw rate, the ratio, p50 and p99 latency; and the decode + preprocess time of the image.
+Everything is bounded (--seconds per window) and stays on 127.0.0.1. The load generator shares the machine with
+the server, so on few cores it takes CPU time from it; the ratios are measured under that same condition.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifact: Path, max_batch_size: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(artifact: Path, max_batch_size: int, threads: int | None,
+                 max_wait_ms: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     args = [sys.executable, "-m", "vitserve", "serve", str(artifact), "--port", str(port),
-            "--max-batch-size", str(max_batch_size), "--max-queue", "1024"]
+            "--max-batch-size", str(max_batch_size), "--max-queue", "1024", "--max-wait-ms", str(max_wait_ms)]
     if threads:
         args += ["--threads", str(threads)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -162,9 +163,11 @@ def main() -> None:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--image", type=Path, default=None, help="image to send (default: a 35 KB JPEG photo)")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of one load window")
+    parser.add_argument("--rounds", type=int, default=3, help="load + raw window pairs per row")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="server inference threads (default: all)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms (default 5)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -188,51 +191,54 @@ def main() -> None:
         decode_times.append(time.perf_counter() - started)
     decode_ms = statistics.median(decode_times) * 1e3
 
-    # the raw backend is measured before and after the server rows, and averaged: the machine's speed drifts
+    # Side by side: every load window is followed by a raw-backend window of the same batch size, and each row's
+    # ratio is the median of those pairs, so the machine's drift cancels out.
     backend = OnnxRuntimeBackend(args.artifact, threads=args.threads)
-    raw_sizes = sorted({1, args.max_batch_size})
-    raw_before = {b: raw_throughput(backend, np.repeat(pixels[None], b, axis=0), args.seconds / 2) for b in raw_sizes}
     rows = []
     overhead: dict[str, float] = {}
+    load = "wrk" if shutil.which("wrk") else "httpx threads"
     for label, batch in ((f"batching on (max {args.max_batch_size})", args.max_batch_size), ("batching off", 1)):
-        proc, url = start_server(args.artifact, batch, args.threads)
+        x = np.repeat(pixels[None], batch, axis=0)
+        proc, url = start_server(args.artifact, batch, args.threads, args.max_wait_ms)
         try:
             if batch > 1:
                 overhead = {"http": http_round_trip_ms(url), "server": server_overhead_ms(url, image)}
             for c in levels:
-                if shutil.which("wrk"):
-                    ips, lat, errors = wrk_loop(url, image, c, args.seconds)
-                    rows.append((label, c, ips, lat["p50"] * 1e3, lat["p99"] * 1e3, errors))
-                else:
-                    ips, lat, errors = closed_loop(url, image, c, args.seconds)
-                    rows.append((label, c, ips, percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3, errors))
-                print(f"  {label:<24} c={c:<3} {ips:8.1f} img/s  p50 {rows[-1][3]:7.1f} ms  p99 {rows[-1][4]:7.1f} ms"
-                      f"  errors {errors}", flush=True)
+                rates, raws, p50s, p99s, errors = [], [], [], [], 0
+                for _ in range(args.rounds):
+                    if load == "wrk":
+                        ips, lat, errs = wrk_loop(url, image, c, args.seconds)
+                        p50, p99 = lat["p50"], lat["p99"]
+                    else:
+                        ips, lats, errs = closed_loop(url, image, c, args.seconds)
+                        p50, p99 = percentile(lats, 0.5), percentile(lats, 0.99)
+                    rates.append(ips)
+                    time.sleep(1.5 * p99)  # requests still in flight when the load stopped finish first
+                    raws.append(raw_throughput(backend, x, args.seconds / 2))
+                    p50s.append(p50 * 1e3)
+                    p99s.append(p99 * 1e3)
+                    errors += errs
+                ratio = statistics.median(r / w for r, w in zip(rates, raws))
+                rows.append((label, c, statistics.median(rates), statistics.median(raws), ratio,
+                             statistics.median(p50s), max(p99s), errors))
+                print(f"  {label:<24} c={c:<3} {rows[-1][2]:8.1f} img/s  raw b{batch} {rows[-1][3]:6.1f}  "
+                      f"ratio {ratio:.0%}  p50 {rows[-1][5]:7.1f} ms  errors {errors}", flush=True)
         finally:
             proc.terminate()
             proc.wait(60)
 
-    raw_after = {b: raw_throughput(backend, np.repeat(pixels[None], b, axis=0), args.seconds / 2) for b in raw_sizes}
-    raw = {b: (raw_before[b] + raw_after[b]) / 2 for b in raw_sizes}
-    raw_b1_ms = 1e3 / raw[1]
-
-    client = "wrk" if shutil.which("wrk") else "httpx threads"
-    print(f"\n{manifest.name}: {os.cpu_count()} cores, load from {client}; image {len(image)} bytes, "
-          f"decode + preprocess {decode_ms:.2f} ms; raw backend (no HTTP, mean of before/after): "
-          + ", ".join(f"b{b} {raw[b]:.1f} img/s ({raw_before[b]:.1f}/{raw_after[b]:.1f})" for b in raw_sizes))
-    best_raw = max(raw.values())
-    print("\n| server | concurrency | img/s | vs raw backend (best batch) | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for label, c, ips, p50, p99, errors in rows:
-        print(f"| {label} | {c} | {ips:.1f} | {ips / best_raw:.0%} | {p50:.1f} | {p99:.1f} | {errors} |")
+    print(f"\n{manifest.name}: {os.cpu_count()} cores, load from {load}, {args.rounds} rounds of {args.seconds:g} s, "
+          f"--max-wait-ms {args.max_wait_ms:g}; image {len(image)} bytes, decode + preprocess {decode_ms:.2f} ms")
+    print("\n| server | concurrency | img/s | raw backend img/s (same batch) | server / raw | p50 ms | p99 ms "
+          "| errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, c, ips, raw, ratio, p50, p99, errors in rows:
+        print(f"| {label} | {c} | {ips:.1f} | {raw:.1f} | {ratio:.0%} | {p50:.1f} | {p99:.1f} | {errors} |")
     c1 = [r for r in rows if r[1] == 1 and r[0].startswith("batching on")]
-    if c1:
-        added = c1[0][3] - decode_ms - raw_b1_ms
-        print(f"\nconcurrency 1, batching on: p50 {c1[0][3]:.2f} ms = decode {decode_ms:.2f} + raw inference "
-              f"{raw_b1_ms:.2f} + {added:.2f} ms added; of that, an empty HTTP round trip (GET /healthz, this "
-              f"client) is {overhead['http']:.2f} ms and the server's own queueing and handling (p50 of total - "
-              f"decode - inference in its timings) {overhead['server']:.2f} ms")
-
+    if c1 and overhead:
+        print(f"\nconcurrency 1: beyond decode and inference, a request pays the server's own queueing and handling "
+              f"(p50 of total - decode - inference in its timings_ms) {overhead['server']:.2f} ms and an empty HTTP "
+              f"round trip (GET /healthz) {overhead['http']:.2f} ms")
 
 if __name__ == "__main__":
     main()

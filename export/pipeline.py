@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vitserve.artifact import LABELS_NAME, MODEL_NAME, Manifest, TensorSpec, write_labels, write_manifest
+from vitserve.artifact import (
+    LABELS_NAME,
+    MODEL_NAME,
+    Manifest,
+    TensorSpec,
+    check_output_dir,
+    install_artifact,
+    write_labels,
+    write_manifest,
+)
 from vitserve.config import DEFAULT_ATOL, DEFAULT_MAX_BATCH, DEFAULT_OPSET
 from vitserve.errors import ExportError, VerificationError
 
@@ -44,8 +53,7 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
     if options.max_batch < 1:
         raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
     out = Path(options.out)
-    if out.exists() and not (out / "vitserve.json").is_file() and any(out.iterdir()):
-        raise ExportError(f"{out} exists and is not a vitserve artifact; choose another --out or empty it")
+    check_output_dir(out)
     spec = built.spec
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -94,22 +102,10 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         write_manifest(tmp, manifest)
-        _replace_dir(tmp, out)
+        install_artifact(tmp, out)
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Moves src to dst; an existing artifact at dst is swapped out first and removed after the move."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
-    src.rename(dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _versions() -> dict[str, str]:

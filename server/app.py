@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from vitserve import __version__
 from vitserve.artifact import Manifest, read_labels
 from vitserve.errors import PayloadTooLargeError, RequestError, VitServeError
-from vitserve.server.backends import OnnxRuntimeBackend
+from vitserve.server.backends import load_backend
 from vitserve.server.batching import (
     BatchFailedError,
     BatchStats,
@@ -43,7 +44,7 @@ class Service:
     settings: Settings
     manifest: Manifest
     labels: list[str]
-    backend: OnnxRuntimeBackend
+    backend: Callable[[np.ndarray], np.ndarray]  # a backend from vitserve.server.backends
     batcher: DynamicBatcher
     metrics: Metrics
     ready: bool = False
@@ -74,7 +75,8 @@ class Service:
 
 def load_service(settings: Settings) -> Service:
     """Loads the artifact into a backend and builds the batcher; VitServeError when the artifact is unusable."""
-    backend = OnnxRuntimeBackend(settings.artifact, threads=settings.threads, device=settings.device)
+    backend = load_backend(settings.artifact, settings.backend, threads=settings.threads, device=settings.device,
+                           precision=settings.precision)
     manifest = backend.manifest
     if settings.max_batch_size > manifest.max_batch:
         raise VitServeError(f"--max-batch-size {settings.max_batch_size} exceeds the artifact's max_batch "
@@ -124,7 +126,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         await run_in_threadpool(_warm_up, service)
         service.batcher.start()
         service.ready = True
-        log.info("serving %s (%s) on %s", service.manifest.name, service.backend.providers[0],
+        log.info("serving %s (%s), warmed at batch sizes %s", service.manifest.name, service.backend.description,
                  ", ".join(map(str, service.warmed_batch_sizes)))
         try:
             yield

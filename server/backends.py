@@ -1,4 +1,9 @@
-"""Inference backends: an artifact in, logits out. No torch here."""
+"""Inference backends: an artifact in, logits out. No torch here.
+
+Every backend is a callable (N, C, H, W) float32 -> (N, classes) logits with a `manifest` and a `description`.
+onnxruntime runs `model.onnx`; OpenVINO (optional extra `openvino`) runs `model.onnx` or an OpenVINO IR
+(`model.xml`, written by `vitserve export --format openvino` and by OpenVINO quantization).
+"""
 
 from __future__ import annotations
 
@@ -28,8 +33,25 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("auto", "f32", "bf16")
+
+
+def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, threads: int | None = None,
+                 device: str = "auto", precision: str = "auto"):
+    """The named backend on an artifact; ArtifactError when the backend cannot run it."""
+    if backend == "onnxruntime":
+        if precision not in ("auto", "f32"):
+            raise ArtifactError(f"onnxruntime runs artifacts at their own precision; --precision {precision} "
+                                "needs --backend openvino")
+        return OnnxRuntimeBackend(artifact_dir, threads=threads, device=device)
+    if backend == "openvino":
+        return OpenVINOBackend(artifact_dir, threads=threads, precision=precision)
+    raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
 class OnnxRuntimeBackend:
-    """The artifact's model.onnx in onnxruntime."""
+    """The artifact's ONNX model in onnxruntime."""
 
     name = "onnxruntime"
 
@@ -38,7 +60,11 @@ class OnnxRuntimeBackend:
 
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
+        if not self.manifest.model_file.endswith(".onnx"):
+            raise ArtifactError(f"{self.directory} holds an OpenVINO model ({self.manifest.model_file}); serve it "
+                                "with --backend openvino")
         self.providers = choose_providers(device, ort.get_available_providers())
+        self.description = f"onnxruntime {self.providers[0]}"
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -52,6 +78,58 @@ class OnnxRuntimeBackend:
         """(N, C, H, W) float32 -> (N, num_classes) logits."""
         (logits,) = self.session.run([self.manifest.output.name], {self.manifest.input.name: batch})
         return logits
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can compute in bf16 here (AVX512_BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> 'bf16' where the CPU computes bf16 natively, else 'f32'. ArtifactError for bf16 without it."""
+    if precision not in PRECISIONS:
+        raise ArtifactError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    supported = cpu_supports_bf16()
+    if precision == "bf16" and not supported:
+        raise ArtifactError("--precision bf16 needs a CPU with AVX512_BF16 or AMX, which this one lacks; "
+                            "use --precision f32")
+    if precision == "auto":
+        return "bf16" if supported else "f32"
+    return precision
+
+
+class OpenVINOBackend:
+    """The artifact's model (ONNX or OpenVINO IR) compiled by OpenVINO for the CPU, in f32 or bf16."""
+
+    name = "openvino"
+
+    def __init__(self, artifact_dir: str | Path, threads: int | None = None, precision: str = "auto"):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ArtifactError("the openvino backend needs the `openvino` package: pip install "
+                                "'vitserve[openvino]'") from e
+        self.directory = Path(artifact_dir)
+        self.manifest: Manifest = read_manifest(self.directory)
+        self.precision = resolve_precision(precision)
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(self.directory / self.manifest.model_file), "CPU",
+                                               config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for unreadable models
+            raise ArtifactError(f"OpenVINO cannot load {self.directory / self.manifest.model_file}: {e}") from e
+        self.request = self.compiled.create_infer_request()
+        self.description = f"openvino CPU {self.precision}"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 -> (N, num_classes) logits."""
+        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.array(result[self.compiled.output(0)], dtype=np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="images waiting beyond this are refused with 503")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
     threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
-    device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("auto", description="onnxruntime's device")
+    precision: Literal["auto", "f32", "bf16"] = Field("auto", description="openvino: bf16 where the CPU has it")
     max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")
     max_images: int = Field(64, ge=1, description="images per request")

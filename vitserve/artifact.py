@@ -12,6 +12,7 @@ Only the standard library is used here: the server reads manifests without torch
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class Manifest:
     weights: dict[str, Any] = field(default_factory=dict)
     graph: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
@@ -133,6 +135,24 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not (directory / manifest.model_file).is_file():
         raise ArtifactError(f"{directory} has no {manifest.model_file}; the artifact is incomplete, re-export it")
     return manifest
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuses to write an artifact over a folder that holds something else."""
+    if out.exists() and not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+        raise ArtifactError(f"{out} exists and is not a vitserve artifact; choose another output folder or empty it")
+
+
+def install_artifact(src: Path, dst: Path) -> None:
+    """Moves a finished artifact folder into place; an artifact already at dst is replaced only after that."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_labels(path: Path, labels: list[str]) -> None:

@@ -76,10 +76,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vitserve.artifact import read_labels
-    from vitserve.server.backends import OnnxRuntimeBackend, softmax, top_k
+    from vitserve.server.backends import load_backend, softmax, top_k
     from vitserve.server.preprocess import decode_image, transform
 
-    backend = OnnxRuntimeBackend(args.artifact)
+    backend = load_backend(args.artifact, args.backend, precision=args.precision, device="cpu")
     manifest = backend.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
     batch = []
@@ -103,6 +103,69 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from vitserve.export.quantize import quantize_artifact
+
+    artifact = Path(args.artifact)
+    suffix = "int8" if args.backend == "onnxruntime" else "int8-openvino"
+    out = Path(args.out) if args.out else artifact.with_name(f"{artifact.name}-{suffix}")
+    report = quantize_artifact(artifact, Path(args.calib), out, method=args.backend, samples=args.samples,
+                               eval_dir=Path(args.eval) if args.eval else None, min_agreement=args.min_agreement,
+                               progress=_progress)
+    int8 = report["int8"]
+    accuracy = f", accuracy {int8['accuracy']:.2%} (fp32 {int8['fp32_accuracy']:.2%})" if "accuracy" in int8 else ""
+    print(f"wrote {out} (int8 top-1 agreement {int8['top1_agreement']:.2%} on {int8['images']} held-out "
+          f"images{accuracy})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vitserve.export.bench import bench_artifact, format_table
+
+    target = Path(args.model)
+    out = Path(args.out)
+    if (target / "vitserve.json").is_file():
+        artifact = target
+    else:  # a model name: export it (random weights: speed does not depend on them) and bench that
+        from vitserve.export.pipeline import ExportOptions, export_artifact
+        from vitserve.models.build import build_model
+        from vitserve.models.registry import resolve
+
+        spec = resolve(args.model)
+        artifact = out / "artifact"
+        _progress(f"exporting {spec.name} with random weights to {artifact}")
+        export_artifact(build_model(spec, random_init=True),
+                        ExportOptions(out=artifact, max_batch=max(args.batch_sizes)), progress=_progress)
+    report = bench_artifact(artifact, out, backends=args.backends, precisions=args.precisions,
+                            batch_sizes=args.batch_sizes, rounds=args.rounds, threads=args.threads,
+                            eager=not args.no_eager)
+    print(f"{report['model']} on {report['machine']}, threads {args.threads or 'all'}, median of {args.rounds} "
+          "rounds\n")
+    print(format_table(report))
+    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("batch sizes must be at least 1")
+    return values
+
+
+def _choice_list(choices: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        values = text.split(",")
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+        return values
+    return parse
+
+
 SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--host": ("host", str, "address to listen on (default 127.0.0.1)"),
     "--port": ("port", int, "port (default 8000)"),
@@ -111,7 +174,9 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--max-queue": ("max_queue", int, "images allowed to wait; beyond, 503 (default 256)"),
     "--timeout-ms": ("timeout_ms", float, "answer within this or 504 (default 10000)"),
     "--threads": ("threads", int, "inference threads (default: all cores)"),
-    "--device": ("device", str, "auto, cpu, cuda or tensorrt (default auto)"),
+    "--backend": ("backend", str, "onnxruntime or openvino (default onnxruntime)"),
+    "--device": ("device", str, "onnxruntime: auto, cpu, cuda or tensorrt (default auto)"),
+    "--precision": ("precision", str, "openvino: auto, f32 or bf16 (default auto: bf16 where the CPU has it)"),
     "--max-body-mb": ("max_body_mb", float, "largest request body (default 32)"),
     "--max-pixels": ("max_pixels", int, "largest image, width x height (default 40000000)"),
     "--max-images": ("max_images", int, "images per request (default 64)"),
@@ -176,7 +241,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"], help="openvino only")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "quantize",
+        help="write an int8 artifact, admitted by an accuracy gate",
+        description="Quantize an fp32 artifact to int8 (onnxruntime static QDQ, or OpenVINO NNCF), then compare it "
+        "with the fp32 model on held-out images (top-1 agreement; accuracy where the images sit in folders named "
+        "after the labels). Below --min-agreement nothing is written and the exit code is 1.",
+    )
+    p.add_argument("artifact", help="fp32 artifact directory written by `vitserve export`")
+    p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (any layout, searched "
+                   "recursively)")
+    p.add_argument("--eval", metavar="DIR", help="held-out images for the gate (default: a quarter of --calib, "
+                   "never used for calibration)")
+    p.add_argument("--samples", type=int, default=300, metavar="N", help="calibration images to use (default 300)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
+                   help="smallest top-1 agreement with fp32 that passes (default 0.99)")
+    p.add_argument("--out", metavar="DIR", help="default: ARTIFACT-int8 (or ARTIFACT-int8-openvino)")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser(
+        "bench",
+        help="time every backend x precision x batch size against timm eager",
+        description="Time an artifact (or a model name, exported first with random weights) in every backend and "
+        "precision at each batch size, with timm eager in the same run; prints the table and writes bench.json "
+        "and bench.png.",
+    )
+    p.add_argument("model", help="artifact directory, or a model name")
+    p.add_argument("--backends", type=_choice_list(("onnxruntime", "openvino")), default=["onnxruntime", "openvino"])
+    p.add_argument("--precisions", type=_choice_list(("f32", "bf16")), default=["f32", "bf16"])
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32])
+    p.add_argument("--rounds", type=int, default=10, help="timed runs of each runner per batch size (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every runner (default: all cores)")
+    p.add_argument("--no-eager", action="store_true", help="skip the timm eager baseline (no torch needed)")
+    p.add_argument("--out", default="bench", metavar="DIR", help="where bench.json and bench.png go (default bench)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
         "serve",

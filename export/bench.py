@@ -1,0 +1,150 @@
+"""`vitserve bench`: every backend x precision x batch size, with timm eager as the baseline, in one run.
+
+Runners take turns within every round (the order rotates each round), so a machine that slows down mid-run slows
+all of them alike; each figure is the median (and p90) over the rounds. Writes bench.json and bench.png (images/s
+per runner and batch size) to the output directory and prints a table with the ratios against timm eager.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitserve.artifact import read_manifest
+from vitserve.server.backends import cpu_supports_bf16, load_backend
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def eager_runner(artifact: Path, threads: int | None) -> Callable[[np.ndarray], Any]:
+    """timm's own model for the artifact's architecture (random weights: speed does not depend on them)."""
+    import timm
+    import torch
+
+    manifest = read_manifest(artifact)
+    kwargs = dict(manifest.weights.get("timm_kwargs") or {}, num_classes=manifest.num_classes)
+    model = timm.create_model(manifest.architecture, pretrained=False, **kwargs).eval()
+    if threads:
+        torch.set_num_threads(threads)
+
+    def run(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x))
+
+    return run
+
+
+def runners_for(artifact: Path, backends: list[str], precisions: list[str], threads: int | None,
+                eager: bool) -> dict[str, Callable[[np.ndarray], Any]]:
+    runners: dict[str, Callable[[np.ndarray], Any]] = {}
+    if eager:
+        runners["timm eager (PyTorch)"] = eager_runner(artifact, threads)
+    for backend in backends:
+        for precision in precisions:
+            if backend == "onnxruntime" and precision != "f32":
+                continue  # onnxruntime runs the artifact at its own precision
+            if precision == "bf16" and not cpu_supports_bf16():
+                continue
+            model = load_backend(artifact, backend, threads=threads, device="cpu", precision=precision)
+            runners[f"{backend} {precision}"] = model
+    return runners
+
+
+def bench_artifact(
+    artifact: Path,
+    out: Path,
+    *,
+    backends: list[str],
+    precisions: list[str],
+    batch_sizes: list[int],
+    rounds: int = 10,
+    threads: int | None = None,
+    eager: bool = True,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    manifest = read_manifest(artifact)
+    runners = runners_for(artifact, backends, precisions, threads, eager)
+    shape = manifest.input.shape[1:]
+    times: dict[tuple[str, int], list[float]] = {}
+    with tqdm(total=len(batch_sizes) * rounds * len(runners), desc="bench", unit="run") as bar:
+        for batch in batch_sizes:
+            x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+            for run in runners.values():  # warm-up
+                run(x)
+            names = list(runners)
+            for r in range(rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    started = time.perf_counter()
+                    runners[name](x)
+                    times.setdefault((name, batch), []).append(time.perf_counter() - started)
+                    bar.update()
+    results = []
+    for (name, batch), values in times.items():
+        median = statistics.median(values)
+        results.append({"runner": name, "batch": batch, "median_ms": median * 1e3,
+                        "p90_ms": _percentile(values, 0.9) * 1e3, "images_per_s": batch / median})
+    baseline = {r["batch"]: r["images_per_s"] for r in results if r["runner"].startswith("timm eager")}
+    for r in results:
+        if r["batch"] in baseline:
+            r["vs_eager"] = r["images_per_s"] / baseline[r["batch"]]
+    report = {"model": manifest.name, "architecture": manifest.architecture, "artifact": str(artifact),
+              "machine": f"{platform.machine()}, {_cpu_name()}", "threads": threads, "rounds": rounds,
+              "results": results}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    _chart(report, out / "bench.png")
+    return report
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    runners = list(dict.fromkeys(r["runner"] for r in results))
+    batches = sorted({r["batch"] for r in results})
+    width = 0.8 / len(runners)
+    fig, ax = plt.subplots(figsize=(max(6, 2 * len(batches) + 2), 4))
+    for i, runner in enumerate(runners):
+        values = [next((r["images_per_s"] for r in results if r["runner"] == runner and r["batch"] == b), 0)
+                  for b in batches]
+        ax.bar([j + i * width for j in range(len(batches))], values, width, label=runner)
+    ax.set_xticks([j + width * (len(runners) - 1) / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
+    ax.set_ylabel("images / s")
+    ax.set_title(f"{report['model']} ({report['architecture']}) on {report['machine']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = ["| runner | batch | median ms | p90 ms | images/s | vs timm eager |", "|---|---|---|---|---|---|"]
+    for r in sorted(report["results"], key=lambda r: (r["batch"], r["runner"])):
+        ratio = f"{r['vs_eager']:.2f}x" if "vs_eager" in r else "-"
+        rows.append(f"| {r['runner']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+                    f"{r['images_per_s']:.1f} | {ratio} |")
+    return "\n".join(rows)

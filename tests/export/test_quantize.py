@@ -1,0 +1,91 @@
+"""int8 artifacts of the trained swin_digits model through the accuracy gate, on its held-out split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from vitserve.errors import VitServeError
+from vitserve.export.quantize import QuantizationGateError, evaluate, quantize_artifact
+from vitserve.models.digits import load_split
+from vitserve.server.backends import cpu_supports_bf16, load_backend
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory):
+    """calib/<label>/*.png from the training split, heldout/<label>/*.png from the held-out split."""
+    root = tmp_path_factory.mktemp("digits")
+    train_images, train_labels, test_images, test_labels = load_split()
+    for name, images, labels in (("calib", train_images[:400], train_labels), ("heldout", test_images, test_labels)):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = root / name / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("method", ["onnxruntime", "openvino"])
+def test_int8_passes_the_gate_within_half_a_point(tmp_path, digits_artifact, digit_folders, method):
+    out = tmp_path / f"int8-{method}"
+    report = quantize_artifact(digits_artifact, digit_folders / "calib", out, method=method, samples=200,
+                               eval_dir=digit_folders / "heldout", progress=lambda m: None)
+    int8 = report["int8"]
+    assert int8["images"] == 360
+    assert int8["top1_agreement"] >= 0.99
+    assert int8["accuracy_drop_points"] <= 0.5
+    manifest = json.loads((out / "vitserve.json").read_text())
+    assert manifest["quantization"]["int8"] == int8
+    assert manifest["model_file"] == ("model.onnx" if method == "onnxruntime" else "model.xml")
+    backend = load_backend(out, method, precision="f32")  # the int8 artifact serves
+    assert backend(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
+    if method == "openvino" and cpu_supports_bf16():
+        assert report["bf16"]["accuracy_drop_points"] <= 0.3
+
+
+def test_gate_refuses_and_writes_nothing(tmp_path, digits_artifact, digit_folders, monkeypatch):
+    import vitserve.export.quantize as q
+
+    real = q.evaluate
+    monkeypatch.setattr(q, "evaluate", lambda ref, cand, labels: {**real(ref, cand, labels), "top1_agreement": 0.5})
+    out = tmp_path / "refused"
+    with pytest.raises(QuantizationGateError, match="below the gate of 99.00%"):
+        quantize_artifact(digits_artifact, digit_folders / "calib", out, samples=50,
+                          eval_dir=digit_folders / "heldout", progress=lambda m: None)
+    assert not out.exists() and not any(p.name.startswith(".refused") for p in tmp_path.iterdir())
+
+
+def test_evaluate_counts_agreement_and_accuracy():
+    ref = np.array([[2.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    cand = np.array([[2.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    report = evaluate(ref, cand, np.array([0, 1, 1]))
+    assert report["top1_agreement"] == pytest.approx(2 / 3)
+    assert report["fp32_accuracy"] == pytest.approx(2 / 3) and report["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_bad_inputs(tmp_path, digits_artifact, digit_folders):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(VitServeError, match="no readable images"):
+        quantize_artifact(digits_artifact, empty, tmp_path / "o", eval_dir=digit_folders / "heldout",
+                          progress=lambda m: None)
+    with pytest.raises(VitServeError, match="not a directory"):
+        quantize_artifact(digits_artifact, tmp_path / "missing", tmp_path / "o", progress=lambda m: None)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "vitserve.json").write_text("{ not json")
+    with pytest.raises(VitServeError, match="cannot read"):
+        quantize_artifact(corrupt, digit_folders / "calib", tmp_path / "o", progress=lambda m: None)
+
+
+def test_cli_quantize(tmp_path, digits_artifact, digit_folders):
+    out = tmp_path / "cli-int8"
+    result = run_cli("quantize", str(digits_artifact), "--calib", str(digit_folders / "calib"), "--samples", "100",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "top-1 agreement" in result.stdout and (out / "model.onnx").is_file()
+    result = run_cli("quantize", str(digits_artifact), "--calib", str(tmp_path / "nothing"))
+    assert result.returncode == 1 and "not a directory" in result.stderr and "Traceback" not in result.stderr
