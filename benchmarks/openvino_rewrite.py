@@ -1,0 +1,50 @@
+"""Does the window rewrite help OpenVINO? The same model exported with and without it, side by side in one run.
+
+    vitserve export swin_t --random-init --out artifacts/swin_t_random --max-batch 32
+    vitserve export swin_t --random-init --no-rewrite --out artifacts/swin_t_plain --max-batch 32
+    python benchmarks/openvino_rewrite.py artifacts/swin_t_random artifacts/swin_t_plain [--precision bf16]
+
+The two compiled models alternate run by run (the order flips every round); medians of --rounds runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from vitserve.server.backends import OpenVINOBackend
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rewritten")
+    parser.add_argument("plain")
+    parser.add_argument("--precision", default="bf16", choices=["f32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batch-sizes", default="1,8")
+    args = parser.parse_args()
+    models = {"rewritten": OpenVINOBackend(args.rewritten, threads=args.threads, precision=args.precision),
+              "plain": OpenVINOBackend(args.plain, threads=args.threads, precision=args.precision)}
+    print(f"openvino {args.precision}, {args.threads} threads, median of {args.rounds} rounds\n")
+    print("| batch | rewritten ms | plain ms | plain / rewritten |\n|---|---|---|---|")
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        x = np.random.default_rng(0).standard_normal((batch, *models["plain"].manifest.input.shape[1:]),
+                                                      dtype=np.float32)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for model in models.values():
+            model(x)
+        for r in range(args.rounds):
+            for name in (["rewritten", "plain"] if r % 2 == 0 else ["plain", "rewritten"]):
+                started = time.perf_counter()
+                models[name](x)
+                times[name].append(time.perf_counter() - started)
+        rw, plain = (statistics.median(times[n]) * 1e3 for n in ("rewritten", "plain"))
+        print(f"| {batch} | {rw:.1f} | {plain:.1f} | {plain / rw:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
