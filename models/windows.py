@@ -95,10 +95,13 @@ class WindowOrderAttention(nn.Module):
         self.window_area = bias.shape[-1]
         self.register_buffer("bias", bias.detach().clone())
         self.register_buffer("logit_scale", None if logit_scale is None else logit_scale.detach().clone())
+        self.fused = False  # True: one torch.ops.vitserve.window_attention call (see use_fused_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
         nW, N, nH, hd = self.num_windows, self.window_area, self.num_heads, self.head_dim
+        if self.fused:
+            return self.proj(self._fused(x))
         # one Split, then each of q, k, v straight into the layout its MatMul wants (k already transposed)
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # B, L, nH * hd each
         q = q.reshape(B, nW, N, nH, hd).transpose(2, 3)  # B, nW, nH, N, hd
@@ -111,6 +114,18 @@ class WindowOrderAttention(nn.Module):
         attn = (attn + self.bias).softmax(dim=-1)  # B, nW, nH, N, N
         x = (attn @ v).permute(0, 1, 3, 2, 4).reshape(B, L, nH * hd)  # B, nW, N, nH, hd -> B, L, C
         return self.proj(x)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        from vitserve.models.window_attention import window_attention
+
+        B, L, _ = x.shape
+        nW, N, nH, hd = self.num_windows, self.window_area, self.num_heads, self.head_dim
+        q, k, v = (t.reshape(B, nW, N, nH, hd).transpose(2, 3).reshape(B * nW, nH, N, hd)
+                   for t in self.qkv(x).chunk(3, dim=-1))  # B * nW, nH, N, hd
+        logit_scale = None if self.logit_scale is None else self.logit_scale.view(-1)
+        bias = self.bias.to(torch.float32)
+        out = window_attention(q, k, v, bias, logit_scale, 1.0)  # the 1/sqrt(d) scale is folded into q
+        return out.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, L, nH * hd)
 
 
 class WindowOrderBlock(nn.Module):
@@ -240,6 +255,16 @@ def convert_timm_block(
     order = window_order(resolution, window, shift)
     attn = WindowOrderAttention(qkv, block.attn.proj, block.attn.num_heads, num_windows, bias, logit_scale)
     return WindowOrderBlock(block.norm1, attn, block.norm2, block.mlp, order, resolution, post_norm), order
+
+
+def use_fused_kernel(model: nn.Module, enabled: bool = True) -> int:
+    """Switches every window attention of a rewritten model to the fused op (GPU deploy form); returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, WindowOrderAttention):
+            module.fused = enabled
+            count += 1
+    return count
 
 
 def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:

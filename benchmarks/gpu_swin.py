@@ -1,0 +1,158 @@
+"""GPU check of the fused window-attention kernel and of Swin-T, ViT-B/16, DeiT-S throughput, in one run.
+
+    python benchmarks/gpu_swin.py --out results.json [--budget-s 420] [--skip-compile]
+
+Sections, each written to the JSON file as soon as it is done (a run cut short keeps what it measured):
+  1. kernel correctness at full size (Swin-T stage 1 at batch 64; Swin V2 cosine, 64-token windows) in fp16 and
+     bf16 against the float32 reference: max |error|;
+  2. window attention alone at Swin-T stage-1 shapes, batch 256: stock ops vs scaled_dot_product_attention with
+     the bias as mask vs the fused kernel;
+  3. end to end, fp16, batch 1 / 64 / 256: timm eager, the window-order rewrite (eager), the rewrite with the fused
+     kernel (eager), for Swin-T; timm eager for ViT-B/16 and DeiT-S;
+  4. while the time budget lasts: torch.compile of timm Swin-T and of the rewrite with the fused kernel, and of
+     ViT-B/16 / DeiT-S.
+Random weights; CUDA events around whole forward passes; median of the timed iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+from vitserve.models.rewrite import deploy_copy
+from vitserve.models.window_attention import reference, window_attention
+from vitserve.models.windows import use_fused_kernel
+
+STARTED = time.monotonic()
+
+
+def cuda_ms(fn, iters: int = 20, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_correctness() -> list[dict]:
+    rows = []
+    torch.manual_seed(0)
+    for cosine, n, windows, bias_windows in ((False, 49, 64 * 64, 64), (True, 64, 64 * 16, 16)):
+        for dtype in (torch.float16, torch.bfloat16):
+            q, k, v = (torch.randn(windows, 3, n, 32, device="cuda", dtype=dtype) for _ in range(3))
+            bias = torch.randn(bias_windows, 3, n, n, device="cuda")
+            bias[::2, :, 0, 1:9] = -100.0
+            scale = torch.rand(3, device="cuda") * 10 if cosine else None
+            expected = reference(q.float(), k.float(), v.float(), bias, scale, 0.177)
+            got = window_attention(q, k, v, bias, scale, 0.177)
+            rows.append({"cosine": cosine, "tokens": n, "windows": windows, "dtype": str(dtype),
+                         "max_abs_error": (got.float() - expected).abs().max().item(),
+                         "fp32_reference_max_abs": expected.abs().max().item()})
+    return rows
+
+
+def attention_alone() -> dict:
+    windows, heads, n, d = 256 * 64, 3, 49, 32
+    q, k, v = (torch.randn(windows, heads, n, d, device="cuda", dtype=torch.float16) for _ in range(3))
+    bias = torch.randn(64, heads, n, n, device="cuda")
+    bias16 = bias.half()
+
+    def stock():
+        s = (q @ k.transpose(-2, -1)).view(256, 64, heads, n, n) + bias16
+        return s.softmax(-1).view(windows, heads, n, n) @ v
+
+    mask = bias16.unsqueeze(0).expand(256, -1, -1, -1, -1).reshape(windows, heads, n, n)
+
+    def sdpa():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+
+    def fused():
+        return window_attention(q, k, v, bias, None, 1.0)
+
+    return {name: cuda_ms(fn, iters=50) for name, fn in (("stock ops", stock), ("sdpa with bias mask", sdpa),
+                                                         ("fused kernel", fused))}
+
+
+def variants(name: str) -> dict[str, torch.nn.Module]:
+    model = timm.create_model(name, pretrained=False).eval()
+    out = {"timm eager": model}
+    if name.startswith("swin"):
+        rewritten, _ = deploy_copy(model)
+        fused, _ = deploy_copy(model)
+        use_fused_kernel(fused)
+        out["rewrite eager"] = rewritten
+        out["rewrite + fused kernel eager"] = fused
+    return {k: m.half().cuda() for k, m in out.items()}
+
+
+def throughput(models: dict[str, torch.nn.Module], size: int, batches: list[int]) -> list[dict]:
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, size, size, device="cuda", dtype=torch.float16)
+        for label, model in models.items():
+            with torch.inference_mode():
+                ms = cuda_ms(lambda m=model: m(x), iters=10 if batch > 64 else 20)
+            rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
+            print(f"  {label:<34} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--skip-compile", action="store_true")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__}
+
+    def save():
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    result["kernel_correctness"] = kernel_correctness()
+    print(json.dumps(result["kernel_correctness"], indent=1), flush=True)
+    save()
+    result["attention_stage1_b256_ms"] = attention_alone()
+    print(result["attention_stage1_b256_ms"], flush=True)
+    save()
+    batches = [1, 64, 256]
+    result["eager_fp16"] = {}
+    for name, size in (("swin_tiny_patch4_window7_224", 224), ("vit_base_patch16_224", 224),
+                       ("deit_small_patch16_224", 224)):
+        print(name, flush=True)
+        result["eager_fp16"][name] = throughput(variants(name), size, batches)
+        save()
+    if args.skip_compile:
+        return
+    result["compiled_fp16"] = {}
+    for name in ("swin_tiny_patch4_window7_224", "vit_base_patch16_224", "deit_small_patch16_224"):
+        for label, model in variants(name).items():
+            if label == "rewrite eager":
+                continue
+            for batch in (256, 1):
+                if time.monotonic() - STARTED > args.budget_s:
+                    result["compiled_fp16"]["stopped"] = f"time budget of {args.budget_s:.0f} s reached"
+                    save()
+                    return
+                compiled = torch.compile(model)
+                rows = throughput({f"{label} + torch.compile": compiled}, 224, [batch])
+                result["compiled_fp16"].setdefault(name, []).extend(rows)
+                save()
+            torch._dynamo.reset()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""`vitserve bench` on the small shipped model: every runner timed, the baseline in the same run, files written."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_bench_writes_json_and_chart(tmp_path, digits_artifact):
+    out = tmp_path / "bench"
+    result = run_cli("bench", str(digits_artifact), "--batch-sizes", "1,4", "--rounds", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    runners = {r["runner"] for r in report["results"]}
+    assert {"timm eager (PyTorch)", "onnxruntime f32", "openvino f32"} <= runners
+    assert {r["batch"] for r in report["results"]} == {1, 4}
+    assert all(r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] * 0.999 for r in report["results"])
+    assert all(r["vs_eager"] > 0 for r in report["results"])
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| timm eager (PyTorch) | 1 |" in result.stdout
+
+
+def test_bench_rejects_bad_arguments(tmp_path):
+    result = run_cli("bench", "swin_digits", "--batch-sizes", "1,x")
+    assert result.returncode == 2 and "comma-separated integers" in result.stderr
+    result = run_cli("bench", "swin_digits", "--backends", "tensorflow")
+    assert result.returncode == 2 and "unknown tensorflow" in result.stderr

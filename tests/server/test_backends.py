@@ -1,0 +1,56 @@
+"""Backends on the shipped swin_digits artifact: onnxruntime and OpenVINO agree; precision choices and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import ROOT
+from vitserve.errors import ArtifactError
+from vitserve.models.registry import SPECS
+from vitserve.server.app import create_app
+from vitserve.server.backends import OnnxRuntimeBackend, OpenVINOBackend, cpu_supports_bf16, load_backend
+from vitserve.server.preprocess import decode_image, transform
+from vitserve.server.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    pre = SPECS["swin_digits"].preprocess
+    return np.stack([transform(decode_image((ROOT / "examples" / f"digit_{d}.png").read_bytes()), pre)
+                     for d in range(10)])
+
+
+def test_openvino_f32_matches_onnxruntime(digits_artifact, pixels):
+    ort_logits = OnnxRuntimeBackend(digits_artifact)(pixels)
+    ov_logits = OpenVINOBackend(digits_artifact, precision="f32")(pixels)
+    assert np.abs(ort_logits - ov_logits).max() < 1e-4
+    assert (ov_logits.argmax(1) == np.arange(10)).all()
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no bf16 (AVX512_BF16 / AMX)")
+def test_openvino_bf16_agrees_on_top1(digits_artifact, pixels):
+    backend = OpenVINOBackend(digits_artifact, precision="auto")
+    assert backend.precision == "bf16"
+    assert (backend(pixels).argmax(1) == np.arange(10)).all()
+
+
+def test_precision_errors(digits_artifact, monkeypatch):
+    with pytest.raises(ArtifactError, match="needs --backend openvino"):
+        load_backend(digits_artifact, "onnxruntime", precision="bf16")
+    with pytest.raises(ArtifactError, match="unknown backend"):
+        load_backend(digits_artifact, "tensorflow")
+    monkeypatch.setattr("vitserve.server.backends.cpu_supports_bf16", lambda: False)
+    with pytest.raises(ArtifactError, match="AVX512_BF16 or AMX"):
+        load_backend(digits_artifact, "openvino", precision="bf16")
+    assert load_backend(digits_artifact, "openvino", precision="auto").precision == "f32"
+
+
+def test_server_on_openvino(digits_artifact):
+    settings = Settings(artifact=digits_artifact, backend="openvino", precision="f32")
+    with TestClient(create_app(settings)) as client:
+        body = (ROOT / "examples" / "digit_8.png").read_bytes()
+        answer = client.post("/classify?top_k=1", content=body, headers={"content-type": "image/png"}).json()
+        assert answer["results"][0]["predictions"][0]["label"] == "8"
+        assert client.app.state.service.backend.description == "openvino CPU f32"
