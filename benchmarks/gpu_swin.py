@@ -104,7 +104,7 @@ def throughput(models: dict[str, torch.nn.Module], size: int, batches: list[int]
         x = torch.randn(batch, 3, size, size, device="cuda", dtype=torch.float16)
         for label, model in models.items():
             with torch.inference_mode():
-                ms = cuda_ms(lambda m=model: m(x), iters=10 if batch > 64 else 20)
+                ms = cuda_ms(lambda m=model, x=x: m(x), iters=10 if batch > 64 else 20)
             rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
             print(f"  {label:<34} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
     return rows
