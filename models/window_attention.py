@@ -8,7 +8,7 @@ cosine variant (Swin V2) normalizes q and k and multiplies by a per-head logit s
 
     window_attention(q, k, v, bias, logit_scale, scale) -> out
       q, k, v, out: (B * nW, nH, N, D), windows of one image consecutive (index b * nW + w)
-      bias: (nW or 1, nH, N, N) float32, added to the scores of window w % nW
+      bias: (nW or 1, nH, N, N), any float dtype (read as float32), added to the scores of window w % nW
       logit_scale: (nH,) float32 for cosine attention, else None; scale: multiplies the plain scores
 
 It is a PyTorch custom op (`torch.ops.vitserve.window_attention`): the reference implementation below runs on any
@@ -52,7 +52,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
 
 @window_attention.register_fake
 def _(q, k, v, bias, logit_scale, scale):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)  # contiguous, like both implementations' outputs
 
 
 if triton is not None:
@@ -87,6 +87,7 @@ if triton is not None:
         bias_base = ((window % bias_windows) * heads + head) * n * n
         pair_ok = row_ok[:, None] & (rows[None, :] < n)
         bias = tl.load(bias_ptr + bias_base + rows[:, None] * n + rows[None, :], mask=pair_ok, other=0.0)
+        bias = bias.to(tl.float32)
         scores = tl.where(rows[None, :] < n, scores + bias, float("-inf"))
         scores = scores - tl.max(scores, axis=1)[:, None]
         p = tl.exp(scores)
@@ -98,8 +99,7 @@ if triton is not None:
                                 logit_scale: torch.Tensor | None, scale: float) -> torch.Tensor:
         """Launches the kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
         windows, heads, n, d = q.shape
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        bias = bias.contiguous().float()
+        q, k, v, bias = q.contiguous(), k.contiguous(), v.contiguous(), bias.contiguous()
         out = torch.empty_like(q)
         cosine = logit_scale is not None
         logit = logit_scale.contiguous().float().view(-1) if cosine else bias  # unused pointer when not cosine

@@ -123,8 +123,7 @@ class WindowOrderAttention(nn.Module):
         q, k, v = (t.reshape(B, nW, N, nH, hd).transpose(2, 3).reshape(B * nW, nH, N, hd)
                    for t in self.qkv(x).chunk(3, dim=-1))  # B * nW, nH, N, hd
         logit_scale = None if self.logit_scale is None else self.logit_scale.view(-1)
-        bias = self.bias.to(torch.float32)
-        out = window_attention(q, k, v, bias, logit_scale, 1.0)  # the 1/sqrt(d) scale is folded into q
+        out = window_attention(q, k, v, self.bias, logit_scale, 1.0)  # the 1/sqrt(d) scale is folded into q
         return out.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, L, nH * hd)
 
 

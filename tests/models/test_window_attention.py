@@ -67,6 +67,20 @@ def test_triton_kernel_in_interpreter():
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
 
 
+def test_fake_kernel_matches_real_layout():
+    """torch.compile trusts the fake kernel's strides; a transposed (non-contiguous) q must still give contiguous."""
+    q = torch.randn(4, 6, 2, 8).transpose(1, 2)  # 4, 2, 6, 8, non-contiguous
+    k, v = torch.randn(4, 2, 6, 8), torch.randn(4, 2, 6, 8)
+    bias = torch.randn(2, 2, 6, 6)
+    torch.library.opcheck(window_attention, (q, k, v, bias, None, 0.5))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = window_attention(mode.from_tensor(q), mode.from_tensor(k), mode.from_tensor(v),
+                                mode.from_tensor(bias), None, 0.5)
+    assert fake.is_contiguous()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cosine", [False, True])
