@@ -116,6 +116,10 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420)
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--compile-batches", default="256,1")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
+                        "(CUDA graphs)")
+    parser.add_argument("--sections", default="correctness,attention,eager,compile")
+    parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__}
@@ -123,23 +127,26 @@ def main() -> None:
     def save():
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    result["kernel_correctness"] = kernel_correctness()
-    print(json.dumps(result["kernel_correctness"], indent=1), flush=True)
-    save()
-    result["attention_stage1_b256_ms"] = attention_alone()
-    print(result["attention_stage1_b256_ms"], flush=True)
-    save()
-    batches = [1, 64, 256]
-    result["eager_fp16"] = {}
-    for name, size in (("swin_tiny_patch4_window7_224", 224), ("vit_base_patch16_224", 224),
-                       ("deit_small_patch16_224", 224)):
-        print(name, flush=True)
-        result["eager_fp16"][name] = throughput(variants(name), size, batches)
+    sections = set(args.sections.split(","))
+    models = args.models.split(",")
+    if "correctness" in sections:
+        result["kernel_correctness"] = kernel_correctness()
+        print(json.dumps(result["kernel_correctness"], indent=1), flush=True)
         save()
-    if args.skip_compile:
+    if "attention" in sections:
+        result["attention_stage1_b256_ms"] = attention_alone()
+        print(result["attention_stage1_b256_ms"], flush=True)
+        save()
+    if "eager" in sections:
+        result["eager_fp16"] = {}
+        for name in models:
+            print(name, flush=True)
+            result["eager_fp16"][name] = throughput(variants(name), 224, [1, 64, 256])
+            save()
+    if args.skip_compile or "compile" not in sections:
         return
-    result["compiled_fp16"] = {}
-    for name in ("swin_tiny_patch4_window7_224", "vit_base_patch16_224", "deit_small_patch16_224"):
+    result["compiled_fp16"] = {"mode": args.compile_mode}
+    for name in models:
         for label, model in variants(name).items():
             if label == "rewrite eager":
                 continue
@@ -148,8 +155,8 @@ def main() -> None:
                     result["compiled_fp16"]["stopped"] = f"time budget of {args.budget_s:.0f} s reached"
                     save()
                     return
-                compiled = torch.compile(model)
-                rows = throughput({f"{label} + torch.compile": compiled}, 224, [batch])
+                compiled = torch.compile(model, mode=args.compile_mode)
+                rows = throughput({f"{label} + torch.compile ({args.compile_mode})": compiled}, 224, [batch])
                 result["compiled_fp16"].setdefault(name, []).extend(rows)
                 save()
             torch._dynamo.reset()
