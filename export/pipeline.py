@@ -38,6 +38,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     rewrite: bool = True
     atol: float = DEFAULT_ATOL
+    format: str = "onnx"  # or "openvino": the verified ONNX converted to an OpenVINO IR, verified again
     overwrite: bool = True
 
 
@@ -52,6 +53,8 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
 
     if options.max_batch < 1:
         raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
+    if options.format not in ("onnx", "openvino"):
+        raise ExportError(f"unknown --format {options.format!r}; choose onnx or openvino")
     out = Path(options.out)
     check_output_dir(out)
     spec = built.spec
@@ -81,6 +84,9 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             raise VerificationError(f"{e} Full report: {failed}", e.report) from e
         progress(f"  max |diff| {report['max_abs_diff']:.2e} (atol {options.atol:g}), "
                  f"top-1 agreement {report['top1_agreement']:.0%}, min cosine {report['min_cosine']:.6f}")
+        model_file = MODEL_NAME
+        if options.format == "openvino":
+            model_file, report = _to_openvino(tmp, built, deploy, options, report, progress)
 
         write_labels(tmp / LABELS_NAME, built.labels)
         C, H, W = spec.preprocess.input_size
@@ -93,6 +99,7 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             max_batch=options.max_batch,
             preprocess=spec.preprocess,
             num_classes=built.num_classes,
+            model_file=model_file,
             rewrite=rewrite,
             opset=options.opset,
             weights={**built.weights, **({"timm_kwargs": _plain(spec.timm_kwargs)} if spec.timm_kwargs else {})},
@@ -106,6 +113,23 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_openvino(tmp: Path, built, deploy, options: ExportOptions, onnx_report: dict, progress):
+    """Converts the verified model.onnx to an OpenVINO IR (model.xml + model.bin), verifies it, drops the ONNX."""
+    from vitserve.export.verify import verify_export
+
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise ExportError("--format openvino needs the openvino package: pip install 'vitserve[openvino]'") from e
+    progress("converting to an OpenVINO IR and verifying it against PyTorch")
+    ov.save_model(ov.convert_model(str(tmp / MODEL_NAME)), str(tmp / "model.xml"), compress_to_fp16=False)
+    report = verify_export(tmp / "model.xml", built.model, deploy, built.spec.preprocess, atol=options.atol,
+                           max_batch=options.max_batch, opset=options.opset)
+    progress(f"  IR max |diff| {report['max_abs_diff']:.2e}, top-1 agreement {report['top1_agreement']:.0%}")
+    (tmp / MODEL_NAME).unlink()
+    return "model.xml", {**report, "onnx_before_conversion": onnx_report}
 
 
 def _versions() -> dict[str, str]:

@@ -61,6 +61,28 @@ def run_onnx(path: Path, x: np.ndarray, max_batch: int, output_index: int | None
     return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
 
 
+def run_model(path: Path, x: np.ndarray, max_batch: int) -> np.ndarray:
+    """Logits of an exported file: ONNX in onnxruntime, OpenVINO IR (.xml) in OpenVINO at f32; CPU, in chunks."""
+    if path.suffix != ".xml":
+        return run_onnx(path, x, max_batch)[0]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return np.concatenate([np.array(request.infer({0: x[i:i + max_batch]})[compiled.output(0)])
+                           for i in range(0, len(x), max_batch)])
+
+
+def _runtime(path: Path) -> str:
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        return f"openvino {ov.__version__} f32"
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__}"
+
+
 def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     out = got.reshape(len(got), -1).astype(np.float64)
@@ -76,7 +98,7 @@ def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
 
 
 def verify_export(
-    onnx_path: Path,
+    model_path: Path,
     reference: nn.Module,
     deploy: nn.Module,
     preprocess: Preprocess,
@@ -85,18 +107,16 @@ def verify_export(
     max_batch: int,
     opset: int,
 ) -> dict[str, Any]:
-    """Compares the ONNX file with `reference`; returns the report, or raises VerificationError with it."""
-    import onnxruntime as ort
-
+    """Compares the exported file with `reference`; returns the report, or raises VerificationError with it."""
     generator = torch.Generator().manual_seed(0)
     random_x = torch.randn(RANDOM_BATCH, *preprocess.input_size, generator=generator)
     photo_names, photo_x = sample_photos(preprocess)
     inputs = {"random": random_x, "photos": photo_x, "single_photo": photo_x[:1]}
-    report: dict[str, Any] = {"atol": atol, "photos": photo_names, "onnxruntime": ort.__version__, "inputs": {}}
+    report: dict[str, Any] = {"atol": atol, "photos": photo_names, "runtime": _runtime(model_path), "inputs": {}}
     for name, x in inputs.items():
         with torch.no_grad():
             ref = reference(x).numpy()
-        (got,) = run_onnx(onnx_path, x.numpy(), max_batch)
+        got = run_model(model_path, x.numpy(), max_batch)
         report["inputs"][name] = compare(ref, got)
     stats = report["inputs"].values()
     report["max_abs_diff"] = max(s["max_abs_diff"] for s in stats)

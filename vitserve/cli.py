@@ -64,7 +64,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _progress(f"  weights: {built.weights['source']}" + (f" ({built.weights['path']})" if "path" in built.weights
                                                           else ""))
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
-                            atol=args.atol)
+                            atol=args.atol, format=args.format)
     manifest = export_artifact(built, options, progress=_progress)
     report = manifest.verification
     print(f"wrote {out} ({manifest.graph['nodes']} ONNX nodes, verified: max |diff| {report['max_abs_diff']:.1e}, "
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--no-rewrite", action="store_true", help="export timm's original graph (for comparison)")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx (default), or openvino: an OpenVINO IR for --backend openvino")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
     p.set_defaults(func=cmd_export)

@@ -54,3 +54,19 @@ def test_server_on_openvino(digits_artifact):
         answer = client.post("/classify?top_k=1", content=body, headers={"content-type": "image/png"}).json()
         assert answer["results"][0]["predictions"][0]["label"] == "8"
         assert client.app.state.service.backend.description == "openvino CPU f32"
+
+
+def test_export_openvino_ir_serves_only_on_openvino(tmp_path, pixels):
+    from vitserve.export.pipeline import ExportOptions, export_artifact
+    from vitserve.models.build import build_model
+
+    out = tmp_path / "ir"
+    manifest = export_artifact(build_model(SPECS["swin_digits"]), ExportOptions(out=out, format="openvino"),
+                               progress=lambda m: None)
+    assert manifest.model_file == "model.xml" and (out / "model.bin").is_file() and not (out / "model.onnx").exists()
+    report = manifest.verification
+    assert report["passed"] and report["runtime"].startswith("openvino") and report["onnx_before_conversion"]["passed"]
+    logits = OpenVINOBackend(out, precision="f32")(pixels)
+    assert (logits.argmax(1) == np.arange(10)).all()
+    with pytest.raises(ArtifactError, match="--backend openvino"):
+        OnnxRuntimeBackend(out)
