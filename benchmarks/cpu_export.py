@@ -11,7 +11,6 @@ batch and the ratios against timm eager and against the plain export.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -22,20 +21,11 @@ import onnxruntime as ort
 import timm
 import torch
 
+from vitserve.export.bench import cpu_name
 from vitserve.export.onnx import INPUT_NAME, export_onnx, graph_stats
 from vitserve.models.build import build_model
 from vitserve.models.registry import resolve
 from vitserve.models.rewrite import deploy_copy
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

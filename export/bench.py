@@ -99,7 +99,7 @@ def bench_artifact(
         if r["batch"] in baseline:
             r["vs_eager"] = r["images_per_s"] / baseline[r["batch"]]
     report = {"model": manifest.name, "architecture": manifest.architecture, "artifact": str(artifact),
-              "machine": f"{platform.machine()}, {_cpu_name()}", "threads": threads, "rounds": rounds,
+              "machine": f"{platform.machine()}, {cpu_name()}", "threads": threads, "rounds": rounds,
               "results": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -107,7 +107,7 @@ def bench_artifact(
     return report
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
