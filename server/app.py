@@ -68,8 +68,8 @@ class Service:
             raise RequestError(f"{count} images in one request; the limit is {self.settings.max_images}")
 
     async def infer(self, images: np.ndarray) -> tuple[np.ndarray, BatchStats]:
-        if self.draining:
-            raise ShuttingDownError("the server is shutting down")
+        # While draining, requests that reached the server are still served; the batcher refuses work only once
+        # the lifespan stops it, after uvicorn has answered every open connection.
         return await self.batcher.submit(images, self.settings.timeout_ms / 1000)
 
 

@@ -1,12 +1,15 @@
 """`vitserve serve`: the app under uvicorn, with a shutdown that drains instead of dropping requests.
 
-On SIGTERM / SIGINT: /readyz answers 503 at once; uvicorn stops accepting connections and waits for the requests
-in flight (queued ones included) to be answered; then the lifespan drains the batcher and the process exits.
+On SIGTERM / SIGINT: /readyz answers 503 at once, so load balancers stop sending; for `drain_grace_s` the server
+keeps reading and serving what reaches it (requests already on the wire are not cut off half-read); then uvicorn
+stops accepting connections and waits for the requests in flight (queued ones included) to be answered; then the
+lifespan drains the batcher and the process exits. A second signal shuts down without the grace.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import uvicorn
 
@@ -17,12 +20,22 @@ log = logging.getLogger(__name__)
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service):
+    def __init__(self, config: uvicorn.Config, service, grace_s: float):
         super().__init__(config)
         self._service = service
+        self._grace_s = grace_s
+        self._timer: threading.Timer | None = None
 
     def handle_exit(self, sig, frame) -> None:
-        self._service.draining = True  # readiness fails from the first signal on
+        if self._timer is None and self._grace_s > 0:
+            self._service.draining = True  # readiness fails from the first signal on
+            self._timer = threading.Timer(self._grace_s, super().handle_exit, (sig, frame))
+            self._timer.daemon = True
+            self._timer.start()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._service.draining = True
         super().handle_exit(sig, frame)
 
 
@@ -32,6 +45,6 @@ def serve(settings: Settings) -> int:
     app = create_app(settings, service=service)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level="info",
                             timeout_graceful_shutdown=int(settings.timeout_ms / 1000) + 5, access_log=False)
-    server = _DrainingServer(config, service)
+    server = _DrainingServer(config, service, settings.drain_grace_s)
     server.run()
     return 0 if server.started else 1

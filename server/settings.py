@@ -29,3 +29,5 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")
     max_images: int = Field(64, ge=1, description="images per request")
     api_key: SecretStr | None = Field(None, description="if set, required on inference routes")
+    drain_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: readiness fails at once, requests keep being "
+                                 "read and served this long, then no new connections are accepted")

@@ -180,6 +180,7 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--max-body-mb": ("max_body_mb", float, "largest request body (default 32)"),
     "--max-pixels": ("max_pixels", int, "largest image, width x height (default 40000000)"),
     "--max-images": ("max_images", int, "images per request (default 64)"),
+    "--drain-grace-s": ("drain_grace_s", float, "after SIGTERM, keep serving this long before closing (default 1)"),
 }
 
 

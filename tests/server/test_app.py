@@ -318,13 +318,21 @@ def test_v2_bad_framing(client):
                        headers={"Inference-Header-Content-Length": str(len(head))}), 400, "binary_data_size")
 
 
-def test_draining_fails_readiness_and_refuses_work(digits_artifact):
+def test_draining_fails_readiness_but_serves_what_arrives(digits_artifact):
     with _client(digits_artifact) as c:
         c.app.state.service.draining = True
         assert c.get("/readyz").status_code == 503 and c.get("/readyz").json()["status"] == "draining"
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get("/healthz").status_code == 200
         response = c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"})
+        assert response.status_code == 200, "a request that reached the server is not dropped while draining"
+        c.app.state.service.draining = False
+
+
+def test_stopped_batcher_refuses_with_503(digits_artifact):
+    """Once the lifespan has stopped the batcher (the end of a shutdown), inference answers 503 + Retry-After."""
+    with _client(digits_artifact) as c:
+        c.portal.call(c.app.state.service.batcher.stop)
+        response = c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"})
         _error(response, 503, "shutting down")
         assert "retry-after" in response.headers
-        c.app.state.service.draining = False

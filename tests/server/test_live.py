@@ -109,7 +109,7 @@ def test_official_tritonclient(server, digits_artifact):
 
 
 def test_sigterm_under_load_loses_nothing(digits_artifact):
-    """Requests in flight when SIGTERM arrives are all answered, then the process exits 0.
+    """Requests in flight when SIGTERM arrives are all answered, readiness fails at once, the process exits.
 
     One image per batch on one thread makes the 24 x 8 images take a good fraction of a second, so the signal
     lands while most of them are still queued (checked: some answers must come after the signal).
@@ -128,9 +128,12 @@ def test_sigterm_under_load_loses_nothing(digits_artifact):
         time.sleep(0.3)  # every request is connected and queued by now
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        readiness = httpx.get(f"{server.url}/readyz", timeout=5).status_code  # within the drain grace
         results = [f.result(timeout=90) for f in futures]
     code = server.stop()
     output = server.output()
+    assert readiness == 503, "readiness must fail as soon as the signal arrives"
     assert [status for status, _ in results] == [200] * 24, output
     assert any(done > signalled for _, done in results), "the signal came after all work was done: test is void"
     # uvicorn re-raises the signal once shut down, so the exit status is the signal's, after a complete drain
