@@ -39,7 +39,6 @@ class ExportOptions:
     rewrite: bool = True
     atol: float = DEFAULT_ATOL
     format: str = "onnx"  # or "openvino": the verified ONNX converted to an OpenVINO IR, verified again
-    overwrite: bool = True
 
 
 def export_artifact(built, options: ExportOptions, progress: Callable[[str], None] = log.info) -> Manifest:

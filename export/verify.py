@@ -52,7 +52,7 @@ def sample_photos(preprocess: Preprocess) -> tuple[list[str], torch.Tensor]:
     return list(PHOTOS), torch.stack([transform(img) for img in images])
 
 
-def run_onnx(path: Path, x: np.ndarray, max_batch: int, output_index: int | None = 0) -> list[np.ndarray]:
+def run_onnx(path: Path, x: np.ndarray, max_batch: int) -> list[np.ndarray]:
     """Runs an ONNX file on CPU in chunks of at most max_batch images; returns every output, concatenated."""
     import onnxruntime as ort
 
