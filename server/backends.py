@@ -7,12 +7,15 @@ onnxruntime runs `model.onnx`; OpenVINO (optional extra `openvino`) runs `model.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from vitserve.artifact import Manifest, read_manifest
 from vitserve.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 # What each --device asks onnxruntime for, best first; CPU always closes the list as the fallback.
 PROVIDERS = {
@@ -31,6 +34,18 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
         raise ArtifactError(f"--device {device} needs onnxruntime's {wanted[0]}, which this installation lacks "
                             f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
     return [p for p in wanted if p in available]
+
+
+def check_providers(device: str, wanted: list[str], active: list[str]) -> list[str]:
+    """onnxruntime falls back to the CPU, with only a log line, when a GPU provider cannot start (no GPU, CUDA or
+    TensorRT libraries missing). A device asked for by name must really be used; 'auto' accepts the fallback."""
+    if active and active[0] != wanted[0]:
+        if device != "auto":
+            raise ArtifactError(f"--device {device}: onnxruntime could not start {wanted[0]} (no GPU visible, or its "
+                                f"CUDA/TensorRT libraries are missing) and would run on {active[0]}; use --device "
+                                "cpu or fix the GPU set-up")
+        log.warning("onnxruntime could not start %s; serving on %s", wanted[0], active[0])
+    return active
 
 
 BACKENDS = ("onnxruntime", "openvino")
@@ -63,16 +78,17 @@ class OnnxRuntimeBackend:
         if not self.manifest.model_file.endswith(".onnx"):
             raise ArtifactError(f"{self.directory} holds an OpenVINO model ({self.manifest.model_file}); serve it "
                                 "with --backend openvino")
-        self.providers = choose_providers(device, ort.get_available_providers())
-        self.description = f"onnxruntime {self.providers[0]}"
+        wanted = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.directory / self.manifest.model_file), options,
-                                                providers=self.providers)
+                                                providers=wanted)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             raise ArtifactError(f"onnxruntime cannot load {self.directory / self.manifest.model_file}: {e}") from e
+        self.providers = check_providers(device, wanted, self.session.get_providers())
+        self.description = f"onnxruntime {self.providers[0]}"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, num_classes) logits."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -85,9 +87,14 @@ def test_out_dir_that_is_not_an_artifact(tmp_path):
 
 def test_export_then_classify_examples(tmp_path):
     out = tmp_path / "swin_digits"
-    result = run_cli("export", "swin_digits", "--out", str(out))
+    result = run_cli("export", "swin_digits", "--out", str(out), "--triton-repo", str(tmp_path / "triton"))
     assert result.returncode == 0, result.stderr
     assert "verifying" in result.stderr and "wrote" in result.stdout
+    # readable by other users (a container's non-root server), though assembled in a private temporary folder
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert (tmp_path / "triton" / "swin_digits" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     examples = sorted((ROOT / "examples").glob("digit_*.png"))
     assert examples
     result = run_cli("classify", str(out), *map(str, examples), "--top-k", "3", "--json")

@@ -12,6 +12,7 @@ Only the standard library is used here: the server reads manifests without torch
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,12 +122,15 @@ def read_manifest(directory: str | Path) -> Manifest:
     """Reads and checks an artifact directory's manifest; raises ArtifactError saying what is wrong."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise ArtifactError(f"{directory} is not a directory; pass the folder `vitserve export` wrote")
-    if not path.is_file():
-        raise ArtifactError(f"{directory} has no {MANIFEST_NAME}; is it an artifact written by `vitserve export`?")
     try:
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory} is not a directory; pass the folder `vitserve export` wrote")
+        if not path.is_file():
+            raise ArtifactError(f"{directory} has no {MANIFEST_NAME}; is it an artifact written by `vitserve export`?")
         data = json.loads(path.read_text())
+    except PermissionError as e:
+        raise ArtifactError(f"cannot read {e.filename or path}: permission denied for uid {os.getuid()}; make the "
+                            f"artifact readable (chmod -R a+rX {directory})") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"cannot read {path}: {e}") from e
     if not isinstance(data, dict):
@@ -144,7 +148,14 @@ def check_output_dir(out: Path) -> None:
 
 
 def install_artifact(src: Path, dst: Path) -> None:
-    """Moves a finished artifact folder into place; an artifact already at dst is replaced only after that."""
+    """Moves a finished artifact folder into place; an artifact already at dst is replaced only after that.
+
+    The temporary folder was private (mode 0700); the artifact gets the permissions of a folder made with the
+    process's umask, so a server running as another user (a container's non-root user) can read it.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    src.chmod(0o777 & ~umask)
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old")

@@ -69,6 +69,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = manifest.verification
     print(f"wrote {out} ({manifest.graph['nodes']} ONNX nodes, verified: max |diff| {report['max_abs_diff']:.1e}, "
           f"top-1 agreement {report['top1_agreement']:.0%})")
+    if args.triton_repo:
+        from vitserve.export.triton import write_triton_repo
+
+        target = write_triton_repo(out, args.triton_repo)
+        print(f"Triton model repository: {target} (`vitserve triton-repo` for GPU instances and other settings)")
+    return 0
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from vitserve.export.triton import TritonOptions, write_triton_repo
+
+    options = TritonOptions(name=args.name, max_batch_size=args.max_batch_size,
+                            max_queue_delay_us=args.max_queue_delay_us, kind=args.kind, instances=args.instances,
+                            tensorrt=args.tensorrt)
+    target = write_triton_repo(args.artifact, args.repo, options)
+    print(f"Triton model repository: {target} (tritonserver --model-repository {Path(args.repo)})")
     return 0
 
 
@@ -200,6 +216,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the server's readiness probe answers 200 (the container HEALTHCHECK); standard library only."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    url = args.url or f"http://127.0.0.1:{os.environ.get('VITSERVE_PORT', '8000')}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except (urllib.error.URLError, OSError) as e:
+        print(f"unhealthy: {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"unhealthy: {url} answered {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitserve",
@@ -237,7 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx (default), or openvino: an OpenVINO IR for --backend openvino")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
+    p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository (CPU instances, the "
+                   "artifact's max batch; `vitserve triton-repo` has the other settings)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "triton-repo",
+        help="write a Triton Inference Server model repository from an artifact",
+        description="Write REPO/NAME/config.pbtxt, REPO/NAME/1/model.onnx and the labels, for "
+        "`tritonserver --model-repository REPO`. Triton takes preprocessed tensors (see the manifest's preprocess).",
+    )
+    p.add_argument("artifact", help="artifact directory written by `vitserve export`")
+    p.add_argument("repo", help="model repository directory (created if missing; other models in it are kept)")
+    p.add_argument("--name", help="model name in the repository (default: the artifact's)")
+    p.add_argument("--max-batch-size", type=int, metavar="N", help="Triton's max_batch_size (default: the "
+                   "artifact's max batch)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, metavar="US",
+                   help="dynamic batching: how long a request may wait for others (default 2000)")
+    p.add_argument("--kind", choices=["cpu", "gpu"], default="cpu", help="instance kind (default cpu)")
+    p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances per device (default 1)")
+    p.add_argument("--tensorrt", action="store_true", help="gpu: onnxruntime's TensorRT accelerator in fp16")
+    p.set_defaults(func=cmd_triton_repo)
 
     p = sub.add_parser("classify", help="classify image files with an artifact (onnxruntime, no server)")
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")
@@ -295,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (field, kind, help_text) in SERVE_FLAGS.items():
         p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("healthcheck", help="exit 0 if a local server is ready (for container health checks)")
+    p.add_argument("--url", help="default: http://127.0.0.1:$VITSERVE_PORT/readyz (port 8000 if unset)")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    p.set_defaults(func=cmd_healthcheck)
     return parser
 
 

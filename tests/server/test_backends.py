@@ -10,7 +10,13 @@ from tests.conftest import ROOT
 from vitserve.errors import ArtifactError
 from vitserve.models.registry import SPECS
 from vitserve.server.app import create_app
-from vitserve.server.backends import OnnxRuntimeBackend, OpenVINOBackend, cpu_supports_bf16, load_backend
+from vitserve.server.backends import (
+    OnnxRuntimeBackend,
+    OpenVINOBackend,
+    check_providers,
+    cpu_supports_bf16,
+    load_backend,
+)
 from vitserve.server.preprocess import decode_image, transform
 from vitserve.server.settings import Settings
 
@@ -70,3 +76,15 @@ def test_export_openvino_ir_serves_only_on_openvino(tmp_path, pixels):
     assert (logits.argmax(1) == np.arange(10)).all()
     with pytest.raises(ArtifactError, match="--backend openvino"):
         OnnxRuntimeBackend(out)
+
+
+def test_gpu_provider_fallback_is_refused_when_asked_for(caplog):
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert check_providers("cuda", cuda, cuda) == cuda
+    with pytest.raises(ArtifactError, match="could not start CUDAExecutionProvider"):
+        check_providers("cuda", cuda, ["CPUExecutionProvider"])
+    trt = ["TensorrtExecutionProvider", *cuda]
+    with pytest.raises(ArtifactError, match="--device tensorrt"):
+        check_providers("tensorrt", trt, cuda)
+    assert check_providers("auto", cuda, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert "serving on CPUExecutionProvider" in caplog.text

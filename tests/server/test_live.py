@@ -5,67 +5,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import ROOT
+from tests.live_server import Server
 from vitserve.models.registry import SPECS
 from vitserve.server.backends import OnnxRuntimeBackend
 from vitserve.server.preprocess import decode_image, transform
 
 EXAMPLES = {d: (ROOT / "examples" / f"digit_{d}.png").read_bytes() for d in range(10)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, artifact: Path, *args: str, env: dict[str, str] | None = None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = artifact.parent / f"serve-{self.port}.log"
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vitserve", "serve", str(artifact), "--port", str(self.port), *args],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(self.output())
-
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            code = self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
-        return code
 
 
 @pytest.fixture

@@ -1,0 +1,145 @@
+"""A Triton Inference Server model repository from an artifact (`vitserve triton-repo`, `export --triton-repo`).
+
+    REPO/NAME/config.pbtxt      backend, max_batch_size, input/output names, types and dims, dynamic batching,
+                                instance group; the output names labels.txt for Triton's classification extension
+    REPO/NAME/labels.txt
+    REPO/NAME/vitserve.json     the artifact's manifest (preprocessing for clients; Triton ignores it)
+    REPO/NAME/1/model.onnx      (or model.xml + model.bin for an OpenVINO artifact: Triton's openvino backend)
+
+Triton serves tensors: clients send preprocessed NCHW float32 (the manifest's `preprocess`); `vitserve serve` is
+the server that takes images. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitserve.artifact import MANIFEST_NAME, install_artifact, read_manifest
+from vitserve.errors import ArtifactError
+
+CONFIG_NAME = "config.pbtxt"
+MARKER = "# Written by vitserve"
+DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64"}
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    name: str | None = None  # model name in the repository (default: the artifact's)
+    max_batch_size: int | None = None  # default: the artifact's max_batch
+    max_queue_delay_us: int = 2000  # how long Triton holds a request to grow a batch
+    kind: str = "cpu"  # instance kind: cpu or gpu
+    instances: int = 1  # model instances per device
+    tensorrt: bool = False  # gpu: onnxruntime's TensorRT accelerator, fp16
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "[ " + ", ".join(str(d) for d in shape) + " ]"
+
+
+def config_text(manifest, options: TritonOptions) -> str:
+    """config.pbtxt for the artifact described by `manifest` (protobuf text format of Triton's ModelConfig)."""
+    name = options.name or manifest.name
+    max_batch = options.max_batch_size or manifest.max_batch
+    if not 1 <= max_batch <= manifest.max_batch:
+        raise ArtifactError(f"--max-batch-size must be between 1 and the artifact's max_batch {manifest.max_batch}; "
+                            f"got {max_batch}")
+    if options.kind not in ("cpu", "gpu"):
+        raise ArtifactError(f"unknown instance kind {options.kind!r}; choose cpu or gpu")
+    if options.tensorrt and options.kind != "gpu":
+        raise ArtifactError("--tensorrt needs --kind gpu")
+    if options.instances < 1:
+        raise ArtifactError(f"--instances must be at least 1, got {options.instances}")
+    tensors = {}
+    for role, spec in (("input", manifest.input), ("output", manifest.output)):
+        if spec.shape[0] != -1:
+            raise ArtifactError(f"the artifact's {role} {spec.name!r} has no dynamic batch dimension; re-export it")
+        if spec.dtype not in DTYPES:
+            raise ArtifactError(f"{role} data type {spec.dtype!r} has no Triton equivalent")
+        tensors[role] = spec
+    openvino = manifest.model_file.endswith(".xml")
+    lines = [
+        f"{MARKER} from the artifact {manifest.name!r} ({manifest.architecture}).",
+        f"# Inputs are preprocessed images: {json.dumps(manifest.preprocess.to_dict())}",
+        f'name: "{name}"',
+        f'backend: "{"openvino" if openvino else "onnxruntime"}"',
+        f"max_batch_size: {max_batch}",
+        "input [",
+        "  {",
+        f'    name: "{tensors["input"].name}"',
+        f"    data_type: {DTYPES[tensors['input'].dtype]}",
+        f"    dims: {_dims(tensors['input'].shape[1:])}",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f'    name: "{tensors["output"].name}"',
+        f"    data_type: {DTYPES[tensors['output'].dtype]}",
+        f"    dims: {_dims(tensors['output'].shape[1:])}",
+        f'    label_filename: "{manifest.labels_file}"',
+        "  }",
+        "]",
+        "dynamic_batching {",
+        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}",
+        "}",
+        "instance_group [",
+        "  {",
+        f"    count: {options.instances}",
+        f"    kind: KIND_{options.kind.upper()}",
+        "  }",
+        "]",
+    ]
+    if openvino:
+        lines += ['default_model_filename: "model.xml"']
+    if options.tensorrt:
+        lines += [
+            "optimization {",
+            "  execution_accelerators {",
+            "    gpu_execution_accelerator: [",
+            "      {",
+            '        name: "tensorrt"',
+            '        parameters { key: "precision_mode" value: "FP16" }',
+            '        parameters { key: "max_workspace_size_bytes" value: "4294967296" }',
+            "      }",
+            "    ]",
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(artifact_dir: str | Path, repo: str | Path, options: TritonOptions = TritonOptions()) -> Path:
+    """Writes REPO/NAME for the artifact; returns that folder. A model folder vitserve wrote before is replaced;
+    anything else under that name is left alone and reported."""
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    text = config_text(manifest, options)
+    repo = Path(repo)
+    target = repo / (options.name or manifest.name)
+    if target.exists():
+        config = target / CONFIG_NAME
+        if not (config.is_file() and config.read_text().startswith(MARKER)):
+            raise ArtifactError(f"{target} exists and was not written by vitserve; choose another --name or remove it")
+    repo.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=repo))
+    try:
+        (tmp / "1").mkdir()
+        model_files = [manifest.model_file]
+        if manifest.model_file.endswith(".xml"):
+            model_files.append(manifest.model_file[: -len(".xml")] + ".bin")
+        try:
+            for file_name in model_files:
+                shutil.copyfile(artifact_dir / file_name, tmp / "1" / ("model" + Path(file_name).suffix))
+            shutil.copyfile(artifact_dir / manifest.labels_file, tmp / manifest.labels_file)
+            shutil.copyfile(artifact_dir / MANIFEST_NAME, tmp / MANIFEST_NAME)
+        except OSError as e:
+            raise ArtifactError(f"cannot copy the artifact into the repository: {e}") from e
+        (tmp / CONFIG_NAME).write_text(text)
+        install_artifact(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,109 @@
+"""The CPU serving image, built from the Dockerfile with buildah and run: it answers like the artifact outside it.
+
+Building needs root, buildah and debootstrap (or BASE_IMAGE naming a local base) and the package registries; CI
+installs them. Elsewhere these tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import httpx
+import pytest
+import skimage.data
+from PIL import Image
+
+from tests.conftest import ROOT, run_cli
+from tests.live_server import Server
+
+BUILDAH_ENV = {**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")}
+MAX_IMAGE_MB = 800
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("buildah") is None or os.geteuid() != 0
+    or (shutil.which("debootstrap") is None and "BASE_IMAGE" not in os.environ),
+    reason="building the image needs root, buildah and debootstrap (apt-get install buildah debootstrap)",
+)
+
+
+def buildah(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["buildah", *args], capture_output=True, text=True, env=BUILDAH_ENV, check=check,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    tag = "localhost/vitserve:test"
+    build = subprocess.run([str(ROOT / "deploy" / "build-image.sh"), "cpu", tag], capture_output=True, text=True,
+                           env=BUILDAH_ENV, timeout=1800)
+    assert build.returncode == 0, build.stderr[-4000:]
+    return tag
+
+
+@pytest.fixture
+def container(image):
+    name = buildah("from", "--pull=never", image).stdout.strip()
+    yield name
+    buildah("rm", name, check=False)
+
+
+def run_in(container: str, *command: str, mounts: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    volumes = [arg for mount in mounts for arg in ("-v", mount)]
+    return buildah("run", "--isolation", "chroot", *volumes, container, "--", *command, check=False)
+
+
+def test_image_config(image):
+    config = json.loads(buildah("inspect", "--type", "image", image).stdout)["Docker"]["config"]
+    assert config["User"] == "10001:10001"
+    assert "8000/tcp" in config["ExposedPorts"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "vitserve", "healthcheck"]
+    assert config["Entrypoint"] == ["vitserve", "serve"] and config["Cmd"] == ["/models"]
+    size = json.loads(buildah("images", "--json", image).stdout)[0]["size"]
+    value, unit = re.fullmatch(r"([\d.]+) (kB|MB|GB)", size).groups()
+    megabytes = float(value) * {"kB": 1e-3, "MB": 1, "GB": 1e3}[unit]
+    assert megabytes <= MAX_IMAGE_MB, size
+
+
+def test_image_has_no_torch(container):
+    modules = ("torch", "timm", "onnx", "onnxruntime")
+    probe = run_in(container, "python", "-c", "import importlib.util as u, json; "
+                   f"print(json.dumps({{m: u.find_spec(m) is not None for m in {modules!r}}}))")
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout) == {"torch": False, "timm": False, "onnx": False, "onnxruntime": True}
+
+
+def test_missing_artifact_is_a_clear_error(container):
+    result = run_in(container, "vitserve", "serve", "/models")  # nothing mounted: /models is empty
+    assert result.returncode != 0
+    assert "error:" in result.stderr and "vitserve.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_container_answers_like_the_artifact_outside(container, digits_artifact, tmp_path):
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(skimage.data.chelsea()).save(photo, quality=90)
+    outside = run_cli("classify", str(digits_artifact), str(photo), "--top-k", "10", "--json")
+    assert outside.returncode == 0, outside.stderr
+    expected = json.loads(outside.stdout)["results"][0]["top_k"]
+
+    command = ["buildah", "run", "--isolation", "chroot", "-v", f"{digits_artifact}:/models:ro", container, "--",
+               "vitserve", "serve", "/models", "--host", "127.0.0.1"]
+    server = Server(digits_artifact, "--threads", "1", command=command, env={"STORAGE_DRIVER": "vfs"})
+    try:
+        server.wait_ready(timeout_s=120)
+        health = run_in(container, "vitserve", "healthcheck", "--url", f"{server.url}/readyz")
+        assert health.returncode == 0, health.stderr
+        files = {"file": ("chelsea.jpg", io.BytesIO(photo.read_bytes()), "image/jpeg")}
+        response = httpx.post(f"{server.url}/classify", params={"top_k": 10}, files=files, timeout=30)
+    finally:
+        server.stop()
+    assert response.status_code == 200, response.text
+    got = response.json()["results"][0]["predictions"]
+    assert [p["index"] for p in got] == [p["index"] for p in expected]
+    assert [p["label"] for p in got] == [p["label"] for p in expected]
+    for g, e in zip(got, expected):
+        assert g["score"] == pytest.approx(e["score"], abs=1e-5)
