@@ -27,6 +27,10 @@ INTERPOLATION = {
 }
 
 
+# Above this aspect ratio the resize is computed for the center crop only (see transform).
+LONG_RESIZE_RATIO = 4
+
+
 def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Encoded bytes -> upright RGB PIL image (EXIF orientation applied, 16-bit scaled to 8-bit).
 
@@ -67,11 +71,18 @@ def transform(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = scale, int(scale * long / short)
     size = (new_short, new_long) if w <= h else (new_long, new_short)
-    if size != (w, h):
-        image = image.resize(size, INTERPOLATION[preprocess.interpolation])
-    w, h = image.size
-    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
-    image = image.crop((left, top, left + width, top + height))
+    top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
+    if new_long <= LONG_RESIZE_RATIO * new_short:
+        if size != (w, h):
+            image = image.resize(size, INTERPOLATION[preprocess.interpolation])
+        image = image.crop((left, top, left + width, top + height))
+    else:
+        # A very elongated image (a 1x40000 strip would resize to gigapixels): resample only the source box that
+        # maps onto the crop, at a cost independent of the aspect ratio. Shrinking, this equals resize-then-crop
+        # up to one 8-bit level in a few pixels; where PIL upsamples an axis it differs by a few levels.
+        sx, sy = w / size[0], h / size[1]
+        box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+        image = image.resize((width, height), INTERPOLATION[preprocess.interpolation], box=box)
     array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
     mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preprocess.std, dtype=np.float32).reshape(3, 1, 1)

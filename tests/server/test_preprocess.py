@@ -33,6 +33,27 @@ def test_transform_matches_timm(pre, photo):
     assert np.abs(ours - theirs).max() < 1e-5
 
 
+@pytest.mark.parametrize("size", [(4000, 300), (2000, 90), (31, 1500), (40000, 1)])
+def test_elongated_images_resize_only_the_crop(size):
+    """Past LONG_RESIZE_RATIO the resize covers the crop only: close to timm's full resize, at bounded cost."""
+    pre = SPECS["swin_t"].preprocess
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ours = transform(image, pre)
+    if size == (40000, 1):  # timm would resize to 248 x 9,920,000: compare the shape and a uniform strip instead
+        assert ours.shape == (3, 224, 224)
+        flat = Image.new("RGB", size, (10, 200, 30))
+        expected = (np.array([10, 200, 30], np.float32) / 255 - np.array(pre.mean)) / np.array(pre.std)
+        assert np.allclose(transform(flat, pre), expected[:, None, None].astype(np.float32), atol=1e-5)
+        return
+    theirs = _timm(image, pre)
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
+    if min(size) >= 248:  # both sides shrink: PIL's box resample matches up to one 8-bit level in a few pixels
+        one_level = 1 / 255 / min(pre.std) + 1e-5
+        assert np.abs(ours - theirs).max() <= one_level
+        assert (np.abs(ours - theirs) > 1e-5).mean() < 0.01
+
+
 def _png(image: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", **kw)
