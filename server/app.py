@@ -7,16 +7,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vitserve import __version__
 from vitserve.artifact import Manifest, read_labels
@@ -50,6 +55,29 @@ class Service:
     ready: bool = False
     draining: bool = False
     warmed_batch_sizes: list[int] = field(default_factory=list)
+    pending: int = 0  # inference requests between admission and answer
+
+    decode_limiter: anyio.CapacityLimiter | None = None  # decode threads at once (set in the lifespan)
+
+    @property
+    def full(self) -> bool:
+        return self.pending >= self.settings.max_queue
+
+    @contextmanager
+    def admit(self, arrived: float | None = None):
+        """One inference request, from arrival to answer; yields its arrival time (the deadline counts from it).
+
+        At most max_queue requests are admitted at once; beyond, 503 before the body is read (LimitsAndMetrics
+        refuses them even before routing). Under overload the server refuses early and cheaply, instead of
+        reading and decoding work it cannot finish in time.
+        """
+        if self.full:
+            raise QueueFullError(f"{self.pending} requests are in progress, the limit is {self.settings.max_queue}")
+        self.pending += 1
+        try:
+            yield arrived if arrived is not None else time.perf_counter()
+        finally:
+            self.pending -= 1
 
     def decode_one(self, data: bytes) -> np.ndarray:
         return transform(decode_image(data, self.settings.max_pixels), self.manifest.preprocess)
@@ -57,7 +85,8 @@ class Service:
     async def decode(self, blobs: list[bytes]) -> np.ndarray:
         """Encoded images -> (N, C, H, W), decoded in a worker thread so the event loop stays free."""
         started = time.perf_counter()
-        arrays = await run_in_threadpool(lambda: [self.decode_one(b) for b in blobs])
+        arrays = await anyio.to_thread.run_sync(lambda: [self.decode_one(b) for b in blobs],
+                                                limiter=self.decode_limiter)
         self.metrics.decode_seconds.observe(time.perf_counter() - started)
         return np.stack(arrays)
 
@@ -67,10 +96,19 @@ class Service:
         if count > self.settings.max_images:
             raise RequestError(f"{count} images in one request; the limit is {self.settings.max_images}")
 
-    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, BatchStats]:
+    async def infer(self, images: np.ndarray, arrived: float) -> tuple[np.ndarray, BatchStats]:
+        """The batch's outputs; DeadlineExceededError once timeout_ms has passed since `arrived` (reading and
+        decoding count against it)."""
         # While draining, requests that reached the server are still served; the batcher refuses work only once
         # the lifespan stops it, after uvicorn has answered every open connection.
-        return await self.batcher.submit(images, self.settings.timeout_ms / 1000)
+        remaining = self.settings.timeout_ms / 1000 - (time.perf_counter() - arrived)
+        if remaining <= 0:
+            raise DeadlineExceededError(f"no answer within {self.settings.timeout_ms:.0f} ms (reading and decoding "
+                                        "the request took all of it)")
+        try:
+            return await self.batcher.submit(images, remaining)
+        except DeadlineExceededError:
+            raise DeadlineExceededError(f"no answer within {self.settings.timeout_ms:.0f} ms") from None
 
 
 def load_service(settings: Settings) -> Service:
@@ -124,6 +162,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         service = service or await run_in_threadpool(load_service, settings)
         app.state.service = service
         await run_in_threadpool(_warm_up, service)
+        # decoding is CPU work: more threads than cores only add memory (a malloc arena each) and contention
+        service.decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
         service.batcher.start()
         service.ready = True
         log.info("serving %s (%s), warmed at batch sizes %s", service.manifest.name, service.backend.description,
@@ -171,10 +211,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(400, f"invalid request: {problems}")
 
     app.add_exception_handler(RequestValidationError, validation)
+    # unknown routes (404) and methods (405) answer in the same format
+    app.add_exception_handler(StarletteHTTPException,
+                              lambda r, e: _error(e.status_code, str(e.detail), getattr(e, "headers", None)))
+
+
+INFERENCE_PATH = re.compile(r"/classify|/v2/models/[^/]+(/versions/[^/]+)?/infer")
 
 
 class LimitsAndMetrics:
-    """ASGI middleware: refuses bodies over the limit (413) and counts requests by route template and status."""
+    """ASGI middleware: refuses inference requests beyond the admission limit (503) and bodies over the size limit
+    (413) before any routing, notes each request's arrival time, and counts requests by route and status."""
 
     def __init__(self, app, max_body_bytes: int):
         self.app = app
@@ -191,6 +238,16 @@ class LimitsAndMetrics:
             await _error(413, f"request body is {int(declared)} bytes; the limit is {limit}")(scope, receive, send)
             self._record(scope, 413, started)
             return
+        service = getattr(getattr(scope.get("app"), "state", None), "service", None)
+        if service is not None and scope["method"] == "POST" and INFERENCE_PATH.fullmatch(scope["path"]):
+            if service.full:
+                await _error(503, f"{service.pending} requests are in progress, the limit is "
+                             f"{service.settings.max_queue}; try again later", {"Retry-After": "1"})(
+                                 scope, receive, send)
+                route = "/classify" if scope["path"] == "/classify" else "/v2/models/{name}/infer"
+                self._record(scope, 503, started, route)
+                return
+            scope.setdefault("state", {})["arrived"] = started
         received = 0
 
         async def limited_receive():
@@ -213,13 +270,12 @@ class LimitsAndMetrics:
             self._record(scope, status["code"], started)
 
     @staticmethod
-    def _record(scope, status: int, started: float) -> None:
+    def _record(scope, status: int, started: float, route_path: str | None = None) -> None:
         app = scope.get("app")
         service = getattr(getattr(app, "state", None), "service", None) if app is not None else None
         if service is None:
             return
-        route = scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        path = route_path or getattr(scope.get("route"), "path", "unmatched")
         service.metrics.requests.labels(path, str(status)).inc()
         service.metrics.total_seconds.labels(path).observe(time.perf_counter() - started)
 

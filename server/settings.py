@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     max_batch_size: int = Field(32, ge=1, description="a batch closes when it holds this many images")
     max_wait_ms: float = Field(5.0, ge=0, description="... or this long after its first image arrived")
-    max_queue: int = Field(256, ge=1, description="images waiting beyond this are refused with 503")
+    max_queue: int = Field(256, ge=1, description="images waiting for a batch, and inference requests in progress: "
+                           "beyond this many, 503 at once")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
     threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
     backend: Literal["onnxruntime", "openvino"] = "onnxruntime"

@@ -92,17 +92,26 @@ def parse_request(body: bytes, header_length: str | None, manifest: Manifest, ma
     for output in outputs:
         if output.get("name") != manifest.output.name:
             raise RequestError(f"unknown output {output.get('name')!r}; this model has '{manifest.output.name}'")
-        k = (output.get("parameters") or {}).get("classification")
+        k = _parameters(output, "output").get("classification")
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise RequestError(f"classification must be a positive integer, got {k!r}")
-    params = request.get("parameters") or {}
+    params = _parameters(request, "request")
     request_id = request.get("id")
     return InferRequest(str(request_id) if request_id is not None else None, pixel_values, images, outputs,
-                        bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False)
+                        bool(params.get("binary_data_output", False)))
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RequestError(f"the {where}'s 'parameters' must be a JSON object, got {type(params).__name__}")
+    return params
 
 
 def _binary_chunk(tensor: dict[str, Any], binary: bytes) -> bytes | None:
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, "input").get("binary_data_size")
     if size is None:
         if "data" not in tensor:
             raise RequestError(f"input {tensor.get('name')!r} has neither 'data' nor binary_data_size")
@@ -199,7 +208,7 @@ def encode_response(
     wanted = request.outputs or [{"name": manifest.output.name}]
     outputs, blobs = [], []
     for requested in wanted:
-        params = requested.get("parameters") or {}
+        params = _parameters(requested, "output")
         binary = bool(params.get("binary_data", request.binary_output_default))
         k = params.get("classification")
         if k is not None:

@@ -187,7 +187,7 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--port": ("port", int, "port (default 8000)"),
     "--max-batch-size": ("max_batch_size", int, "a batch closes at this many images (default 32)"),
     "--max-wait-ms": ("max_wait_ms", float, "... or this long after its first image (default 5)"),
-    "--max-queue": ("max_queue", int, "images allowed to wait; beyond, 503 (default 256)"),
+    "--max-queue": ("max_queue", int, "images waiting, and requests in progress; beyond, 503 (default 256)"),
     "--timeout-ms": ("timeout_ms", float, "answer within this or 504 (default 10000)"),
     "--threads": ("threads", int, "inference threads (default: all cores)"),
     "--backend": ("backend", str, "onnxruntime or openvino (default onnxruntime)"),

@@ -192,6 +192,22 @@ def test_queue_full_is_503_with_retry_after(digits_artifact):
         assert response.headers["retry-after"] == "1"
 
 
+def test_admission_limit_refuses_before_reading(digits_artifact):
+    """max_queue inference requests in progress: the next gets 503 from the middleware; probes still answer."""
+    with _client(digits_artifact, max_queue=3) as c:
+        service = c.app.state.service
+        service.pending = 3  # three requests in progress
+        for path in ("/classify", "/v2/models/swin_digits/infer", "/v2/models/swin_digits/versions/1/infer"):
+            response = c.post(path, content=b"never read", headers={"content-type": "image/png"})
+            _error(response, 503, "3 requests are in progress")
+            assert response.headers["retry-after"] == "1"
+        assert c.get("/readyz").status_code == 200 and c.get("/healthz").status_code == 200
+        assert 'route="/classify",status="503"' in c.get("/metrics").text
+        service.pending = 2
+        assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
+        assert service.pending == 2  # the request was counted while in progress, and released
+
+
 def test_deadline_is_504(digits_artifact):
     with _client(digits_artifact, timeout_ms=50) as c:
         batcher = c.app.state.service.batcher
