@@ -12,9 +12,43 @@ from vitserve.server.deps import Authorized, ServiceDep
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
-INFER_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
-                                            "application/octet-stream": {"schema": {"type": "string",
-                                                                                     "format": "binary"}}}}
+# The request of the KServe V2 / Open Inference Protocol (REST), as /docs shows it and as fuzzers generate it.
+_PARAMETERS = {"type": "object", "additionalProperties": {"type": ["string", "number", "integer", "boolean"]}}
+INFER_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {**_PARAMETERS, "properties": {"binary_data_output": {"type": "boolean"}}},
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+            "type": "object",
+            "required": ["name", "shape", "datatype"],
+            "properties": {
+                "name": {"type": "string", "description": "the model's input name (FP32 [N, C, H, W]) or 'images' "
+                         "(BYTES [N]: encoded image files)"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "datatype": {"type": "string", "enum": ["FP32", "BYTES"]},
+                "parameters": {**_PARAMETERS, "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+                "data": {"type": "array", "description": "row-major values; base64 strings for BYTES"},
+            },
+        }},
+        "outputs": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "parameters": {**_PARAMETERS, "properties": {"classification": {"type": "integer", "minimum": 1},
+                                                             "binary_data": {"type": "boolean"}}},
+            },
+        }},
+    },
+}
+INFER_BODY = {"required": True, "content": {
+    "application/json": {"schema": INFER_REQUEST_SCHEMA},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                 "description": "binary tensor extension: the JSON request, then the tensors; "
+                                 "Inference-Header-Content-Length gives the JSON part's length"},
+}}
 
 
 def _check_model(service, name: str, version: str | None = None) -> None:
