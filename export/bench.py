@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from vitserve.artifact import read_manifest
+from vitserve.errors import ArtifactError
 from vitserve.server.backends import cpu_supports_bf16, load_backend
 
 
@@ -44,8 +45,18 @@ def eager_runner(artifact: Path, threads: int | None) -> Callable[[np.ndarray], 
     return run
 
 
+def extra_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[[np.ndarray], Any]]:
+    """Another artifact of the same model (an int8 one from `vitserve quantize`), in the backend it was made for."""
+    manifest = read_manifest(artifact)
+    quantized = bool(manifest.quantization)
+    backend = "openvino" if manifest.model_file.endswith(".xml") else manifest.quantization.get("backend",
+                                                                                               "onnxruntime")
+    label = f"{backend} {'int8' if quantized else 'f32'} ({artifact.name})"
+    return label, load_backend(artifact, backend, threads=threads, device="cpu")
+
+
 def runners_for(artifact: Path, backends: list[str], precisions: list[str], threads: int | None,
-                eager: bool) -> dict[str, Callable[[np.ndarray], Any]]:
+                eager: bool, also: list[Path] = ()) -> dict[str, Callable[[np.ndarray], Any]]:
     runners: dict[str, Callable[[np.ndarray], Any]] = {}
     if eager:
         runners["timm eager (PyTorch)"] = eager_runner(artifact, threads)
@@ -57,6 +68,13 @@ def runners_for(artifact: Path, backends: list[str], precisions: list[str], thre
                 continue
             model = load_backend(artifact, backend, threads=threads, device="cpu", precision=precision)
             runners[f"{backend} {precision}"] = model
+    shape = read_manifest(artifact).input.shape
+    for extra in also:
+        if read_manifest(extra).input.shape != shape:
+            raise ArtifactError(f"{extra} takes input {read_manifest(extra).input.shape}, {artifact} {shape}: "
+                                "--also needs artifacts of the same model")
+        label, model = extra_runner(Path(extra), threads)
+        runners[label] = model
     return runners
 
 
@@ -70,11 +88,12 @@ def bench_artifact(
     rounds: int = 10,
     threads: int | None = None,
     eager: bool = True,
+    also: list[Path] = (),
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     manifest = read_manifest(artifact)
-    runners = runners_for(artifact, backends, precisions, threads, eager)
+    runners = runners_for(artifact, backends, precisions, threads, eager, also)
     shape = manifest.input.shape[1:]
     times: dict[tuple[str, int], list[float]] = {}
     with tqdm(total=len(batch_sizes) * rounds * len(runners), desc="bench", unit="run") as bar:

@@ -154,7 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         ExportOptions(out=artifact, max_batch=max(args.batch_sizes)), progress=_progress)
     report = bench_artifact(artifact, out, backends=args.backends, precisions=args.precisions,
                             batch_sizes=args.batch_sizes, rounds=args.rounds, threads=args.threads,
-                            eager=not args.no_eager)
+                            eager=not args.no_eager, also=[Path(a) for a in args.also])
     print(f"{report['model']} on {report['machine']}, threads {args.threads or 'all'}, median of {args.rounds} "
           "rounds\n")
     print(format_table(report))
@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=10, help="timed runs of each runner per batch size (default 10)")
     p.add_argument("--threads", type=int, default=None, help="threads for every runner (default: all cores)")
     p.add_argument("--no-eager", action="store_true", help="skip the timm eager baseline (no torch needed)")
+    p.add_argument("--also", nargs="+", default=[], metavar="ARTIFACT", help="more artifacts of the same model "
+                   "in the same rounds, each in the backend it was made for (e.g. the int8 ones from "
+                   "`vitserve quantize`)")
     p.add_argument("--out", default="bench", metavar="DIR", help="where bench.json and bench.png go (default bench)")
     p.set_defaults(func=cmd_bench)
 

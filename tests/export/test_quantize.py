@@ -87,5 +87,13 @@ def test_cli_quantize(tmp_path, digits_artifact, digit_folders):
                      "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "top-1 agreement" in result.stdout and (out / "model.onnx").is_file()
+    # the int8 artifact timed beside the fp32 one, in the same rounds
+    result = run_cli("bench", str(digits_artifact), "--also", str(out), "--backends", "onnxruntime", "--no-eager",
+                     "--batch-sizes", "2", "--rounds", "2", "--out", str(tmp_path / "bench"))
+    assert result.returncode == 0, result.stderr
+    runners = {r["runner"] for r in json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]}
+    assert runners == {"onnxruntime f32", "onnxruntime int8 (cli-int8)"}
+    result = run_cli("bench", str(digits_artifact), "--also", str(tmp_path), "--no-eager")
+    assert result.returncode == 1 and "vitserve.json" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("quantize", str(digits_artifact), "--calib", str(tmp_path / "nothing"))
     assert result.returncode == 1 and "not a directory" in result.stderr and "Traceback" not in result.stderr
