@@ -9,7 +9,10 @@ Sections, each written to the JSON file as soon as it is done (a run cut short k
      the bias as mask vs the fused kernel;
   3. end to end, fp16, batch 1 / 64 / 256: timm eager, the window-order rewrite (eager), the rewrite with the fused
      kernel (eager), for Swin-T; timm eager for ViT-B/16 and DeiT-S;
-  4. while the time budget lasts: torch.compile of timm Swin-T and of the rewrite with the fused kernel, and of
+  4. vitserve's torch artifact: `export --format torch` (AOTInductor, fp16, the fused kernel for Swin, buckets
+     1 / 64 / 256) loaded by the server's torch backend; CUDA-graph replay alone, and whole calls from numpy
+     (host-to-device copy and back, as the server runs them);
+  5. while the time budget lasts: torch.compile of timm Swin-T and of the rewrite with the fused kernel, and of
      ViT-B/16 / DeiT-S.
 Random weights; CUDA events around whole forward passes; median of the timed iterations.
 """
@@ -110,6 +113,41 @@ def throughput(models: dict[str, torch.nn.Module], size: int, batches: list[int]
     return rows
 
 
+def torch_artifact(name: str, batches: list[int], workdir: Path) -> list[dict]:
+    import numpy as np
+
+    from vitserve.export.pipeline import ExportOptions, export_artifact
+    from vitserve.export.torch_package import TorchOptions
+    from vitserve.models.build import build_model
+    from vitserve.models.registry import resolve
+    from vitserve.server.torch_backend import TorchBackend
+
+    spec = resolve(name)
+    artifact = workdir / spec.name.replace("/", "_")
+    options = ExportOptions(out=artifact, max_batch=max(batches), format="torch",
+                            torch_options=TorchOptions(device="cuda", dtype="fp16", batch_buckets=tuple(batches)))
+    manifest = export_artifact(build_model(spec, random_init=True), options, progress=print)
+    backend = TorchBackend(artifact)
+    rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"],
+             "min_cosine": manifest.verification["min_cosine"], "max_abs_diff": manifest.verification["max_abs_diff"]}]
+    for batch in batches:
+        x = np.random.default_rng(0).standard_normal((batch, *manifest.input.shape[1:]), dtype=np.float32)
+        backend(x)  # captures this bucket's CUDA graph
+        graph = backend._graphs[batch][0]
+        replay_ms = cuda_ms(graph.replay, iters=10 if batch > 64 else 20)
+        calls = []
+        for _ in range(10):
+            started = time.perf_counter()
+            backend(x)
+            calls.append((time.perf_counter() - started) * 1e3)
+        call_ms = statistics.median(calls)
+        for label, ms in (("vitserve torch artifact, graph replay", replay_ms),
+                          ("vitserve torch artifact, call from numpy", call_ms)):
+            rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
+            print(f"  {label:<42} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -118,7 +156,8 @@ def main() -> None:
     parser.add_argument("--compile-batches", default="256,1")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
                         "(CUDA graphs)")
-    parser.add_argument("--sections", default="correctness,attention,eager,compile")
+    parser.add_argument("--sections", default="correctness,attention,eager,package,compile")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitserve-gpu-artifacts"))
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -142,6 +181,15 @@ def main() -> None:
         for name in models:
             print(name, flush=True)
             result["eager_fp16"][name] = throughput(variants(name), 224, [1, 64, 256])
+            save()
+    if "package" in sections:
+        result["torch_artifact_fp16"] = {}
+        for name in models:
+            if time.monotonic() - STARTED > args.budget_s:
+                result["torch_artifact_fp16"]["stopped"] = f"time budget of {args.budget_s:.0f} s reached"
+                break
+            print(f"{name}: vitserve export --format torch", flush=True)
+            result["torch_artifact_fp16"][name] = torch_artifact(name, [1, 64, 256], args.workdir)
             save()
     if args.skip_compile or "compile" not in sections:
         return

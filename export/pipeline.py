@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vitserve.artifact import (
     LABELS_NAME,
@@ -28,6 +29,9 @@ from vitserve.artifact import (
 from vitserve.config import DEFAULT_ATOL, DEFAULT_MAX_BATCH, DEFAULT_OPSET
 from vitserve.errors import ExportError, VerificationError
 
+if TYPE_CHECKING:
+    from vitserve.export.torch_package import TorchOptions
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +42,9 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     rewrite: bool = True
     atol: float = DEFAULT_ATOL
-    format: str = "onnx"  # or "openvino": the verified ONNX converted to an OpenVINO IR, verified again
+    format: str = "onnx"  # or "openvino": the verified ONNX converted to an OpenVINO IR, verified again;
+    # or "torch": an AOTInductor package for the device and precision in `torch_options`
+    torch_options: TorchOptions | None = None
 
 
 def export_artifact(built, options: ExportOptions, progress: Callable[[str], None] = log.info) -> Manifest:
@@ -46,14 +52,16 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
 
     Raises VerificationError (artifact not written) when the export does not match the model.
     """
-    from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, graph_stats
-    from vitserve.export.verify import verify_export
+    from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME
+    from vitserve.export.torch_package import TorchOptions, check_options
     from vitserve.models.rewrite import deploy_copy
 
     if options.max_batch < 1:
         raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
-    if options.format not in ("onnx", "openvino"):
-        raise ExportError(f"unknown --format {options.format!r}; choose onnx or openvino")
+    if options.format not in ("onnx", "openvino", "torch"):
+        raise ExportError(f"unknown --format {options.format!r}; choose onnx, openvino or torch")
+    torch_options = options.torch_options or TorchOptions()
+    buckets = check_options(torch_options, options.max_batch) if options.format == "torch" else None
     out = Path(options.out)
     check_output_dir(out)
     spec = built.spec
@@ -66,26 +74,14 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
         else:
             progress("rewrite: skipped (--no-rewrite)")
 
-        started = time.perf_counter()
-        progress(f"exporting ONNX (opset {options.opset}, batch 1..{options.max_batch})")
-        export_onnx(deploy, spec.preprocess.input_size, tmp / MODEL_NAME, max_batch=options.max_batch,
-                    opset=options.opset)
-        stats = graph_stats(tmp / MODEL_NAME)
-        progress(f"  {stats['nodes']} nodes, {stats['file_bytes'] / 1e6:.1f} MB, {time.perf_counter() - started:.1f}s")
-
-        progress("verifying against PyTorch on random inputs and photographs")
-        try:
-            report = verify_export(tmp / MODEL_NAME, built.model, deploy, spec.preprocess, atol=options.atol,
-                                   max_batch=options.max_batch, opset=options.opset)
-        except VerificationError as e:
-            failed = out.parent / f"{out.name}.failed-verification.json"
-            failed.write_text(_json(e.report))
-            raise VerificationError(f"{e} Full report: {failed}", e.report) from e
-        progress(f"  max |diff| {report['max_abs_diff']:.2e} (atol {options.atol:g}), "
-                 f"top-1 agreement {report['top1_agreement']:.0%}, min cosine {report['min_cosine']:.6f}")
-        model_file = MODEL_NAME
-        if options.format == "openvino":
-            model_file, report = _to_openvino(tmp, built, deploy, options, report, progress)
+        package: dict = {}
+        if options.format == "torch":
+            model_file, stats, report, package = _to_torch(tmp, built, deploy, options, torch_options, buckets,
+                                                           progress)
+        else:
+            model_file, stats, report = _to_onnx(tmp, out, built, deploy, options, progress)
+            if options.format == "openvino":
+                model_file, report = _to_openvino(tmp, built, deploy, options, report, progress)
 
         write_labels(tmp / LABELS_NAME, built.labels)
         C, H, W = spec.preprocess.input_size
@@ -100,7 +96,8 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             num_classes=built.num_classes,
             model_file=model_file,
             rewrite=rewrite,
-            opset=options.opset,
+            opset=options.opset if options.format != "torch" else None,
+            package=package,
             weights={**built.weights, **({"timm_kwargs": _plain(spec.timm_kwargs)} if spec.timm_kwargs else {})},
             graph=stats,
             verification=report,
@@ -112,6 +109,58 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_onnx(tmp: Path, out: Path, built, deploy, options: ExportOptions, progress):
+    """model.onnx, its graph statistics and its verification report (VerificationError: a report beside `out`)."""
+    from vitserve.export.onnx import export_onnx, graph_stats
+    from vitserve.export.verify import verify_export
+
+    spec = built.spec
+    started = time.perf_counter()
+    progress(f"exporting ONNX (opset {options.opset}, batch 1..{options.max_batch})")
+    export_onnx(deploy, spec.preprocess.input_size, tmp / MODEL_NAME, max_batch=options.max_batch,
+                opset=options.opset)
+    stats = graph_stats(tmp / MODEL_NAME)
+    progress(f"  {stats['nodes']} nodes, {stats['file_bytes'] / 1e6:.1f} MB, {time.perf_counter() - started:.1f}s")
+    progress("verifying against PyTorch on random inputs and photographs")
+    try:
+        report = verify_export(tmp / MODEL_NAME, built.model, deploy, spec.preprocess, atol=options.atol,
+                               max_batch=options.max_batch, opset=options.opset)
+    except VerificationError as e:
+        _save_failed_report(out, e)
+    progress(f"  max |diff| {report['max_abs_diff']:.2e} (atol {options.atol:g}), "
+             f"top-1 agreement {report['top1_agreement']:.0%}, min cosine {report['min_cosine']:.6f}")
+    return MODEL_NAME, stats, report
+
+
+def _save_failed_report(out: Path, error: VerificationError):
+    failed = out.parent / f"{out.name}.failed-verification.json"
+    failed.write_text(_json(error.report))
+    raise VerificationError(f"{error} Full report: {failed}", error.report) from error
+
+
+def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: TorchOptions,
+              buckets: tuple[int, ...], progress):
+    """model.pt2 (AOTInductor) for the device and precision asked for, verified against the fp32 model."""
+    from vitserve.export.torch_package import PACKAGE_NAME, compile_package, verify_package
+
+    spec = built.spec
+    progress(f"compiling an AOTInductor package ({torch_options.device}, {torch_options.dtype}, batch "
+             f"1..{options.max_batch}, buckets {', '.join(map(str, buckets))}); this takes a minute or more")
+    package = compile_package(deploy, spec.preprocess.input_size, tmp / PACKAGE_NAME, torch_options,
+                              options.max_batch)
+    package["batch_buckets"] = list(buckets)
+    progress(f"  {package['compile_seconds']:.0f}s; verifying against the fp32 PyTorch model")
+    try:
+        report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
+                                max_batch=options.max_batch)
+    except VerificationError as e:
+        _save_failed_report(Path(options.out), e)
+    progress(f"  max |diff| {report['max_abs_diff']:.2e}, min cosine {report['min_cosine']:.6f}, "
+             f"top-1 agreement {report['top1_agreement']:.0%}")
+    stats = {"file_bytes": (tmp / PACKAGE_NAME).stat().st_size}
+    return PACKAGE_NAME, stats, report, package
 
 
 def _to_openvino(tmp: Path, built, deploy, options: ExportOptions, onnx_report: dict, progress):

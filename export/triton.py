@@ -60,6 +60,9 @@ def config_text(manifest, options: TritonOptions) -> str:
         if spec.dtype not in DTYPES:
             raise ArtifactError(f"{role} data type {spec.dtype!r} has no Triton equivalent")
         tensors[role] = spec
+    if manifest.model_file.endswith(".pt2"):
+        raise ArtifactError("an AOTInductor package (--format torch) has no Triton backend here; write the "
+                            "repository from an ONNX or OpenVINO artifact of the model")
     openvino = manifest.model_file.endswith(".xml")
     lines = [
         f"{MARKER} from the artifact {manifest.name!r} ({manifest.architecture}).",

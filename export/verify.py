@@ -97,6 +97,15 @@ def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     }
 
 
+def verification_inputs(preprocess: Preprocess) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """The photographs' names, and the inputs every export is checked on: random images, the photographs as a
+    batch, and one photograph alone (batch 1)."""
+    generator = torch.Generator().manual_seed(0)
+    random_x = torch.randn(RANDOM_BATCH, *preprocess.input_size, generator=generator)
+    photo_names, photo_x = sample_photos(preprocess)
+    return photo_names, {"random": random_x, "photos": photo_x, "single_photo": photo_x[:1]}
+
+
 def verify_export(
     model_path: Path,
     reference: nn.Module,
@@ -108,10 +117,7 @@ def verify_export(
     opset: int,
 ) -> dict[str, Any]:
     """Compares the exported file with `reference`; returns the report, or raises VerificationError with it."""
-    generator = torch.Generator().manual_seed(0)
-    random_x = torch.randn(RANDOM_BATCH, *preprocess.input_size, generator=generator)
-    photo_names, photo_x = sample_photos(preprocess)
-    inputs = {"random": random_x, "photos": photo_x, "single_photo": photo_x[:1]}
+    photo_names, inputs = verification_inputs(preprocess)
     report: dict[str, Any] = {"atol": atol, "photos": photo_names, "runtime": _runtime(model_path), "inputs": {}}
     for name, x in inputs.items():
         with torch.no_grad():

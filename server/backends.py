@@ -48,7 +48,7 @@ def check_providers(device: str, wanted: list[str], active: list[str]) -> list[s
     return active
 
 
-BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino", "torch")
 PRECISIONS = ("auto", "f32", "bf16")
 
 
@@ -62,6 +62,13 @@ def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, thre
         return OnnxRuntimeBackend(artifact_dir, threads=threads, device=device)
     if backend == "openvino":
         return OpenVINOBackend(artifact_dir, threads=threads, precision=precision)
+    if backend == "torch":
+        if precision not in ("auto", "f32"):
+            raise ArtifactError(f"a torch package runs at the precision it was compiled for; --precision "
+                                f"{precision} does not apply (export with --format torch --dtype ...)")
+        from vitserve.server.torch_backend import TorchBackend  # the one backend that imports torch
+
+        return TorchBackend(artifact_dir, threads=threads, device=device)
     raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -76,8 +83,9 @@ class OnnxRuntimeBackend:
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
         if not self.manifest.model_file.endswith(".onnx"):
-            raise ArtifactError(f"{self.directory} holds an OpenVINO model ({self.manifest.model_file}); serve it "
-                                "with --backend openvino")
+            other = "torch" if self.manifest.model_file.endswith(".pt2") else "openvino"
+            raise ArtifactError(f"{self.directory} holds {self.manifest.model_file}, not ONNX; serve it with "
+                                f"--backend {other}")
         wanted = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         if threads:
@@ -129,6 +137,8 @@ class OpenVINOBackend:
                                 "'vitserve[openvino]'") from e
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
+        if self.manifest.model_file.endswith(".pt2"):
+            raise ArtifactError(f"{self.directory} holds an AOTInductor package; serve it with --backend torch")
         self.precision = resolve_precision(precision)
         config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

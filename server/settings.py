@@ -23,8 +23,9 @@ class Settings(BaseSettings):
                            "beyond this many, 503 at once")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
     threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
-    backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
-    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("auto", description="onnxruntime's device")
+    backend: Literal["onnxruntime", "openvino", "torch"] = "onnxruntime"
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("auto", description="onnxruntime's device; torch: "
+                                                               "the package's own")
     precision: Literal["auto", "f32", "bf16"] = Field("auto", description="openvino: bf16 where the CPU has it")
     max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")

@@ -2,7 +2,8 @@
 
 An artifact is a directory::
 
-    model.onnx      the graph, batch dimension dynamic (1..max_batch)
+    model.onnx      the graph, batch dimension dynamic (1..max_batch); or model.xml + model.bin (OpenVINO IR),
+                    or model.pt2 (AOTInductor package, `--format torch`)
     labels.txt      one class name per line, line i = class index i
     vitserve.json   the manifest below
 
@@ -83,6 +84,7 @@ class Manifest:
     graph: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
+    package: dict[str, Any] = field(default_factory=dict)  # --format torch: device, dtype, batch buckets
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION

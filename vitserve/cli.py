@@ -63,8 +63,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                         labels_file=args.labels)
     _progress(f"  weights: {built.weights['source']}" + (f" ({built.weights['path']})" if "path" in built.weights
                                                           else ""))
+    torch_options = None
+    if args.format == "torch":
+        from vitserve.export.torch_package import TorchOptions
+
+        torch_options = TorchOptions(device=args.device, dtype=args.dtype or ("fp16" if args.device == "cuda"
+                                                                              else "fp32"),
+                                     batch_buckets=tuple(args.batch_buckets or ()))
+    elif args.dtype or args.batch_buckets or args.device != "cuda":
+        raise VitServeError("--device, --dtype and --batch-buckets apply to --format torch only")
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
-                            atol=args.atol, format=args.format)
+                            atol=args.atol, format=args.format, torch_options=torch_options)
     manifest = export_artifact(built, options, progress=_progress)
     report = manifest.verification
     print(f"wrote {out} ({manifest.graph['nodes']} ONNX nodes, verified: max |diff| {report['max_abs_diff']:.1e}, "
@@ -95,7 +104,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from vitserve.server.backends import load_backend, softmax, top_k
     from vitserve.server.preprocess import decode_image, transform
 
-    backend = load_backend(args.artifact, args.backend, precision=args.precision, device="cpu")
+    device = "auto" if args.backend == "torch" else "cpu"  # a torch package runs where it was compiled for
+    backend = load_backend(args.artifact, args.backend, precision=args.precision, device=device)
     manifest = backend.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
     batch = []
@@ -190,8 +200,9 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--max-queue": ("max_queue", int, "images waiting, and requests in progress; beyond, 503 (default 256)"),
     "--timeout-ms": ("timeout_ms", float, "answer within this or 504 (default 10000)"),
     "--threads": ("threads", int, "inference threads (default: all cores)"),
-    "--backend": ("backend", str, "onnxruntime or openvino (default onnxruntime)"),
-    "--device": ("device", str, "onnxruntime: auto, cpu, cuda or tensorrt (default auto)"),
+    "--backend": ("backend", str, "onnxruntime, openvino, or torch for --format torch artifacts (default "
+                  "onnxruntime)"),
+    "--device": ("device", str, "onnxruntime: auto, cpu, cuda or tensorrt (default auto); torch: the package's"),
     "--precision": ("precision", str, "openvino: auto, f32 or bf16 (default auto: bf16 where the CPU has it)"),
     "--max-body-mb": ("max_body_mb", float, "largest request body (default 32)"),
     "--max-pixels": ("max_pixels", int, "largest image, width x height (default 40000000)"),
@@ -270,8 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--no-rewrite", action="store_true", help="export timm's original graph (for comparison)")
-    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
-                   help="onnx (default), or openvino: an OpenVINO IR for --backend openvino")
+    p.add_argument("--format", choices=["onnx", "openvino", "torch"], default="onnx",
+                   help="onnx (default); openvino: an OpenVINO IR for --backend openvino; torch: an AOTInductor "
+                   "package for --backend torch")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="--format torch: compile for this "
+                   "device (default cuda)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="--format torch: precision (default fp16 on "
+                   "cuda, fp32 on cpu)")
+    p.add_argument("--batch-buckets", type=_int_list, metavar="N,N,...", help="--format torch: batch sizes the "
+                   "server warms and captures CUDA graphs for (default 1,8,32 and --max-batch)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
     p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository (CPU instances, the "
@@ -301,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"])
     p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"], help="openvino only")
     p.set_defaults(func=cmd_classify)
 

@@ -1,0 +1,128 @@
+"""`vitserve export --format torch`: an AOTInductor package, verified like every export, served by the torch
+backend. The CPU package is compiled and served here; the CUDA one (fp16, fused kernel, CUDA graphs) needs a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from tests.conftest import ROOT, run_cli
+from vitserve.errors import ArtifactError, ExportError
+from vitserve.export.pipeline import ExportOptions, export_artifact
+from vitserve.export.torch_package import TorchOptions, check_options
+from vitserve.export.triton import write_triton_repo
+from vitserve.models.build import build_model
+from vitserve.models.registry import SPECS
+from vitserve.server.app import create_app
+from vitserve.server.backends import OnnxRuntimeBackend, load_backend
+from vitserve.server.preprocess import decode_image, transform
+from vitserve.server.settings import Settings
+
+EXAMPLES = sorted((ROOT / "examples").glob("digit_*.png"))
+
+
+def _pixels(manifest) -> np.ndarray:
+    return np.stack([transform(decode_image(p.read_bytes()), manifest.preprocess) for p in EXAMPLES])
+
+
+@pytest.fixture(scope="module")
+def cpu_package(tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch") / "swin_digits-torch"
+    options = ExportOptions(out=out, max_batch=16, format="torch",
+                            torch_options=TorchOptions(device="cpu", dtype="fp32", batch_buckets=(1, 4)))
+    export_artifact(build_model(SPECS["swin_digits"]), options, progress=lambda m: None)
+    return out
+
+
+def test_cpu_package_is_verified_and_described(cpu_package):
+    manifest = json.loads((cpu_package / "vitserve.json").read_text())
+    assert manifest["model_file"] == "model.pt2" and (cpu_package / "model.pt2").is_file()
+    assert not (cpu_package / "model.onnx").exists()
+    package = manifest["package"]
+    assert package["format"] == "aotinductor" and (package["device"], package["dtype"]) == ("cpu", "fp32")
+    assert package["batch_buckets"] == [1, 4, 16]  # --max-batch is always a bucket
+    report = manifest["verification"]
+    assert report["passed"] and report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+    assert set(report["inputs"]) == {"random", "photos", "single_photo"}
+
+
+def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_artifact):
+    backend = load_backend(cpu_package, "torch")
+    assert backend.buckets == [1, 4, 16] and [backend.bucket(n) for n in (1, 2, 4, 5, 16)] == [1, 4, 4, 16, 16]
+    reference = OnnxRuntimeBackend(digits_artifact)
+    x = _pixels(backend.manifest)
+    for n in (1, 3, 10):  # exact bucket, padded within a bucket, padded to the largest
+        got, expected = backend(x[:n]), reference(x[:n])
+        assert got.shape == (n, 10) and np.abs(got - expected).max() < 1e-4
+    with pytest.raises(ArtifactError, match="exceeds the package's largest bucket 16"):
+        backend(np.zeros((17, 3, 32, 32), np.float32))
+
+
+def test_served_by_the_torch_backend(cpu_package):
+    with TestClient(create_app(Settings(artifact=cpu_package, backend="torch", max_batch_size=16))) as c:
+        files = [("file", (p.name, p.read_bytes(), "image/png")) for p in EXAMPLES]
+        response = c.post("/classify", files=files)
+        assert response.status_code == 200, response.text
+        labels = [r["predictions"][0]["label"] for r in response.json()["results"]]
+        assert labels == [p.stem.split("_")[1] for p in EXAMPLES]
+
+
+def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
+    with pytest.raises(ArtifactError, match="--backend torch"):
+        OnnxRuntimeBackend(cpu_package)
+    with pytest.raises(ArtifactError, match="--backend torch"):
+        load_backend(cpu_package, "openvino")
+    with pytest.raises(ArtifactError, match="not an AOTInductor package"):
+        load_backend(digits_artifact, "torch")
+    with pytest.raises(ArtifactError, match="compiled for cpu"):
+        load_backend(cpu_package, "torch", device="cuda")
+    with pytest.raises(ArtifactError, match="no Triton backend"):
+        write_triton_repo(cpu_package, cpu_package.parent / "repo")
+
+
+def test_cli_classify_with_the_torch_backend(cpu_package):
+    result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--backend", "torch", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["top_k"][0]["label"] == "3"
+
+
+@pytest.mark.parametrize("options,message", [
+    (TorchOptions(device="cpu", dtype="fp16"), "fp16 on the CPU"),
+    (TorchOptions(device="cpu", dtype="fp32", batch_buckets=(0, 8)), "within 1..--max-batch 32"),
+    (TorchOptions(device="cpu", dtype="fp32", batch_buckets=(64,)), "within 1..--max-batch 32"),
+    (TorchOptions(device="tpu"), "unknown --device"),
+    (TorchOptions(device="cpu", dtype="int4"), "unknown --dtype"),
+])
+def test_bad_options(options, message):
+    with pytest.raises(ExportError, match=message):
+        check_options(options, 32)
+
+
+def test_cli_errors(tmp_path):
+    if not torch.cuda.is_available():
+        result = run_cli("export", "swin_digits", "--format", "torch", "--out", str(tmp_path / "x"))
+        assert result.returncode == 1 and "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "x").exists()
+    result = run_cli("export", "swin_digits", "--dtype", "bf16", "--out", str(tmp_path / "y"))
+    assert result.returncode == 1 and "apply to --format torch only" in result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
+    out = tmp_path / "swin_digits-cuda"
+    options = ExportOptions(out=out, max_batch=16, format="torch",
+                            torch_options=TorchOptions(device="cuda", dtype="fp16"))
+    manifest = export_artifact(build_model(SPECS["swin_digits"]), options, progress=lambda m: None)
+    assert manifest.package["fused_window_attention_blocks"] > 0
+    assert manifest.verification["min_cosine"] >= 0.999
+    backend = load_backend(out, "torch")
+    assert backend.cuda_graphs
+    x = _pixels(backend.manifest)
+    reference = OnnxRuntimeBackend(digits_artifact)(x)
+    for _ in range(2):  # captured, then replayed
+        got = backend(x)
+        assert (got.argmax(1) == reference.argmax(1)).all()
