@@ -45,6 +45,7 @@ def export_onnx(
     max_batch: int,
     opset: int,
     output_names: list[str] | None = None,
+    custom_translation_table: dict | None = None,
 ) -> None:
     """Writes `module` as ONNX to `path` (one file, weights inside) with batch dimension 1..max_batch.
 
@@ -65,6 +66,7 @@ def export_onnx(
                 opset_version=opset,
                 optimize=True,
                 verbose=False,
+                custom_translation_table=custom_translation_table,
             )
             program.save(str(path), external_data=False)
     except Exception as e:  # the exporter raises many types; the user needs the message, not the type

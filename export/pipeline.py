@@ -43,7 +43,8 @@ class ExportOptions:
     rewrite: bool = True
     atol: float = DEFAULT_ATOL
     format: str = "onnx"  # or "openvino": the verified ONNX converted to an OpenVINO IR, verified again;
-    # or "torch": an AOTInductor package for the device and precision in `torch_options`
+    # "torch": an AOTInductor package for the device and precision in `torch_options`; "tensorrt": a TensorRT
+    # engine with the window-attention plugin, one optimization profile per bucket of `torch_options`
     torch_options: TorchOptions | None = None
 
 
@@ -58,10 +59,12 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
 
     if options.max_batch < 1:
         raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
-    if options.format not in ("onnx", "openvino", "torch"):
-        raise ExportError(f"unknown --format {options.format!r}; choose onnx, openvino or torch")
+    if options.format not in ("onnx", "openvino", "torch", "tensorrt"):
+        raise ExportError(f"unknown --format {options.format!r}; choose onnx, openvino, torch or tensorrt")
+    if options.format == "tensorrt":
+        _require_tensorrt()
     torch_options = options.torch_options or TorchOptions()
-    buckets = check_options(torch_options, options.max_batch) if options.format == "torch" else None
+    buckets = check_options(torch_options, options.max_batch) if options.format in ("torch", "tensorrt") else None
     out = Path(options.out)
     check_output_dir(out)
     spec = built.spec
@@ -78,6 +81,8 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
         if options.format == "torch":
             model_file, stats, report, package = _to_torch(tmp, built, deploy, options, torch_options, buckets,
                                                            progress)
+        elif options.format == "tensorrt":
+            model_file, stats, report, package = _to_tensorrt(tmp, built, deploy, options, buckets, progress)
         else:
             model_file, stats, report = _to_onnx(tmp, out, built, deploy, options, progress)
             if options.format == "openvino":
@@ -161,6 +166,70 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
              f"top-1 agreement {report['top1_agreement']:.0%}")
     stats = {"file_bytes": (tmp / PACKAGE_NAME).stat().st_size}
     return PACKAGE_NAME, stats, report, package
+
+
+def _require_tensorrt() -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as e:
+        raise ExportError("--format tensorrt needs TensorRT 10 (pip install tensorrt-cu12, from pypi.nvidia.com) and "
+                          "an NVIDIA GPU; neither is needed for --format onnx, openvino or torch") from e
+
+
+def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, buckets: tuple[int, ...], progress):
+    """model.onnx with the plugin nodes (checked on the CPU with the kernel's reference), then model.engine
+    (fp16, one optimization profile per bucket), checked against the fp32 model on the GPU."""
+    import numpy as np
+    import torch
+
+    from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME
+    from vitserve.export.tensorrt import (
+        ENGINE_NAME,
+        build_engine,
+        export_plugin_onnx,
+        optimization_profiles,
+        reference_evaluator,
+    )
+    from vitserve.export.torch_package import MIN_COSINE
+    from vitserve.export.verify import compare, verification_inputs
+
+    spec = built.spec
+    progress("exporting ONNX with the window-attention plugin nodes")
+    nodes = export_plugin_onnx(deploy, spec.preprocess.input_size, tmp / MODEL_NAME, max_batch=options.max_batch,
+                               opset=options.opset)
+    evaluator = reference_evaluator(tmp / MODEL_NAME)
+    _, inputs = verification_inputs(spec.preprocess)
+    x = inputs["photos"]
+    with torch.no_grad():
+        ref = built.model(x).numpy()
+    onnx_check = compare(ref, evaluator.run(None, {INPUT_NAME: x.numpy()})[0])
+    if onnx_check["max_abs_diff"] > options.atol:
+        raise VerificationError(f"the plugin ONNX does not match the model: max |logit difference| "
+                                f"{onnx_check['max_abs_diff']:.3g} > atol {options.atol:g}", onnx_check)
+    progress(f"  {nodes} plugin nodes; max |diff| {onnx_check['max_abs_diff']:.2e} (kernel reference, CPU)")
+    profiles = optimization_profiles(buckets, options.max_batch)
+    progress(f"building the TensorRT engine (fp16, {len(profiles)} optimization profiles)")
+    package = build_engine(tmp / MODEL_NAME, tmp / ENGINE_NAME, input_name=INPUT_NAME,
+                           input_shape=spec.preprocess.input_size, profiles=profiles)
+    package.update(plugin_nodes=nodes, plugin_onnx_check=onnx_check)
+    from vitserve.server.tensorrt_backend import EngineRunner
+
+    run = EngineRunner((tmp / ENGINE_NAME).read_bytes(), profiles, INPUT_NAME, built.num_classes, OUTPUT_NAME)
+    report = {"runtime": f"tensorrt {package['tensorrt']} fp16", "inputs": {}}
+    for name, x in inputs.items():
+        with torch.no_grad():
+            ref = built.model(x).numpy()
+        got = np.concatenate([run(x[i:i + options.max_batch].numpy()) for i in range(0, len(x), options.max_batch)])
+        report["inputs"][name] = compare(ref, got)
+    report["min_cosine"] = min(s["min_cosine"] for s in report["inputs"].values())
+    report["max_abs_diff"] = max(s["max_abs_diff"] for s in report["inputs"].values())
+    report["top1_agreement"] = min(s["top1_agreement"] for s in report["inputs"].values())
+    report["passed"] = report["min_cosine"] >= MIN_COSINE["fp16"]
+    if not report["passed"]:
+        raise VerificationError(f"the TensorRT engine does not match the model: lowest logit cosine "
+                                f"{report['min_cosine']:.5f} < {MIN_COSINE['fp16']}", report)
+    (tmp / MODEL_NAME).unlink()  # the engine is the artifact; the plugin ONNX can be rebuilt from the model
+    return ENGINE_NAME, {"file_bytes": (tmp / ENGINE_NAME).stat().st_size}, report, package
 
 
 def _to_openvino(tmp: Path, built, deploy, options: ExportOptions, onnx_report: dict, progress):

@@ -48,7 +48,7 @@ def check_providers(device: str, wanted: list[str], active: list[str]) -> list[s
     return active
 
 
-BACKENDS = ("onnxruntime", "openvino", "torch")
+BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 PRECISIONS = ("auto", "f32", "bf16")
 
 
@@ -69,6 +69,10 @@ def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, thre
         from vitserve.server.torch_backend import TorchBackend  # the one backend that imports torch
 
         return TorchBackend(artifact_dir, threads=threads, device=device)
+    if backend == "tensorrt":
+        from vitserve.server.tensorrt_backend import TensorRTBackend  # TensorRT + torch, on a GPU
+
+        return TensorRTBackend(artifact_dir, threads=threads, device=device)
     raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -83,7 +87,7 @@ class OnnxRuntimeBackend:
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
         if not self.manifest.model_file.endswith(".onnx"):
-            other = "torch" if self.manifest.model_file.endswith(".pt2") else "openvino"
+            other = {".pt2": "torch", ".engine": "tensorrt"}.get(Path(self.manifest.model_file).suffix, "openvino")
             raise ArtifactError(f"{self.directory} holds {self.manifest.model_file}, not ONNX; serve it with "
                                 f"--backend {other}")
         wanted = choose_providers(device, ort.get_available_providers())

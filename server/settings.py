@@ -23,7 +23,7 @@ class Settings(BaseSettings):
                            "beyond this many, 503 at once")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
     threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
-    backend: Literal["onnxruntime", "openvino", "torch"] = "onnxruntime"
+    backend: Literal["onnxruntime", "openvino", "torch", "tensorrt"] = "onnxruntime"
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("auto", description="onnxruntime's device; torch: "
                                                                "the package's own")
     precision: Literal["auto", "f32", "bf16"] = Field("auto", description="openvino: bf16 where the CPU has it")

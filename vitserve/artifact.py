@@ -64,6 +64,23 @@ class TensorSpec:
     dtype: str = "float32"
 
 
+@dataclass(frozen=True)
+class Profile:
+    """A TensorRT optimization profile of a `--format tensorrt` artifact: batch sizes min..max, tuned for opt."""
+
+    min: int
+    opt: int
+    max: int
+
+
+def profile_for(profiles: list[Profile], batch: int) -> int:
+    """Index of the profile that runs `batch` (the first that holds it)."""
+    for i, p in enumerate(profiles):
+        if p.min <= batch <= p.max:
+            return i
+    raise ValueError(f"batch {batch} is outside every optimization profile")
+
+
 @dataclass
 class Manifest:
     """vitserve.json. Written once by the exporter; the server trusts nothing else about the model."""

@@ -64,7 +64,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     _progress(f"  weights: {built.weights['source']}" + (f" ({built.weights['path']})" if "path" in built.weights
                                                           else ""))
     torch_options = None
-    if args.format == "torch":
+    if args.format == "tensorrt":
+        if args.dtype or args.device != "cuda":
+            raise VitServeError("--format tensorrt builds an fp16 engine for the GPU; --device and --dtype do not "
+                                "apply")
+        from vitserve.export.torch_package import TorchOptions
+
+        torch_options = TorchOptions(device="cuda", dtype="fp16", batch_buckets=tuple(args.batch_buckets or ()))
+    elif args.format == "torch":
         from vitserve.export.torch_package import TorchOptions
 
         torch_options = TorchOptions(device=args.device, dtype=args.dtype or ("fp16" if args.device == "cuda"
@@ -200,8 +207,8 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--max-queue": ("max_queue", int, "images waiting, and requests in progress; beyond, 503 (default 256)"),
     "--timeout-ms": ("timeout_ms", float, "answer within this or 504 (default 10000)"),
     "--threads": ("threads", int, "inference threads (default: all cores)"),
-    "--backend": ("backend", str, "onnxruntime, openvino, or torch for --format torch artifacts (default "
-                  "onnxruntime)"),
+    "--backend": ("backend", str, "onnxruntime, openvino; torch or tensorrt for --format torch / tensorrt "
+                  "artifacts (default onnxruntime)"),
     "--device": ("device", str, "onnxruntime: auto, cpu, cuda or tensorrt (default auto); torch: the package's"),
     "--precision": ("precision", str, "openvino: auto, f32 or bf16 (default auto: bf16 where the CPU has it)"),
     "--max-body-mb": ("max_body_mb", float, "largest request body (default 32)"),
@@ -281,15 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--no-rewrite", action="store_true", help="export timm's original graph (for comparison)")
-    p.add_argument("--format", choices=["onnx", "openvino", "torch"], default="onnx",
+    p.add_argument("--format", choices=["onnx", "openvino", "torch", "tensorrt"], default="onnx",
                    help="onnx (default); openvino: an OpenVINO IR for --backend openvino; torch: an AOTInductor "
-                   "package for --backend torch")
+                   "package for --backend torch; tensorrt: a TensorRT engine with the window-attention plugin")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="--format torch: compile for this "
                    "device (default cuda)")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="--format torch: precision (default fp16 on "
                    "cuda, fp32 on cpu)")
     p.add_argument("--batch-buckets", type=_int_list, metavar="N,N,...", help="--format torch: batch sizes the "
-                   "server warms and captures CUDA graphs for (default 1,8,32 and --max-batch)")
+                   "server warms and captures CUDA graphs for; --format tensorrt: one optimization profile each "
+                   "(default 1,8,32 and --max-batch)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
     p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository (CPU instances, the "
