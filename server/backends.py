@@ -49,6 +49,15 @@ def check_providers(device: str, wanted: list[str], active: list[str]) -> list[s
 
 
 BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
+MODEL_FORMATS = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch", ".engine": "tensorrt"}
+
+
+def check_model_format(directory: Path, manifest: Manifest, backend: str, accepted: tuple[str, ...]) -> None:
+    """ArtifactError naming the backend to use when `backend` cannot run the artifact's model file."""
+    suffix = Path(manifest.model_file).suffix
+    if suffix not in accepted:
+        raise ArtifactError(f"{directory} holds {manifest.model_file}, which the {backend} backend cannot run; "
+                            f"serve it with --backend {MODEL_FORMATS.get(suffix, 'onnxruntime')}")
 PRECISIONS = ("auto", "f32", "bf16")
 
 
@@ -86,10 +95,7 @@ class OnnxRuntimeBackend:
 
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
-        if not self.manifest.model_file.endswith(".onnx"):
-            other = {".pt2": "torch", ".engine": "tensorrt"}.get(Path(self.manifest.model_file).suffix, "openvino")
-            raise ArtifactError(f"{self.directory} holds {self.manifest.model_file}, not ONNX; serve it with "
-                                f"--backend {other}")
+        check_model_format(self.directory, self.manifest, "onnxruntime", (".onnx",))
         wanted = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         if threads:
@@ -141,8 +147,7 @@ class OpenVINOBackend:
                                 "'vitserve[openvino]'") from e
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
-        if self.manifest.model_file.endswith(".pt2"):
-            raise ArtifactError(f"{self.directory} holds an AOTInductor package; serve it with --backend torch")
+        check_model_format(self.directory, self.manifest, "openvino", (".onnx", ".xml"))
         self.precision = resolve_precision(precision)
         config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

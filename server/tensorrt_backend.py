@@ -14,6 +14,7 @@ import numpy as np
 
 from vitserve.artifact import Manifest, Profile, profile_for, read_manifest
 from vitserve.errors import ArtifactError
+from vitserve.server.backends import check_model_format
 
 
 class EngineRunner:
@@ -64,8 +65,7 @@ class TensorRTBackend:
                                 "'vitserve[serve,torch]' tensorrt-cu12") from e
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
-        if not self.manifest.model_file.endswith(".engine"):
-            raise ArtifactError(f"{self.directory} holds {self.manifest.model_file}, not a TensorRT engine")
+        check_model_format(self.directory, self.manifest, "tensorrt", (".engine",))
         if device not in ("auto", "cuda", "tensorrt") or not torch.cuda.is_available():
             raise ArtifactError("a TensorRT engine runs on an NVIDIA GPU, and none is visible")
         profiles = [Profile(**p) for p in self.manifest.package["profiles"]]

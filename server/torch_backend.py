@@ -19,6 +19,7 @@ import numpy as np
 
 from vitserve.artifact import Manifest, read_manifest
 from vitserve.errors import ArtifactError
+from vitserve.server.backends import check_model_format
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,8 @@ class TorchBackend:
         self.torch = torch
         self.directory = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.directory)
+        check_model_format(self.directory, self.manifest, "torch", (".pt2",))
         package = self.manifest.package
-        if not self.manifest.model_file.endswith(".pt2") or not package:
-            raise ArtifactError(f"{self.directory} holds {self.manifest.model_file}, not an AOTInductor package; "
-                                "serve it with --backend onnxruntime or openvino, or export with --format torch")
         built_for = package["device"]
         if device not in ("auto", built_for):
             raise ArtifactError(f"this package was compiled for {built_for}; --device {device} cannot run it "

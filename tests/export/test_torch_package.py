@@ -76,7 +76,7 @@ def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
         OnnxRuntimeBackend(cpu_package)
     with pytest.raises(ArtifactError, match="--backend torch"):
         load_backend(cpu_package, "openvino")
-    with pytest.raises(ArtifactError, match="not an AOTInductor package"):
+    with pytest.raises(ArtifactError, match="the torch backend cannot run; serve it with --backend onnxruntime"):
         load_backend(digits_artifact, "torch")
     with pytest.raises(ArtifactError, match="compiled for cpu"):
         load_backend(cpu_package, "torch", device="cuda")
