@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="export a model to a verified ONNX artifact",
+        help="export a model to a verified artifact (ONNX, OpenVINO IR, AOTInductor or TensorRT)",
         description="Build MODEL, rewrite it into its export-friendly form, write ONNX and prove that the ONNX "
         "file gives the same answers as the PyTorch model (random inputs and real photographs).",
     )
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorrt", action="store_true", help="gpu: onnxruntime's TensorRT accelerator in fp16")
     p.set_defaults(func=cmd_triton_repo)
 
-    p = sub.add_parser("classify", help="classify image files with an artifact (onnxruntime, no server)")
+    p = sub.add_parser("classify", help="classify image files with an artifact, without a server")
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
