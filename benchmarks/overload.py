@@ -1,6 +1,6 @@
 """Overload on `vitserve serve` over loopback: offered load at a multiple of the measured capacity.
 
-    python benchmarks/overload.py [ARTIFACT] [--multiple 3] [--seconds 60] [--threads N] [--json FILE]
+    python benchmarks/overload.py [ARTIFACT] [--multiple 3] [--seconds 60] [--rounds 1] [--threads N] [--json FILE]
 
 Without ARTIFACT, the bundled swin_digits model is exported to a temporary folder first. Steps, all bounded:
   1. start `vitserve serve` on 127.0.0.1 (a fresh process; its resident memory is read from /proc);
@@ -8,6 +8,8 @@ Without ARTIFACT, the bundled swin_digits model is exported to a temporary folde
   3. overload: open loop -- requests are sent on a fixed schedule at --multiple x capacity for --seconds, whatever
      the answers (latency counts from the scheduled send time, so a slow server cannot slow the load down);
      at most --max-in-flight requests are outstanding, beyond which a scheduled request is counted as skipped;
+     with --rounds N, N such windows in a row on the same server, memory read after each (a leak keeps growing,
+     a high-water mark does not);
   4. after the load: memory again, /readyz and one good request.
 Printed: the statuses, lost requests (transport errors: no HTTP answer), latency of the accepted ones, whether
 each accepted one finished within the server's deadline, resident memory before/peak/after, health afterwards.
@@ -55,6 +57,7 @@ class Report:
     rss_before_mb: float = 0
     rss_peak_mb: float = 0
     rss_after_mb: float = 0
+    rss_after_each_round_mb: list[float] = field(default_factory=list)
     healthy_after: bool = False
 
     @property
@@ -175,9 +178,12 @@ async def measure_capacity(port: int, clients: int, seconds: float) -> float:
     return done / elapsed
 
 
-async def open_loop(port: int, rate: float, seconds: float, max_in_flight: int, deadline_s: float, report: Report):
+async def open_loop(port: int, rate: float, seconds: float, max_in_flight: int, deadline_s: float,
+                    report: Report) -> list[float]:
+    """One overload window; adds its counts to `report` and returns the accepted requests' latencies (s)."""
     latencies: list[float] = []
-    statuses: Counter[str] = Counter()
+    statuses: Counter[str] = Counter(report.statuses)
+    sent_before = report.sent
     in_flight = 0
     http = LightClient(port)
 
@@ -212,19 +218,17 @@ async def open_loop(port: int, rate: float, seconds: float, max_in_flight: int, 
         in_flight += 1
         report.sent += 1
         tasks.append(asyncio.create_task(one(scheduled)))
-    report.achieved_rps = report.sent / (time.monotonic() - start)
+    report.achieved_rps = min(report.achieved_rps or float("inf"), (report.sent - sent_before) /
+                              (time.monotonic() - start))
     await asyncio.gather(*tasks)
     http.close()
     report.statuses = dict(sorted(statuses.items()))
-    if latencies:
-        latencies.sort()
-        report.accepted_p50_ms = statistics.median(latencies) * 1e3
-        report.accepted_p99_ms = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3
+    return latencies
 
 
 def run_overload(artifact: Path, *, multiple: float = 3.0, seconds: float = 60.0, capacity_seconds: float = 10.0,
                  threads: int | None = None, max_batch_size: int = 8, timeout_ms: float = 2000,
-                 max_queue: int = 64, max_in_flight: int = 2048, log=print) -> Report:
+                 max_queue: int = 64, max_in_flight: int = 2048, rounds: int = 1, log=print) -> Report:
     sys.path.insert(0, str(ROOT))
     from tests.live_server import Server
 
@@ -241,11 +245,20 @@ def run_overload(artifact: Path, *, multiple: float = 3.0, seconds: float = 60.0
         report.rss_before_mb = rss_mb(server.proc.pid)
         watch = MemoryWatch(server.proc.pid)
         watch.start()
-        log(f"overload: {report.offered_rps:.0f} requests/s ({multiple:g} x capacity) for {seconds:g}s ...")
-        asyncio.run(open_loop(server.port, report.offered_rps, seconds, max_in_flight, timeout_ms / 1e3, report))
-        time.sleep(2)  # let the last batches and buffers settle
+        latencies: list[float] = []
+        for r in range(rounds):
+            log(f"overload {r + 1}/{rounds}: {report.offered_rps:.0f} requests/s ({multiple:g} x capacity) for "
+                f"{seconds:g}s ...")
+            latencies += asyncio.run(open_loop(server.port, report.offered_rps, seconds, max_in_flight,
+                                               timeout_ms / 1e3, report))
+            time.sleep(2)  # let the last batches and buffers settle
+            report.rss_after_each_round_mb.append(rss_mb(server.proc.pid))
         report.rss_peak_mb = max(watch.stop(), rss_mb(server.proc.pid))
-        report.rss_after_mb = rss_mb(server.proc.pid)
+        report.rss_after_mb = report.rss_after_each_round_mb[-1]
+        if latencies:
+            latencies.sort()
+            report.accepted_p50_ms = statistics.median(latencies) * 1e3
+            report.accepted_p99_ms = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3
         ready = httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
         good = httpx.post(f"{server.url}/classify", files={"file": ("x.png", IMAGE)}, timeout=30)
         report.healthy_after = ready and good.status_code == 200
@@ -264,6 +277,8 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--timeout-ms", type=float, default=2000, help="the server's deadline (default 2000)")
     parser.add_argument("--max-queue", type=int, default=64, help="the server's queue bound (default 64)")
+    parser.add_argument("--rounds", type=int, default=1, help="overload windows in a row on the same server, memory "
+                        "read after each (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
 
@@ -276,8 +291,8 @@ def main() -> int:
         report = run_overload(artifact, multiple=args.multiple, seconds=args.seconds,
                               capacity_seconds=args.capacity_seconds, threads=args.threads,
                               max_batch_size=args.max_batch_size, timeout_ms=args.timeout_ms,
-                              max_queue=args.max_queue)
-    print(f"sent {report.sent} at {report.achieved_rps:.0f}/s (target {report.offered_rps:.0f}/s), "
+                              max_queue=args.max_queue, rounds=args.rounds)
+    print(f"sent {report.sent} at {report.achieved_rps:.0f}/s or more (target {report.offered_rps:.0f}/s), "
           f"skipped by the client's in-flight bound: {report.skipped}")
     print(f"statuses: {report.statuses}; lost: {report.lost}")
     if report.accepted_p50_ms is not None:
@@ -285,7 +300,8 @@ def main() -> int:
               f"send; slowest {report.accepted_max_service_ms:.0f} ms from the actual send; past the "
               f"{report.deadline_ms:.0f} ms deadline: {report.accepted_past_deadline}")
     print(f"resident memory: {report.rss_before_mb:.0f} MB before, {report.rss_peak_mb:.0f} MB peak, "
-          f"{report.rss_after_mb:.0f} MB after ({report.memory_growth:+.1%})")
+          f"{report.rss_after_mb:.0f} MB after ({report.memory_growth:+.1%}); after each round: "
+          f"{', '.join(f'{m:.0f}' for m in report.rss_after_each_round_mb)} MB")
     print(f"healthy afterwards: {report.healthy_after}")
     if args.json:
         Path(args.json).write_text(json.dumps({**asdict(report), "memory_growth": report.memory_growth}, indent=2))
