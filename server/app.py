@@ -187,6 +187,17 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.include_router(routes_health.router)
     app.include_router(routes_classify.router)
     app.include_router(routes_v2.router)
+
+    def openapi() -> dict:
+        """FastAPI's schema, made specific to the loaded model: its name and its V2 input names."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            if app.state.service is not None:
+                routes_v2.specialize_openapi(schema, app.state.service.manifest)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

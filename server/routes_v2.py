@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -49,6 +51,26 @@ INFER_BODY = {"required": True, "content": {
                                  "description": "binary tensor extension: the JSON request, then the tensors; "
                                  "Inference-Header-Content-Length gives the JSON part's length"},
 }}
+
+
+def specialize_openapi(schema: dict, manifest) -> None:
+    """Puts the served model's name and input names into the V2 routes' OpenAPI description (/docs shows them,
+    and schema-driven clients and fuzzers send requests that reach the model)."""
+    names = [manifest.input.name, v2.IMAGES_INPUT]
+    for path, item in schema.get("paths", {}).items():
+        if not path.startswith("/v2/models/{name}"):
+            continue
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "name" and parameter.get("in") == "path":
+                    parameter["schema"] = {**parameter.get("schema", {}), "enum": [manifest.name]}
+                elif parameter.get("name") == "version" and parameter.get("in") == "path":
+                    parameter["schema"] = {**parameter.get("schema", {}), "enum": ["1"]}
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            if "schema" in body:
+                body["schema"] = copy.deepcopy(body["schema"])
+                tensor = body["schema"]["properties"]["inputs"]["items"]["properties"]
+                tensor["name"] = {**tensor["name"], "enum": names}
 
 
 def _check_model(service, name: str, version: str | None = None) -> None:

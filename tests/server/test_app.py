@@ -352,3 +352,13 @@ def test_stopped_batcher_refuses_with_503(digits_artifact):
         response = c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"})
         _error(response, 503, "shutting down")
         assert "retry-after" in response.headers
+
+
+def test_openapi_names_the_served_model(digits_artifact):
+    with _client(digits_artifact) as c:
+        paths = c.get("/openapi.json").json()["paths"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert next(p for p in infer["parameters"] if p["name"] == "name")["schema"]["enum"] == ["swin_digits"]
+    tensor = infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["items"]
+    assert tensor["properties"]["name"]["enum"] == ["pixel_values", "images"]
+    assert "/classify" in paths and "/readyz" in paths
