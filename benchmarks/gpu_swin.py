@@ -117,10 +117,9 @@ def torch_artifact(name: str, batches: list[int], workdir: Path) -> list[dict]:
     import numpy as np
 
     from vitserve.export.pipeline import ExportOptions, export_artifact
-    from vitserve.export.torch_package import TorchOptions
+    from vitserve.export.torch_package import TorchBackend, TorchOptions
     from vitserve.models.build import build_model
     from vitserve.models.registry import resolve
-    from vitserve.server.torch_backend import TorchBackend
 
     spec = resolve(name)
     artifact = workdir / spec.name.replace("/", "_")

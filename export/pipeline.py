@@ -159,7 +159,7 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
     progress(f"  {package['compile_seconds']:.0f}s; verifying against the fp32 PyTorch model")
     try:
         report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
-                                max_batch=options.max_batch)
+                                max_batch=options.max_batch, buckets=buckets)
     except VerificationError as e:
         _save_failed_report(Path(options.out), e)
     progress(f"  max |diff| {report['max_abs_diff']:.2e}, min cosine {report['min_cosine']:.6f}, "
@@ -179,19 +179,17 @@ def _require_tensorrt() -> None:
 def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, buckets: tuple[int, ...], progress):
     """model.onnx with the plugin nodes (checked on the CPU with the kernel's reference), then model.engine
     (fp16, one optimization profile per bucket), checked against the fp32 model on the GPU."""
-    import numpy as np
-    import torch
-
     from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME
     from vitserve.export.tensorrt import (
         ENGINE_NAME,
+        EngineRunner,
         build_engine,
         export_plugin_onnx,
         optimization_profiles,
         reference_evaluator,
     )
     from vitserve.export.torch_package import MIN_COSINE
-    from vitserve.export.verify import compare, verification_inputs
+    from vitserve.export.verify import check_runner, in_chunks, verification_inputs
 
     spec = built.spec
     progress("exporting ONNX with the window-attention plugin nodes")
@@ -199,10 +197,8 @@ def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, buckets: tupl
                                opset=options.opset)
     evaluator = reference_evaluator(tmp / MODEL_NAME)
     _, inputs = verification_inputs(spec.preprocess)
-    x = inputs["photos"]
-    with torch.no_grad():
-        ref = built.model(x).numpy()
-    onnx_check = compare(ref, evaluator.run(None, {INPUT_NAME: x.numpy()})[0])
+    onnx_check = check_runner(lambda x: evaluator.run(None, {INPUT_NAME: x})[0], built.model,
+                              {"photos": inputs["photos"]})
     if onnx_check["max_abs_diff"] > options.atol:
         raise VerificationError(f"the plugin ONNX does not match the model: max |logit difference| "
                                 f"{onnx_check['max_abs_diff']:.3g} > atol {options.atol:g}", onnx_check)
@@ -212,18 +208,9 @@ def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, buckets: tupl
     package = build_engine(tmp / MODEL_NAME, tmp / ENGINE_NAME, input_name=INPUT_NAME,
                            input_shape=spec.preprocess.input_size, profiles=profiles)
     package.update(plugin_nodes=nodes, plugin_onnx_check=onnx_check)
-    from vitserve.server.tensorrt_backend import EngineRunner
-
     run = EngineRunner((tmp / ENGINE_NAME).read_bytes(), profiles, INPUT_NAME, built.num_classes, OUTPUT_NAME)
-    report = {"runtime": f"tensorrt {package['tensorrt']} fp16", "inputs": {}}
-    for name, x in inputs.items():
-        with torch.no_grad():
-            ref = built.model(x).numpy()
-        got = np.concatenate([run(x[i:i + options.max_batch].numpy()) for i in range(0, len(x), options.max_batch)])
-        report["inputs"][name] = compare(ref, got)
-    report["min_cosine"] = min(s["min_cosine"] for s in report["inputs"].values())
-    report["max_abs_diff"] = max(s["max_abs_diff"] for s in report["inputs"].values())
-    report["top1_agreement"] = min(s["top1_agreement"] for s in report["inputs"].values())
+    report = {"runtime": f"tensorrt {package['tensorrt']} fp16"}
+    report.update(check_runner(in_chunks(run, options.max_batch), built.model, inputs))
     report["passed"] = report["min_cosine"] >= MIN_COSINE["fp16"]
     if not report["passed"]:
         raise VerificationError(f"the TensorRT engine does not match the model: lowest logit cosine "

@@ -7,14 +7,16 @@ batch sizes the server warms and, on CUDA, captures a CUDA graph for; a batch is
 
 The package is verified against the fp32 PyTorch model like every export: at fp32 by the same |logit difference|
 tolerance as ONNX; at fp16/bf16 by the lowest cosine similarity of the logits (the difference itself scales with
-the logits), with max |difference| and top-1 agreement reported.
+the logits), with max |difference| and top-1 agreement reported, through the same PackageRunner (buckets, CUDA
+graphs) that serves it: `TorchBackend`, which the server imports only when `--backend torch` is chosen.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitserve.errors import ExportError, VerificationError
+from vitserve.artifact import check_model_format, read_manifest
+from vitserve.errors import ArtifactError, ExportError, VerificationError
+
+log = logging.getLogger(__name__)
 
 PACKAGE_NAME = "model.pt2"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -92,35 +97,100 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
             "torch": torch.__version__}
 
 
-def package_runner(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    package = torch._inductor.aoti_load_package(str(path))
+class PackageRunner:
+    """A loaded package, run on batches padded up to the smallest batch bucket that holds them. On CUDA each
+    bucket gets a CUDA graph the first time it runs (the server warms every batch size it can form at start-up, so
+    all are captured before /readyz turns 200); later batches copy into the bucket's static input, replay the
+    graph and read its static output. (N, C, H, W) float32 -> (N, classes) float32."""
 
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return package(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    def __init__(self, path: Path, device: str, buckets: list[int], input_shape: tuple[int, ...],
+                 cuda_graphs: bool = True):
+        self.device = torch.device(device)
+        self.buckets = sorted(buckets)
+        self.input_shape = tuple(input_shape)
+        try:
+            self.model = torch._inductor.aoti_load_package(str(path))
+        except Exception as e:  # torch raises RuntimeError for packages from another version or machine
+            raise ArtifactError(f"PyTorch cannot load {path}: {e}") from e
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static input, static output)
+        self._lock = threading.Lock()
 
-    return run
+    def bucket(self, n: int) -> int:
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise ArtifactError(f"a batch of {n} exceeds the package's largest bucket {self.buckets[-1]}")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        size = self.bucket(n)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        with torch.no_grad(), self._lock:
+            if self.cuda_graphs:
+                graph, static_in, static_out = self._graphs.get(size) or self._capture(size)
+                static_in[:n].copy_(x, non_blocking=False)
+                static_in[n:].zero_()
+                graph.replay()
+                return static_out[:n].float().cpu().numpy()
+            if size != n:
+                x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+            return self.model(x.to(self.device))[:n].float().cpu().numpy()
+
+    def _capture(self, size: int) -> tuple:
+        static_in = torch.zeros((size, *self.input_shape), device=self.device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the graph: lazy initialisation must not be captured
+                self.model(static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.model(static_in)
+        self._graphs[size] = (graph, static_in, static_out)
+        log.info("captured a CUDA graph for batch bucket %d", size)
+        return self._graphs[size]
+
+
+class TorchBackend(PackageRunner):
+    """The server's `torch` backend: an artifact written by `vitserve export --format torch`. The only backend
+    that needs torch to serve (`pip install 'vitserve[serve,torch]'`); the server imports it only when chosen."""
+
+    name = "torch"
+
+    def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "auto"):
+        self.directory = Path(artifact_dir)
+        self.manifest = read_manifest(self.directory)
+        check_model_format(self.directory, self.manifest, "torch", (".pt2",))
+        package = self.manifest.package
+        built_for = package["device"]
+        if device not in ("auto", built_for):
+            raise ArtifactError(f"this package was compiled for {built_for}; --device {device} cannot run it "
+                                f"(export again with --format torch --device {device})")
+        if built_for == "cuda" and not torch.cuda.is_available():
+            raise ArtifactError("this package was compiled for CUDA and no CUDA GPU is visible")
+        if threads:
+            torch.set_num_threads(threads)
+        if package.get("fused_window_attention_blocks"):
+            import vitserve.models.window_attention  # noqa: F401  (registers the kernel the package calls)
+        super().__init__(self.directory / self.manifest.model_file, built_for, package["batch_buckets"],
+                         self.manifest.input.shape[1:])
+        self.description = (f"torch AOTInductor {built_for} {package['dtype']}"
+                            f"{', CUDA graphs' if self.cuda_graphs else ''} (buckets {self.buckets})")
 
 
 def verify_package(path: Path, reference: nn.Module, preprocess, options: TorchOptions, *, atol: float,
-                   max_batch: int) -> dict[str, Any]:
+                   max_batch: int, buckets: tuple[int, ...]) -> dict[str, Any]:
     """The package against the fp32 reference on the export's verification inputs; VerificationError below the
     gate (atol at fp32, MIN_COSINE otherwise)."""
-    from vitserve.export.verify import compare, verification_inputs
+    from vitserve.export.verify import check_runner, in_chunks, verification_inputs
 
-    run = package_runner(path, options.device)
+    run = PackageRunner(path, options.device, list(buckets), preprocess.input_size)  # as the server runs it
     photo_names, inputs = verification_inputs(preprocess)
     report: dict[str, Any] = {"runtime": f"torch {torch.__version__} aotinductor {options.device} {options.dtype}",
-                              "photos": photo_names, "inputs": {}}
-    for name, x in inputs.items():
-        with torch.no_grad():
-            ref = reference(x).numpy()
-        got = np.concatenate([run(x[i:i + max_batch].numpy()) for i in range(0, len(x), max_batch)])
-        report["inputs"][name] = compare(ref, got)
-    stats = report["inputs"].values()
-    report["max_abs_diff"] = max(s["max_abs_diff"] for s in stats)
-    report["min_cosine"] = min(s["min_cosine"] for s in stats)
-    report["top1_agreement"] = min(s["top1_agreement"] for s in stats)
+                              "photos": photo_names}
+    report.update(check_runner(in_chunks(run, max_batch), reference, inputs))
     if options.dtype == "fp32":
         report["atol"] = atol
         report["passed"] = report["max_abs_diff"] <= atol

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -55,29 +55,16 @@ class Service:
     ready: bool = False
     draining: bool = False
     warmed_batch_sizes: list[int] = field(default_factory=list)
-    pending: int = 0  # inference requests between admission and answer
+    pending: int = 0  # inference requests between arrival and answer (counted by LimitsAndMetrics)
 
     decode_limiter: anyio.CapacityLimiter | None = None  # decode threads at once (set in the lifespan)
 
     @property
     def full(self) -> bool:
+        """At most max_queue inference requests are in progress (LimitsAndMetrics counts them, from arrival to
+        answer, and refuses the next with 503 before routing and before its body is read): under overload the
+        server refuses early and cheaply instead of reading and decoding work it cannot finish in time."""
         return self.pending >= self.settings.max_queue
-
-    @contextmanager
-    def admit(self, arrived: float | None = None):
-        """One inference request, from arrival to answer; yields its arrival time (the deadline counts from it).
-
-        At most max_queue requests are admitted at once; beyond, 503 before the body is read (LimitsAndMetrics
-        refuses them even before routing). Under overload the server refuses early and cheaply, instead of
-        reading and decoding work it cannot finish in time.
-        """
-        if self.full:
-            raise QueueFullError(f"{self.pending} requests are in progress, the limit is {self.settings.max_queue}")
-        self.pending += 1
-        try:
-            yield arrived if arrived is not None else time.perf_counter()
-        finally:
-            self.pending -= 1
 
     def decode_one(self, data: bytes) -> np.ndarray:
         return transform(decode_image(data, self.settings.max_pixels), self.manifest.preprocess)
@@ -258,7 +245,9 @@ class LimitsAndMetrics:
                 route = "/classify" if scope["path"] == "/classify" else "/v2/models/{name}/infer"
                 self._record(scope, 503, started, route)
                 return
-            scope.setdefault("state", {})["arrived"] = started
+            scope.setdefault("state", {})["arrived"] = started  # the request's deadline counts from here
+        else:
+            service = None  # not an inference request: not counted
         received = 0
 
         async def limited_receive():
@@ -275,9 +264,13 @@ class LimitsAndMetrics:
                 status["code"] = message["status"]
             await send(message)
 
+        if service is not None:
+            service.pending += 1
         try:
             await self.app(scope, limited_receive, tracking_send)
         finally:
+            if service is not None:
+                service.pending -= 1
             self._record(scope, status["code"], started)
 
     @staticmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitserve.artifact import Manifest, read_manifest
+from vitserve.artifact import Manifest, check_model_format, read_manifest
 from vitserve.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -49,18 +49,7 @@ def check_providers(device: str, wanted: list[str], active: list[str]) -> list[s
 
 
 BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
-MODEL_FORMATS = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch", ".engine": "tensorrt"}
-
-
-def check_model_format(directory: Path, manifest: Manifest, backend: str, accepted: tuple[str, ...]) -> None:
-    """ArtifactError naming the backend to use when `backend` cannot run the artifact's model file."""
-    suffix = Path(manifest.model_file).suffix
-    if suffix not in accepted:
-        raise ArtifactError(f"{directory} holds {manifest.model_file}, which the {backend} backend cannot run; "
-                            f"serve it with --backend {MODEL_FORMATS.get(suffix, 'onnxruntime')}")
 PRECISIONS = ("auto", "f32", "bf16")
-
-
 def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, threads: int | None = None,
                  device: str = "auto", precision: str = "auto"):
     """The named backend on an artifact; ArtifactError when the backend cannot run it."""
@@ -75,11 +64,11 @@ def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, thre
         if precision not in ("auto", "f32"):
             raise ArtifactError(f"a torch package runs at the precision it was compiled for; --precision "
                                 f"{precision} does not apply (export with --format torch --dtype ...)")
-        from vitserve.server.torch_backend import TorchBackend  # the one backend that imports torch
+        from vitserve.export.torch_package import TorchBackend  # imports torch: only when chosen
 
         return TorchBackend(artifact_dir, threads=threads, device=device)
     if backend == "tensorrt":
-        from vitserve.server.tensorrt_backend import TensorRTBackend  # TensorRT + torch, on a GPU
+        from vitserve.export.tensorrt import TensorRTBackend  # TensorRT + torch, on a GPU: only when chosen
 
         return TensorRTBackend(artifact_dir, threads=threads, device=device)
     raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -50,14 +50,14 @@ async def classify(
 ) -> dict:
     """Classifies one or more images; per image the top-k classes as {label, index, score} (softmax)."""
     settings = service.settings
-    with service.admit(getattr(request.state, "arrived", None)) as started:
-        with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
-            names, blobs = await _read_images(request, settings.max_images, int(settings.max_body_mb * 1024 * 1024))
-            service.check_image_count(len(blobs))
-            decode_started = time.perf_counter()
-            images = await service.decode(blobs)
-            decoded = time.perf_counter()
-        logits, stats = await service.infer(images, started)
+    started = request.state.arrived  # set by LimitsAndMetrics, which admitted the request
+    with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
+        names, blobs = await _read_images(request, settings.max_images, int(settings.max_body_mb * 1024 * 1024))
+        service.check_image_count(len(blobs))
+        decode_started = time.perf_counter()
+        images = await service.decode(blobs)
+        decoded = time.perf_counter()
+    logits, stats = await service.infer(images, started)
     predictions = top_k(softmax(logits), service.labels, top_k_)
     return {
         "model": service.manifest.name,

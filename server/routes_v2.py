@@ -116,13 +116,12 @@ def model_ready(name: str, service: ServiceDep, version: str | None = None) -> d
              openapi_extra={"requestBody": INFER_BODY})
 async def infer(name: str, request: Request, service: ServiceDep, version: str | None = None) -> Response:
     _check_model(service, name, version)
-    with service.admit(getattr(request.state, "arrived", None)) as arrived:
-        with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
-            body = await request.body()
-            parsed = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH), service.manifest,
-                                      service.settings.max_images)
-            images = parsed.pixel_values if parsed.pixel_values is not None else await service.decode(parsed.images)
-        logits, _ = await service.infer(images, arrived)
+    with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
+        body = await request.body()
+        parsed = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH), service.manifest,
+                                  service.settings.max_images)
+        images = parsed.pixel_values if parsed.pixel_values is not None else await service.decode(parsed.images)
+    logits, _ = await service.infer(images, request.state.arrived)  # arrival noted by LimitsAndMetrics
     payload, header_length = v2.encode_response(parsed, service.manifest, logits, service.labels)
     if header_length is None:
         return Response(payload, media_type="application/json")

@@ -131,6 +131,18 @@ class Manifest:
             raise ArtifactError(f"manifest is malformed ({type(e).__name__}: {e}); re-export the model") from e
 
 
+# Which serving backend runs which model file.
+MODEL_FORMATS = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch", ".engine": "tensorrt"}
+
+
+def check_model_format(directory: Path, manifest: Manifest, backend: str, accepted: tuple[str, ...]) -> None:
+    """ArtifactError naming the backend to use when `backend` cannot run the artifact's model file."""
+    suffix = Path(manifest.model_file).suffix
+    if suffix not in accepted:
+        raise ArtifactError(f"{directory} holds {manifest.model_file}, which the {backend} backend cannot run; "
+                            f"serve it with --backend {MODEL_FORMATS.get(suffix, 'onnxruntime')}")
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = Path(directory) / MANIFEST_NAME
     path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
