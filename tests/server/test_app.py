@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import ROOT
+from tests.crafted_png import png_header_only
 from vitserve.models.registry import SPECS
 from vitserve.server.app import create_app
 from vitserve.server.backends import OnnxRuntimeBackend
@@ -38,15 +37,6 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height pixels but carries almost no data (a decompression bomb's header)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
 
 
 def _error(response, status: int, fragment: str = "") -> None:
@@ -139,7 +129,7 @@ def test_exif_orientation_is_applied(client):
     (b"", "image/png", 400, "empty image"),
     (b"this is not an image", "image/png", 400, "not a readable image"),
     (EXAMPLES[1][: len(EXAMPLES[1]) // 2], "image/png", 400, "not a readable image"),
-    (_png_header_only(30000, 30000), "image/png", 413, "pixels"),
+    (png_header_only(30000, 30000), "image/png", 413, "pixels"),
 ])
 def test_classify_bad_bodies(client, content, ctype, status, fragment):
     headers = {"content-type": ctype} if ctype else {}

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import struct
-import zlib
 
 import httpx
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
+from tests.crafted_png import png_bomb, png_header_only
 from tests.live_server import Server
 
 MAX_BODY_MB = 2
@@ -30,25 +30,6 @@ INFER = "/v2/models/swin_digits/infer"
 
 
 # --- crafted files -----------------------------------------------------------------------------------------------
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height, with one empty data chunk: nothing to decode."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b"")
-
-
-def png_bomb(side: int = 10_000) -> bytes:
-    """A real grayscale PNG of side x side zero pixels: ~100 MB of pixels in ~100 kB."""
-    row = b"\x00" * (side + 1)
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
-
 
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
