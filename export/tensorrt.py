@@ -3,14 +3,18 @@
 1. `export_plugin_onnx` exports the GPU deploy form of a rewritten Swin (every window attention a call of the
    `vitserve::window_attention` op) so that each call becomes ONE ONNX node, `WindowAttention` (Swin) or
    `CosineWindowAttention` (Swin V2, with the logit-scale input), in domain "vitserve", with the attributes
-   `scale` and `plugin_namespace` = "vitserve". TensorRT's ONNX parser does not know the op and looks for a plugin
-   of that name in that namespace: the ones `vitserve.models.trt_plugin` registers with `tensorrt.plugin`, whose
-   implementation launches the Triton kernel of `vitserve.models.window_attention`. The schemas are registered
-   with onnx, so the file passes onnx's checker.
+   `scale`, `plugin_namespace` = "vitserve" and `aot` = 1. TensorRT's ONNX parser does not know the op and looks
+   for a plugin of that name in that namespace: the ones `vitserve.models.trt_plugin` registers with
+   `tensorrt.plugin`, whose ahead-of-time implementation compiles the Triton kernel of
+   `vitserve.models.window_attention` to PTX that the engine keeps. The schemas are registered with onnx, so the
+   file passes onnx's checker.
+   The file carries its own precision, as TensorRT's strongly typed networks require (TensorRT 11 has no other
+   kind): float32 in and out, activations and weights in fp16 (or bf16), LayerNorm computed in float32, the
+   attention's bias and logit scale float32 (the kernel accumulates in float32 and does its softmax in float32).
 2. `optimization_profiles` turns the batch buckets into TensorRT optimization profiles: one per bucket, covering
    the batch sizes above the previous bucket, tuned for the bucket itself.
-3. `build_engine` builds a TensorRT 10 engine from that ONNX file: fp16, with normalization and softmax layers
-   pinned to fp32, one optimization profile per bucket. It needs TensorRT and a GPU.
+3. `build_engine` builds a strongly typed TensorRT engine (10.9 or later) from that ONNX file, one optimization
+   profile per bucket. It needs TensorRT, triton and a GPU.
 4. `EngineRunner` runs the engine, each batch in the profile of the smallest bucket that holds it; it checks the
    engine at export and serves it as `TensorRTBackend`, which the server imports only when `--backend tensorrt`
    is chosen.
@@ -18,11 +22,15 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from vitserve.artifact import Profile, check_model_format, profile_for, read_manifest
 from vitserve.errors import ArtifactError, ExportError
@@ -57,7 +65,9 @@ def register_onnx_schemas() -> None:
             type_constraints=[("T", float_types, "activations")],
             attributes=[OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "multiplies q k^T (plain attention)"),
                         OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"),
-                        OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version")],
+                        OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version"),
+                        OpSchema.Attribute("aot", OpSchema.AttrType.INT, "1: TensorRT uses the plugin's ahead-of-time "
+                                           "implementation")],
         ))
 
 
@@ -69,35 +79,75 @@ def _translation():
 
     def window_attention(q, k, v, bias, logit_scale=None, scale: float = 1.0):
         if logit_scale is None:
-            return plugin.WindowAttention(q, k, v, bias, scale=scale, plugin_namespace=DOMAIN, plugin_version="1")
+            return plugin.WindowAttention(q, k, v, bias, scale=scale, plugin_namespace=DOMAIN, plugin_version="1",
+                                          aot=1)
         return plugin.CosineWindowAttention(q, k, v, bias, logit_scale, scale=scale, plugin_namespace=DOMAIN,
-                                            plugin_version="1")
+                                            plugin_version="1", aot=1)
 
     return window_attention
 
 
-def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, max_batch: int, opset: int) -> int:
-    """Writes the deploy form with each window attention as one plugin node; returns how many plugin nodes.
+def mixed_precision(deploy, dtype):
+    """A copy of the deploy form for a strongly typed engine: float32 in and out (Float32Boundary), `dtype`
+    inside, except LayerNorm (statistics over up to 1024 channels: computed in float32) and the window
+    attention's bias and logit scale (float32, as the plugin's schema says)."""
+    from vitserve.export.torch_package import Float32Boundary
+    from vitserve.models.windows import WindowOrderAttention
+
+    model = copy.deepcopy(deploy).eval().to(dtype)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.LayerNorm):
+                setattr(parent, name, Float32LayerNorm(child))
+    for module in model.modules():
+        if isinstance(module, WindowOrderAttention):
+            module.bias = module.bias.float()
+            if module.logit_scale is not None:
+                module.logit_scale = module.logit_scale.float()
+    return Float32Boundary(model, dtype).eval()
+
+
+class Float32LayerNorm(nn.Module):
+    """A LayerNorm that computes in float32 whatever its input's dtype, with float32 affine parameters."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.normalized_shape, self.eps = tuple(norm.normalized_shape), norm.eps
+        self.weight = None if norm.weight is None else nn.Parameter(norm.weight.detach().float())
+        self.bias = None if norm.bias is None else nn.Parameter(norm.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, max_batch: int, opset: int,
+                       dtype: str = "fp16") -> dict:
+    """Writes the deploy form in `dtype` (mixed_precision) with each window attention as one plugin node;
+    returns {"plugin_nodes", "dtype", "float32_layer_norms"}.
 
     ExportError when the model has no window attention to replace (not a rewritten Swin / Swin V2)."""
-    import copy
-
     import onnx
-    import torch
 
     import vitserve.models.window_attention  # noqa: F401  (registers torch.ops.vitserve.window_attention)
     from vitserve.export.onnx import export_onnx
-    from vitserve.models.windows import use_fused_kernel
+    from vitserve.export.torch_package import DTYPES
+    from vitserve.models.window_attention import MAX_AOT_TOKENS
+    from vitserve.models.windows import WindowOrderAttention, use_fused_kernel
 
-    model = copy.deepcopy(deploy).eval()
+    model = mixed_precision(deploy, DTYPES[dtype])
     if not use_fused_kernel(model):
         raise ExportError("the TensorRT plugin replaces Swin's window attention; this model has none (export it "
                           "with --format onnx and build the engine with TensorRT's own layers)")
+    tokens = max(m.window_area for m in model.modules() if isinstance(m, WindowOrderAttention))
+    if tokens > MAX_AOT_TOKENS:
+        raise ExportError(f"the TensorRT plugin's kernel takes windows of up to {MAX_AOT_TOKENS} tokens (8x8); this "
+                          f"model's have {tokens}: use --format torch or --format onnx")
     export_onnx(model, input_size, path, max_batch=max_batch, opset=opset,
                 custom_translation_table={torch.ops.vitserve.window_attention.default: _translation()})
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
-    return sum(node.domain == DOMAIN for node in graph.graph.node)
+    return {"plugin_nodes": sum(node.domain == DOMAIN for node in graph.graph.node), "dtype": dtype,
+            "float32_layer_norms": sum(node.op_type == "LayerNormalization" for node in graph.graph.node)}
 
 
 def optimization_profiles(buckets: list[int] | tuple[int, ...], max_batch: int) -> list[Profile]:
@@ -113,35 +163,30 @@ def optimization_profiles(buckets: list[int] | tuple[int, ...], max_batch: int) 
 
 
 def build_engine(onnx_path: Path, engine_path: Path, *, input_name: str, input_shape: tuple[int, int, int],
-                 profiles: list[Profile], fp16: bool = True, workspace_gb: float = 4.0) -> dict:
-    """Builds and writes the engine; returns what the manifest records. ExportError without TensorRT or GPU."""
+                 profiles: list[Profile], workspace_gb: float = 4.0) -> dict:
+    """Builds and writes a strongly typed engine (the precision is the ONNX file's); returns what the manifest
+    records. ExportError without TensorRT (one with ahead-of-time plugins) or a GPU."""
     try:
         import tensorrt as trt
+        import tensorrt.plugin as trtp
     except ImportError as e:
-        raise ExportError("--format tensorrt needs TensorRT 10 (pip install tensorrt-cu12 from pypi.nvidia.com) "
-                          "and an NVIDIA GPU") from e
+        raise ExportError("--format tensorrt needs TensorRT 10 or 11 (pip install tensorrt-cu12 from "
+                          "pypi.nvidia.com) and an NVIDIA GPU") from e
+    if not hasattr(trtp, "aot_impl"):
+        raise ExportError(f"TensorRT {trt.__version__} has no ahead-of-time plugins (tensorrt.plugin.aot_impl); "
+                          "install a newer TensorRT")
     import vitserve.models.trt_plugin  # noqa: F401  (registers the window-attention plugins)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # TensorRT 11: always
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    kept_fp32 = 0
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE):
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
-                kept_fp32 += 1
     for p in profiles:
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, (p.min, *input_shape), (p.opt, *input_shape), (p.max, *input_shape))
@@ -150,15 +195,13 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_name: str, input_s
     if serialized is None:
         raise ExportError("TensorRT failed to build the engine (see its log above)")
     engine_path.write_bytes(bytes(serialized))
-    return {"format": "tensorrt", "tensorrt": trt.__version__, "precision": "fp16" if fp16 else "fp32",
-            "layers_kept_fp32": kept_fp32, "profiles": [vars(p) for p in profiles]}
+    return {"format": "tensorrt", "tensorrt": trt.__version__, "strongly_typed": True,
+            "window_attention": "ahead-of-time PTX plugin", "profiles": [vars(p) for p in profiles]}
 
 
 def reference_evaluator(path: Path):
     """onnx's reference evaluator for the plugin ONNX file, the plugin ops computed by the PyTorch reference of the
     kernel: the file can be checked against the model on any CPU, before (or without) TensorRT."""
-    import numpy as np
-    import torch
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.op_run import OpRun
 
@@ -167,7 +210,8 @@ def reference_evaluator(path: Path):
     class WindowAttention(OpRun):
         op_domain = DOMAIN
 
-        def _run(self, q, k, v, bias, logit_scale=None, scale=1.0, plugin_namespace=None, plugin_version=None):
+        def _run(self, q, k, v, bias, logit_scale=None, scale=1.0, plugin_namespace=None, plugin_version=None,
+                 aot=None):
             t = [torch.from_numpy(np.array(a)) for a in (q, k, v, bias)]
             ls = None if logit_scale is None else torch.from_numpy(np.array(logit_scale))
             return (reference(*t, ls, scale).numpy(),)
@@ -182,12 +226,9 @@ class EngineRunner:
     """A deserialized engine with one execution context; (N, C, H, W) float32 -> (N, classes) float32."""
 
     def __init__(self, engine: bytes, profiles, input_name: str, num_classes: int, output_name: str = "logits"):
-        import tensorrt as trt
-        import torch
+        import tensorrt as trt  # the engine holds its plugins' kernels: no plugin registration needed to run it
 
-        import vitserve.models.trt_plugin  # noqa: F401  (the engine calls the window-attention plugins)
-
-        self.torch, self.trt_version = torch, trt.__version__
+        self.trt_version = trt.__version__
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(engine)
         if self.engine is None:
@@ -200,7 +241,6 @@ class EngineRunner:
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        torch = self.torch
         with self._lock, torch.cuda.stream(self.stream):
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda(non_blocking=True)
             y = torch.empty((len(batch), self.num_classes), device="cuda", dtype=torch.float32)
@@ -216,16 +256,15 @@ class EngineRunner:
 
 class TensorRTBackend:
     """The server's `tensorrt` backend: an artifact written by `vitserve export --format tensorrt`. Needs TensorRT,
-    torch (buffers, and the plugins' Triton kernel) and a GPU; the server imports it only when chosen."""
+    torch (CUDA buffers and streams) and a GPU; the server imports it only when chosen."""
 
     name = "tensorrt"
 
     def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "auto"):
         try:
             import tensorrt  # noqa: F401
-            import torch
         except ImportError as e:
-            raise ArtifactError("the tensorrt backend needs TensorRT 10 and PyTorch with CUDA: pip install "
+            raise ArtifactError("the tensorrt backend needs TensorRT and PyTorch with CUDA: pip install "
                                 "'vitserve[serve,torch]' tensorrt-cu12") from e
         self.directory = Path(artifact_dir)
         self.manifest = read_manifest(self.directory)
@@ -235,7 +274,8 @@ class TensorRTBackend:
         profiles = [Profile(**p) for p in self.manifest.package["profiles"]]
         self.runner = EngineRunner((self.directory / self.manifest.model_file).read_bytes(), profiles,
                                    self.manifest.input.name, self.manifest.num_classes, self.manifest.output.name)
-        self.description = f"TensorRT {self.runner.trt_version} fp16, {len(profiles)} optimization profiles"
+        self.description = (f"TensorRT {self.runner.trt_version} {self.manifest.package.get('dtype', 'fp16')}, "
+                            f"{len(profiles)} optimization profiles")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.runner(batch)

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 PACKAGE_NAME = "model.pt2"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MIN_COSINE = {"fp16": 0.999, "bf16": 0.99}  # fp32 uses the export's atol
 
 
 @dataclass(frozen=True)
@@ -183,23 +182,15 @@ class TorchBackend(PackageRunner):
 def verify_package(path: Path, reference: nn.Module, preprocess, options: TorchOptions, *, atol: float,
                    max_batch: int, buckets: tuple[int, ...]) -> dict[str, Any]:
     """The package against the fp32 reference on the export's verification inputs; VerificationError below the
-    gate (atol at fp32, MIN_COSINE otherwise)."""
-    from vitserve.export.verify import check_runner, in_chunks, verification_inputs
+    gate (verify.precision_gate)."""
+    from vitserve.export.verify import check_runner, in_chunks, precision_gate, verification_inputs
 
     run = PackageRunner(path, options.device, list(buckets), preprocess.input_size)  # as the server runs it
     photo_names, inputs = verification_inputs(preprocess)
     report: dict[str, Any] = {"runtime": f"torch {torch.__version__} aotinductor {options.device} {options.dtype}",
                               "photos": photo_names}
     report.update(check_runner(in_chunks(run, max_batch), reference, inputs))
-    if options.dtype == "fp32":
-        report["atol"] = atol
-        report["passed"] = report["max_abs_diff"] <= atol
-        gate = f"max |logit difference| {report['max_abs_diff']:.3g} > atol {atol:g}"
-    else:
-        report["min_cosine_required"] = MIN_COSINE[options.dtype]
-        report["passed"] = report["min_cosine"] >= MIN_COSINE[options.dtype]
-        gate = f"lowest logit cosine {report['min_cosine']:.5f} < {MIN_COSINE[options.dtype]}"
-    if not report["passed"]:
-        raise VerificationError(f"the {options.dtype} package does not match the PyTorch model: {gate} (top-1 "
-                                f"agreement {report['top1_agreement']:.1%})", report)
+    failed = precision_gate(report, options.dtype, atol)
+    if failed:
+        raise VerificationError(f"the {options.dtype} package does not match the PyTorch model: {failed}", report)
     return report

@@ -4,7 +4,9 @@
                                 instance group; the output names labels.txt for Triton's classification extension
     REPO/NAME/labels.txt
     REPO/NAME/vitserve.json     the artifact's manifest (preprocessing for clients; Triton ignores it)
-    REPO/NAME/1/model.onnx      (or model.xml + model.bin for an OpenVINO artifact: Triton's openvino backend)
+    REPO/NAME/1/model.onnx      (or model.xml + model.bin for an OpenVINO artifact: Triton's openvino backend; or
+                                model.engine for a TensorRT artifact: Triton's tensorrt backend, every optimization
+                                profile offered to each GPU instance; the engine holds its plugin's kernel)
 
 Triton serves tensors: clients send preprocessed NCHW float32 (the manifest's `preprocess`); `vitserve serve` is
 the server that takes images. Standard library only.
@@ -31,7 +33,7 @@ class TritonOptions:
     name: str | None = None  # model name in the repository (default: the artifact's)
     max_batch_size: int | None = None  # default: the artifact's max_batch
     max_queue_delay_us: int = 2000  # how long Triton holds a request to grow a batch
-    kind: str = "cpu"  # instance kind: cpu or gpu
+    kind: str | None = None  # instance kind: cpu or gpu (default gpu for a TensorRT engine, else cpu)
     instances: int = 1  # model instances per device
     tensorrt: bool = False  # gpu: onnxruntime's TensorRT accelerator, fp16
 
@@ -47,9 +49,11 @@ def config_text(manifest, options: TritonOptions) -> str:
     if not 1 <= max_batch <= manifest.max_batch:
         raise ArtifactError(f"--max-batch-size must be between 1 and the artifact's max_batch {manifest.max_batch}; "
                             f"got {max_batch}")
-    if options.kind not in ("cpu", "gpu"):
-        raise ArtifactError(f"unknown instance kind {options.kind!r}; choose cpu or gpu")
-    if options.tensorrt and options.kind != "gpu":
+    openvino, engine = manifest.model_file.endswith(".xml"), manifest.model_file.endswith(".engine")
+    kind = options.kind or ("gpu" if engine else "cpu")
+    if kind not in ("cpu", "gpu"):
+        raise ArtifactError(f"unknown instance kind {kind!r}; choose cpu or gpu")
+    if options.tensorrt and kind != "gpu":
         raise ArtifactError("--tensorrt needs --kind gpu")
     if options.instances < 1:
         raise ArtifactError(f"--instances must be at least 1, got {options.instances}")
@@ -63,12 +67,21 @@ def config_text(manifest, options: TritonOptions) -> str:
     if manifest.model_file.endswith(".pt2"):
         raise ArtifactError("an AOTInductor package (--format torch) has no Triton backend here; write the "
                             "repository from an ONNX or OpenVINO artifact of the model")
-    openvino = manifest.model_file.endswith(".xml")
+    if engine and kind != "gpu":
+        raise ArtifactError("a TensorRT engine runs on a GPU: use --kind gpu")
+    if engine and options.tensorrt:
+        raise ArtifactError("--tensorrt is onnxruntime's TensorRT accelerator for ONNX artifacts; this artifact "
+                            "already is a TensorRT engine")
     lines = [
         f"{MARKER} from the artifact {manifest.name!r} ({manifest.architecture}).",
         f"# Inputs are preprocessed images: {json.dumps(manifest.preprocess.to_dict())}",
+    ]
+    if engine:
+        lines.append(f"# A TensorRT {manifest.package.get('tensorrt', '')} engine: Triton's tensorrt backend must "
+                     "use that TensorRT version, on the GPU model it was built on.")
+    lines += [
         f'name: "{name}"',
-        f'backend: "{"openvino" if openvino else "onnxruntime"}"',
+        f'backend: "{"openvino" if openvino else "tensorrt" if engine else "onnxruntime"}"',
         f"max_batch_size: {max_batch}",
         "input [",
         "  {",
@@ -91,12 +104,17 @@ def config_text(manifest, options: TritonOptions) -> str:
         "instance_group [",
         "  {",
         f"    count: {options.instances}",
-        f"    kind: KIND_{options.kind.upper()}",
+        f"    kind: KIND_{kind.upper()}",
+    ]
+    if engine:  # Triton picks, per request, the best of the profiles an instance has; without this only the first
+        profiles = range(len(manifest.package.get("profiles", [])))
+        lines.append("    profile: [ " + ", ".join(f'"{i}"' for i in profiles) + " ]")
+    lines += [
         "  }",
         "]",
     ]
-    if openvino:
-        lines += ['default_model_filename: "model.xml"']
+    if openvino or engine:
+        lines += [f'default_model_filename: "model{Path(manifest.model_file).suffix}"']
     if options.tensorrt:
         lines += [
             "optimization {",

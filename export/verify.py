@@ -127,6 +127,24 @@ def check_runner(run: Callable[[np.ndarray], np.ndarray], reference: nn.Module,
             "top1_agreement": min(s["top1_agreement"] for s in stats)}
 
 
+MIN_COSINE = {"fp16": 0.999, "bf16": 0.99}  # reduced precision: gated on the logits' direction; fp32: on atol
+
+
+def precision_gate(report: dict[str, Any], dtype: str, atol: float) -> str | None:
+    """Marks check_runner's `report` passed or not for an export computing in `dtype` (fp32: max |logit
+    difference| <= atol; fp16/bf16: lowest logit cosine >= MIN_COSINE, as the difference itself scales with the
+    logits); returns what failed, or None."""
+    if dtype == "fp32":
+        report["atol"] = atol
+        report["passed"] = report["max_abs_diff"] <= atol
+        failed = f"max |logit difference| {report['max_abs_diff']:.3g} > atol {atol:g}"
+    else:
+        report["min_cosine_required"] = MIN_COSINE[dtype]
+        report["passed"] = report["min_cosine"] >= MIN_COSINE[dtype]
+        failed = f"lowest logit cosine {report['min_cosine']:.5f} < {MIN_COSINE[dtype]}"
+    return None if report["passed"] else f"{failed} (top-1 agreement {report['top1_agreement']:.1%})"
+
+
 def verify_export(
     model_path: Path,
     reference: nn.Module,

@@ -1,22 +1,27 @@
-"""The fused window-attention kernel as TensorRT plugins (TensorRT 10's `tensorrt.plugin`, quickly deployable plugins).
+"""The fused window-attention kernel as TensorRT plugins (TensorRT's `tensorrt.plugin`, quickly deployable plugins),
+compiled ahead of time.
 
 Importing this module registers `vitserve::WindowAttention` and `vitserve::CosineWindowAttention`, the ops that
-`vitserve.export.tensorrt.export_plugin_onnx` writes in place of each window attention. TensorRT's ONNX parser
-finds them by op type and the node's `plugin_namespace` attribute; the engine builder and the runtime that loads
-the engine both need them registered (the server's TensorRT backend imports this module).
-
-The implementation launches the same Triton kernel as the PyTorch op (`vitserve.models.window_attention`) on
-the stream TensorRT gives it, reading and writing TensorRT's buffers in place through the CUDA array interface.
-Needs TensorRT >= 10.7, torch and triton, and a GPU.
+`vitserve.export.tensorrt.export_plugin_onnx` writes in place of each window attention (each node carries
+`plugin_namespace` = "vitserve" and `aot` = 1, so TensorRT's ONNX parser picks these plugins' ahead-of-time
+implementation). While the engine is built, TensorRT calls `_plain_aot` / `_cosine_aot` once per plugin node with
+the node's tensor descriptions; they compile the Triton kernel of `vitserve.models.window_attention` to PTX for this
+GPU and these dtypes and return it with its launch: one program per (window, head), the window count symbolic in
+the batch. TensorRT stores the PTX in the engine and launches it itself: running the engine needs neither Python
+nor this module (trtexec, Triton's TensorRT backend and `vitserve serve --backend tensorrt` load it alike).
+Building needs TensorRT >= 10.9, triton and a GPU; no torch.
 """
 
 # No `from __future__ import annotations`: tensorrt.plugin reads the type hints as objects.
 from typing import Tuple  # noqa: UP035
 
+import tensorrt as trt
 import tensorrt.plugin as trtp
-import torch
 
-from vitserve.models.window_attention import triton_window_attention
+from vitserve.models.window_attention import compile_kernel, driver_ptx_version
+
+DTYPES = {trt.float16: "fp16", trt.bfloat16: "bf16", trt.float32: "fp32"}
+AotResult = Tuple[str, str, trtp.KernelLaunchParams, trtp.SymIntExprs]  # noqa: UP006
 
 
 @trtp.register("vitserve::WindowAttention")
@@ -31,21 +36,43 @@ def _cosine_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, bia
     return q.like()
 
 
-def _run(inputs, logit_scale, scale: float, outputs, stream: int) -> None:
-    q, k, v, bias = (torch.as_tensor(t, device="cuda") for t in inputs)
-    logit = None if logit_scale is None else torch.as_tensor(logit_scale, device="cuda")
-    out = torch.as_tensor(outputs[0], device="cuda")
-    with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-        out.copy_(triton_window_attention(q, k, v, bias, logit, scale))
+def _dtype(desc: trtp.TensorDesc, name: str) -> str:
+    if desc.dtype not in DTYPES:
+        raise ValueError(f"window attention: {name} is {desc.dtype}; the kernel takes float16, bfloat16 or float32")
+    return DTYPES[desc.dtype]
 
 
-@trtp.impl("vitserve::WindowAttention")
-def _plain_impl(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, bias: trtp.Tensor, scale: float,
-                outputs: Tuple[trtp.Tensor], stream: int) -> None:  # noqa: UP006
-    _run((q, k, v, bias), None, scale, outputs, stream)
+def _constant(dim: trtp.ShapeExpr, name: str) -> int:
+    if dim.is_fake or not dim.is_constant:
+        raise ValueError(f"window attention: the {name} must be fixed when the engine is built")
+    return dim.constant_value()
 
 
-@trtp.impl("vitserve::CosineWindowAttention")
-def _cosine_impl(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, bias: trtp.Tensor, logit_scale: trtp.Tensor,
-                 scale: float, outputs: Tuple[trtp.Tensor], stream: int) -> None:  # noqa: UP006
-    _run((q, k, v, bias), logit_scale, scale, outputs, stream)
+def _aot(q: trtp.TensorDesc, bias: trtp.TensorDesc, logit_scale, scale: float) -> AotResult:
+    import triton
+
+    windows, heads, tokens, head_dim = (q.shape_expr[i] for i in range(4))
+    kernel = compile_kernel(
+        dtype=_dtype(q, "q"), bias_dtype=_dtype(bias, "the bias"),
+        logit_dtype=None if logit_scale is None else _dtype(logit_scale, "the logit scale"), scale=scale,
+        tokens=_constant(tokens, "window area"), head_dim=_constant(head_dim, "head dimension"),
+        arch=triton.runtime.driver.active.get_current_target().arch, ptx_version=driver_ptx_version())
+    launch = trtp.KernelLaunchParams()
+    launch.grid_x = windows * heads  # symbolic: windows = batch * windows per image
+    launch.block_x = kernel.threads
+    launch.shared_mem = kernel.shared
+    scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (heads, tokens, head_dim, bias.shape_expr[0])])
+    return kernel.name, kernel.ptx, launch, scalars
+
+
+@trtp.aot_impl("vitserve::WindowAttention")
+def _plain_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, bias: trtp.TensorDesc, scale: float,
+               outputs: Tuple[trtp.TensorDesc], tactic: int) -> AotResult:  # noqa: UP006
+    return _aot(q, bias, None, scale)
+
+
+@trtp.aot_impl("vitserve::CosineWindowAttention")
+def _cosine_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, bias: trtp.TensorDesc,
+                logit_scale: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
+                tactic: int) -> AotResult:
+    return _aot(q, bias, logit_scale, 1.0)

@@ -18,6 +18,9 @@ in the graph as one op.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -55,13 +58,19 @@ def _(q, k, v, bias, logit_scale, scale):
     return q.new_empty(q.shape)  # contiguous, like both implementations' outputs
 
 
+def _blocks(tokens: int, head_dim: int) -> tuple[int, int]:
+    """The kernel's tile sizes: powers of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(tokens)), max(16, triton.next_power_of_2(head_dim))
+
+
 if triton is not None:
 
     @triton.jit
     def _window_attention_kernel(
-        q_ptr, k_ptr, v_ptr, bias_ptr, logit_ptr, out_ptr,
-        heads, n, d, bias_windows, scale,
-        COSINE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        q_ptr, k_ptr, v_ptr, bias_ptr, logit_ptr,  # inputs; logit_ptr is None for plain attention
+        heads, n, d, bias_windows,  # int32 scalars
+        out_ptr,  # the output, last: TensorRT launches (inputs..., int32 scalars..., outputs...)
+        SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         pid = tl.program_id(0)  # one program per (window, head)
         head = pid % heads
@@ -75,15 +84,15 @@ if triton is not None:
         q = tl.load(q_ptr + offsets, mask=tile_ok, other=0.0)
         k = tl.load(k_ptr + offsets, mask=tile_ok, other=0.0)
         v = tl.load(v_ptr + offsets, mask=tile_ok, other=0.0)
-        if COSINE:  # normalize in fp32, like F.normalize (eps 1e-12)
+        if logit_ptr is not None:  # cosine attention: normalize in fp32, like F.normalize (eps 1e-12)
             qf = q.to(tl.float32)
             kf = k.to(tl.float32)
             qf = qf / tl.maximum(tl.sqrt(tl.sum(qf * qf, axis=1)), 1e-12)[:, None]
             kf = kf / tl.maximum(tl.sqrt(tl.sum(kf * kf, axis=1)), 1e-12)[:, None]
             scores = tl.dot(qf, tl.trans(kf), input_precision="ieee")
-            scores = scores * tl.load(logit_ptr + head)
+            scores = scores * tl.load(logit_ptr + head).to(tl.float32)
         else:
-            scores = tl.dot(q, tl.trans(k)) * scale  # fp32 accumulation
+            scores = tl.dot(q, tl.trans(k)) * SCALE  # fp32 accumulation
         bias_base = ((window % bias_windows) * heads + head) * n * n
         pair_ok = row_ok[:, None] & (rows[None, :] < n)
         bias = tl.load(bias_ptr + bias_base + rows[:, None] * n + rows[None, :], mask=pair_ok, other=0.0)
@@ -101,16 +110,105 @@ if triton is not None:
         windows, heads, n, d = q.shape
         q, k, v, bias = q.contiguous(), k.contiguous(), v.contiguous(), bias.contiguous()
         out = torch.empty_like(q)
-        cosine = logit_scale is not None
-        logit = logit_scale.contiguous().float().view(-1) if cosine else bias  # unused pointer when not cosine
-        block_n = max(16, triton.next_power_of_2(n))
-        block_d = max(16, triton.next_power_of_2(d))
+        logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
+        block_n, block_d = _blocks(n, d)
         _window_attention_kernel[(windows * heads,)](
-            q, k, v, bias, logit, out, heads, n, d, bias.shape[0], float(scale),
-            COSINE=cosine, BLOCK_N=block_n, BLOCK_D=block_d,
+            q, k, v, bias, logit, heads, n, d, bias.shape[0], out,
+            SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d,
         )
         return out
 
     @window_attention.register_kernel("cuda")
     def _(q, k, v, bias, logit_scale, scale):
         return triton_window_attention(q, k, v, bias, logit_scale, scale)
+
+
+# Ahead-of-time compilation: the kernel as PTX, for launchers that are not Python (TensorRT's AOT plugins).
+
+TRITON_TYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
+SCALARS = 4  # heads, tokens, head_dim, bias_windows: int32, between the input and the output pointers
+MAX_STATIC_SHARED = 48 * 1024  # more needs an opt-in attribute that a plain launch does not set
+MAX_AOT_TOKENS = 64  # one window per program: 8x8 windows fit MAX_STATIC_SHARED, 12x12 (144 tokens) do not
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """The kernel compiled for one GPU architecture, one set of dtypes and one window size.
+
+    Launch it with grid (windows * heads, 1, 1), `threads` threads per block, `shared` bytes of dynamic shared
+    memory and the arguments (q, k, v, bias[, logit_scale], heads, tokens, head_dim, bias_windows, out)."""
+
+    name: str
+    ptx: str
+    threads: int
+    shared: int
+    inputs: int  # 4 pointers, or 5 with cosine attention's logit scale
+
+
+def compile_kernel(*, dtype: str, bias_dtype: str, logit_dtype: str | None, scale: float, tokens: int,
+                   head_dim: int, arch: int, ptx_version: int | None = None) -> CompiledKernel:
+    """The kernel as PTX for sm_`arch` (no GPU needed to compile). `dtype`: q, k, v and out ("fp16", "bf16",
+    "fp32"); `bias_dtype`, `logit_dtype` (None: plain attention, `scale` multiplies q k^T); `ptx_version`: the
+    highest PTX ISA the driver that will load it accepts (e.g. 84 for CUDA 12.4), None for Triton's own."""
+    from triton.backends.compiler import GPUTarget
+
+    block_n, block_d = _blocks(tokens, head_dim)
+    signature = {"q_ptr": TRITON_TYPES[dtype], "k_ptr": TRITON_TYPES[dtype], "v_ptr": TRITON_TYPES[dtype],
+                 "bias_ptr": TRITON_TYPES[bias_dtype],
+                 "logit_ptr": "constexpr" if logit_dtype is None else TRITON_TYPES[logit_dtype],
+                 "heads": "i32", "n": "i32", "d": "i32", "bias_windows": "i32", "out_ptr": TRITON_TYPES[dtype],
+                 "SCALE": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr"}
+    constexprs = {"SCALE": float(scale), "BLOCK_N": block_n, "BLOCK_D": block_d}
+    if logit_dtype is None:
+        constexprs["logit_ptr"] = None
+    source = triton.compiler.ASTSource(fn=_window_attention_kernel, signature=signature, constexprs=constexprs)
+    options = {} if ptx_version is None else {"ptx_version": ptx_version}
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    kernel = CompiledKernel(name=compiled.metadata.name, ptx=compiled.asm["ptx"],
+                            threads=compiled.metadata.num_warps * compiled.metadata.warp_size,
+                            shared=compiled.metadata.shared, inputs=4 if logit_dtype is None else 5)
+    check_launch(kernel, compiled.metadata)
+    return kernel
+
+
+def entry_parameters(ptx: str, name: str) -> list[str]:
+    """The PTX types of the kernel entry's parameters, in order (".u64" for pointers, ".u32" for int32 ...)."""
+    match = re.search(r"\.entry\s+" + re.escape(name) + r"\s*\(([^)]*)\)", ptx)
+    if match is None:
+        raise RuntimeError(f"no kernel entry {name!r} in the PTX")
+    return re.findall(r"\.param\s+(\.\w+)", match.group(1))
+
+
+def check_launch(kernel: CompiledKernel, metadata) -> None:
+    """Refuses a compilation that a plain launch of (inputs..., int32 scalars..., output) cannot run right:
+    another parameter order, scratch memory (Triton appends scratch pointers that such a launch leaves null),
+    clusters, cooperative or programmatic-dependent launches, too much shared memory."""
+    params = entry_parameters(kernel.ptx, kernel.name)
+    expected = [".u64"] * kernel.inputs + [".u32"] * SCALARS + [".u64"]
+    if params[:len(expected)] != expected or any(p != ".u64" for p in params[len(expected):]):
+        raise RuntimeError(f"kernel {kernel.name} takes {params}; a launch passes {expected} (then null pointers)")
+    needs = {name: getattr(metadata, name, 0) for name in
+             ("global_scratch_size", "profile_scratch_size", "launch_cooperative_grid", "launch_pdl")}
+    needs["clusters"] = getattr(metadata, "num_ctas", 1) != 1
+    if any(needs.values()):
+        raise RuntimeError(f"kernel {kernel.name} needs launch features a plain launch lacks: {needs}")
+    if kernel.shared > MAX_STATIC_SHARED:
+        raise RuntimeError(f"kernel {kernel.name} needs {kernel.shared} bytes of shared memory (at most "
+                           f"{MAX_STATIC_SHARED} without an opt-in)")
+
+
+def driver_ptx_version() -> int | None:
+    """The highest PTX ISA this machine's CUDA driver loads (Triton's mapping of the driver's CUDA version), or
+    None without a driver. PTX newer than the driver is refused when the kernel is loaded, not when compiled."""
+    import ctypes
+
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int()
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return ptx_get_version(f"{version.value // 1000}.{version.value % 1000 // 10}")

@@ -65,12 +65,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                                                           else ""))
     torch_options = None
     if args.format == "tensorrt":
-        if args.dtype or args.device != "cuda":
-            raise VitServeError("--format tensorrt builds an fp16 engine for the GPU; --device and --dtype do not "
-                                "apply")
+        if args.device != "cuda":
+            raise VitServeError("--format tensorrt builds an engine for the GPU; --device does not apply")
         from vitserve.export.torch_package import TorchOptions
 
-        torch_options = TorchOptions(device="cuda", dtype="fp16", batch_buckets=tuple(args.batch_buckets or ()))
+        torch_options = TorchOptions(device="cuda", dtype=args.dtype or "fp16",
+                                     batch_buckets=tuple(args.batch_buckets or ()))
     elif args.format == "torch":
         from vitserve.export.torch_package import TorchOptions
 
@@ -78,7 +78,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                                                               else "fp32"),
                                      batch_buckets=tuple(args.batch_buckets or ()))
     elif args.dtype or args.batch_buckets or args.device != "cuda":
-        raise VitServeError("--device, --dtype and --batch-buckets apply to --format torch only")
+        raise VitServeError("--device, --dtype and --batch-buckets apply to --format torch and tensorrt only")
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
                             atol=args.atol, format=args.format, torch_options=torch_options)
     manifest = export_artifact(built, options, progress=_progress)
@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="--format torch: compile for this "
                    "device (default cuda)")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="--format torch: precision (default fp16 on "
-                   "cuda, fp32 on cpu)")
+                   "cuda, fp32 on cpu); --format tensorrt: the engine's precision (default fp16; LayerNorm and the "
+                   "attention's softmax stay float32)")
     p.add_argument("--batch-buckets", type=_int_list, metavar="N,N,...", help="--format torch: batch sizes the "
                    "server warms and captures CUDA graphs for; --format tensorrt: one optimization profile each "
                    "(default 1,8,32 and --max-batch)")
@@ -317,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "artifact's max batch)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, metavar="US",
                    help="dynamic batching: how long a request may wait for others (default 2000)")
-    p.add_argument("--kind", choices=["cpu", "gpu"], default="cpu", help="instance kind (default cpu)")
+    p.add_argument("--kind", choices=["cpu", "gpu"], help="instance kind (default cpu; gpu for a TensorRT engine)")
     p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances per device (default 1)")
     p.add_argument("--tensorrt", action="store_true", help="gpu: onnxruntime's TensorRT accelerator in fp16")
     p.set_defaults(func=cmd_triton_repo)

@@ -108,7 +108,7 @@ def test_cli_errors(tmp_path):
         assert result.returncode == 1 and "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "x").exists()
     result = run_cli("export", "swin_digits", "--dtype", "bf16", "--out", str(tmp_path / "y"))
-    assert result.returncode == 1 and "apply to --format torch only" in result.stderr
+    assert result.returncode == 1 and "apply to --format torch and tensorrt only" in result.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

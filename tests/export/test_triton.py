@@ -59,6 +59,26 @@ def test_gpu_tensorrt_and_openvino_configs(digits_artifact):
     assert config.backend == "openvino" and config.default_model_filename == "model.xml"
 
 
+def test_tensorrt_engine_config(digits_artifact):
+    """A TensorRT artifact's manifest (no engine is built here: the config is what is checked): Triton's tensorrt
+    backend on GPU instances that may use every optimization profile, not only the first."""
+    manifest = read_manifest(digits_artifact)
+    manifest.model_file = "model.engine"
+    manifest.package = {"format": "tensorrt", "tensorrt": "11.4.0",
+                        "profiles": [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 8, "max": 8},
+                                     {"min": 9, "opt": 64, "max": 64}]}
+    text = config_text(manifest, TritonOptions())
+    config = parse(text)
+    assert config.backend == "tensorrt" and config.default_model_filename == "model.engine"
+    (group,) = config.instance_group
+    assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and list(group.profile) == ["0", "1", "2"]
+    assert "TensorRT 11.4.0 engine" in text
+    with pytest.raises(ArtifactError, match="use --kind gpu"):
+        config_text(manifest, TritonOptions(kind="cpu"))
+    with pytest.raises(ArtifactError, match="already is a TensorRT engine"):
+        config_text(manifest, TritonOptions(kind="gpu", tensorrt=True))
+
+
 @pytest.mark.parametrize("options,message", [
     (TritonOptions(max_batch_size=65), "between 1 and the artifact's max_batch 64"),
     (TritonOptions(tensorrt=True), "--tensorrt needs --kind gpu"),

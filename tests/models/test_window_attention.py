@@ -1,12 +1,15 @@
 """The fused window-attention op: reference mathematics, the Triton kernel in Triton's CPU interpreter (small
-shapes), and on CUDA at full size in fp16 / bf16 (skipped without a GPU)."""
+shapes), compiled ahead of time to PTX (the launch TensorRT's plugin makes; no GPU needed to compile), and on
+CUDA at full size in fp16 / bf16 (skipped without a GPU)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -94,3 +97,123 @@ def test_cuda_kernel_full_size(dtype, cosine):
     got = window_attention(q, k, v, bias, scale, 0.177)
     assert got.dtype == dtype
     assert (got.float() - expected).abs().max().item() < (2e-2 if dtype == torch.bfloat16 else 5e-3)
+
+
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+
+@needs_triton
+@pytest.mark.parametrize("cosine", [False, True])
+def test_kernel_compiles_ahead_of_time_for_a_plain_launch(cosine):
+    """PTX for an H100 (sm_90) built on this CPU machine, with the argument order TensorRT's AOT plugins launch
+    with: input pointers, the four int32 scalars, the output pointer (Triton's scratch pointers after it)."""
+    from vitserve.models.window_attention import compile_kernel, entry_parameters
+
+    kernel = compile_kernel(dtype="fp16", bias_dtype="fp32", logit_dtype="fp32" if cosine else None, scale=1.0,
+                            tokens=64 if cosine else 49, head_dim=32, arch=90, ptx_version=84)
+    inputs = 5 if cosine else 4
+    assert kernel.inputs == inputs and kernel.threads == 128 and 0 < kernel.shared <= 48 * 1024
+    assert entry_parameters(kernel.ptx, kernel.name)[:inputs + 5] == [".u64"] * inputs + [".u32"] * 4 + [".u64"]
+    assert re.search(r"^\.version 8\.4$", kernel.ptx, re.M) and re.search(r"^\.target sm_90", kernel.ptx, re.M)
+    assert f".reqntid {kernel.threads}" in kernel.ptx  # the block size the launch must use
+
+
+@needs_triton
+def test_compiled_kernel_bakes_in_its_constants():
+    """Scale and tile sizes are compile-time constants: another scale or window size is another kernel."""
+    from vitserve.models.window_attention import compile_kernel
+
+    def ptx(**changes):
+        args = dict(dtype="bf16", bias_dtype="fp32", logit_dtype=None, scale=1.0, tokens=49, head_dim=32, arch=90)
+        return compile_kernel(**{**args, **changes}).ptx
+
+    base = ptx()
+    assert ptx(scale=0.5) != base and ptx(tokens=16) != base and ptx(dtype="fp16") != base
+    with pytest.raises(RuntimeError, match="shared memory"):  # 12x12 windows: one window per program is too big
+        ptx(tokens=144)
+
+
+@needs_triton
+def test_launch_check_refuses_what_a_plain_launch_cannot_run():
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    from vitserve.models.window_attention import CompiledKernel, check_launch
+
+    @triton.jit
+    def output_first(out_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, heads, n, d, bias_windows):
+        tl.store(out_ptr + heads * n * d * bias_windows, tl.load(q_ptr) + tl.load(k_ptr) + tl.load(v_ptr)
+                 + tl.load(bias_ptr))
+
+    signature = {name: "*fp16" for name in ("out_ptr", "q_ptr", "k_ptr", "v_ptr", "bias_ptr")}
+    signature.update({name: "i32" for name in ("heads", "n", "d", "bias_windows")})
+    compiled = triton.compile(triton.compiler.ASTSource(fn=output_first, signature=signature, constexprs={}),
+                              target=GPUTarget("cuda", 90, 32))
+    kernel = CompiledKernel(compiled.metadata.name, compiled.asm["ptx"], 128, 0, inputs=4)
+    with pytest.raises(RuntimeError, match="a launch passes"):
+        check_launch(kernel, compiled.metadata)
+
+    from vitserve.models.window_attention import compile_kernel
+
+    good = compile_kernel(dtype="fp16", bias_dtype="fp32", logit_dtype=None, scale=1.0, tokens=49, head_dim=32,
+                          arch=90)
+    check_launch(good, SimpleNamespace(global_scratch_size=0, num_ctas=1))
+    with pytest.raises(RuntimeError, match="global_scratch_size"):
+        check_launch(good, SimpleNamespace(global_scratch_size=256, num_ctas=1))
+    with pytest.raises(RuntimeError, match="shared memory"):
+        check_launch(CompiledKernel(good.name, good.ptx, good.threads, 64 * 1024, good.inputs), SimpleNamespace())
+
+
+def _launch_like_tensorrt(kernel, q, k, v, bias, logit_scale, out):
+    """The launch a TensorRT AOT plugin makes, with the CUDA driver API and nothing of Triton's: the PTX loaded as
+    a module, grid (windows * heads), `threads` per block, `shared` bytes of dynamic shared memory, the arguments
+    (inputs..., heads, tokens, head_dim, bias_windows, output) and null pointers for the parameters left."""
+    import ctypes
+
+    from vitserve.models.window_attention import entry_parameters
+
+    libcuda = ctypes.CDLL("libcuda.so.1")
+
+    def check(status, what):
+        assert status == 0, f"{what}: CUDA error {status}"
+
+    module, function = ctypes.c_void_p(), ctypes.c_void_p()
+    check(libcuda.cuModuleLoadData(ctypes.byref(module), kernel.ptx.encode() + b"\0"), "cuModuleLoadData")
+    check(libcuda.cuModuleGetFunction(ctypes.byref(function), module, kernel.name.encode()), "cuModuleGetFunction")
+    windows, heads, tokens, head_dim = q.shape
+    tensors = [q, k, v, bias] + ([] if logit_scale is None else [logit_scale])
+    args = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
+    args += [ctypes.c_int(x) for x in (heads, tokens, head_dim, bias.shape[0])] + [ctypes.c_void_p(out.data_ptr())]
+    args += [ctypes.c_void_p(0)] * (len(entry_parameters(kernel.ptx, kernel.name)) - len(args))
+    pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    check(libcuda.cuLaunchKernel(function, windows * heads, 1, 1, kernel.threads, 1, 1, kernel.shared, stream,
+                                 pointers, None), "cuLaunchKernel")
+    torch.cuda.synchronize()
+    check(libcuda.cuModuleUnload(module), "cuModuleUnload")
+
+
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_ahead_of_time_kernel_launched_like_tensorrt(dtype, cosine):
+    from vitserve.models.window_attention import compile_kernel, driver_ptx_version
+
+    torch.manual_seed(0)
+    windows, heads, n, d = 8 * 64, 3, 64 if cosine else 49, 32
+    q, k, v = (torch.randn(windows, heads, n, d, device="cuda", dtype=dtype) for _ in range(3))
+    bias = torch.randn(64, heads, n, n, device="cuda")
+    logit = torch.rand(heads, device="cuda") * 10 if cosine else None
+    major, minor = torch.cuda.get_device_capability()
+    kernel = compile_kernel(dtype={torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype], bias_dtype="fp32",
+                            logit_dtype="fp32" if cosine else None, scale=0.177, tokens=n, head_dim=d,
+                            arch=major * 10 + minor, ptx_version=driver_ptx_version())
+    out = torch.full_like(q, float("nan"))
+    _launch_like_tensorrt(kernel, q, k, v, bias, logit, out)
+    expected = reference(q.float(), k.float(), v.float(), bias, logit, 0.177)
+    assert (out.float() - expected).abs().max().item() < (2e-2 if dtype == torch.bfloat16 else 5e-3)
+    wrong = torch.full_like(q, float("nan"))  # the bias of another window: must not pass
+    _launch_like_tensorrt(kernel, q, k, v, bias.roll(1, 0).contiguous(), logit, wrong)
+    assert (wrong.float() - expected).abs().max().item() > 5e-2
