@@ -58,6 +58,14 @@ def _(q, k, v, bias, logit_scale, scale):
     return q.new_empty(q.shape)  # contiguous, like both implementations' outputs
 
 
+def launch_arguments(shape, bias_windows):
+    """(programs, int32 scalars) of a launch for q of `shape` (windows, heads, tokens, head_dim): one program per
+    (window, head); the scalars go between the input and output pointers. Works on ints and on TensorRT's symbolic
+    dimensions alike."""
+    windows, heads, tokens, head_dim = shape
+    return windows * heads, (heads, tokens, head_dim, bias_windows)
+
+
 def _blocks(tokens: int, head_dim: int) -> tuple[int, int]:
     """The kernel's tile sizes: powers of two, at least 16 (tl.dot's minimum)."""
     return max(16, triton.next_power_of_2(tokens)), max(16, triton.next_power_of_2(head_dim))
@@ -107,14 +115,13 @@ if triton is not None:
     def triton_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                                 logit_scale: torch.Tensor | None, scale: float) -> torch.Tensor:
         """Launches the kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
-        windows, heads, n, d = q.shape
         q, k, v, bias = q.contiguous(), k.contiguous(), v.contiguous(), bias.contiguous()
         out = torch.empty_like(q)
         logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
-        block_n, block_d = _blocks(n, d)
-        _window_attention_kernel[(windows * heads,)](
-            q, k, v, bias, logit, heads, n, d, bias.shape[0], out,
-            SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d,
+        programs, scalars = launch_arguments(q.shape, bias.shape[0])
+        block_n, block_d = _blocks(q.shape[2], q.shape[3])
+        _window_attention_kernel[(programs,)](
+            q, k, v, bias, logit, *scalars, out, SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d,
         )
         return out
 

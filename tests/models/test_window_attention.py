@@ -171,7 +171,7 @@ def _launch_like_tensorrt(kernel, q, k, v, bias, logit_scale, out):
     (inputs..., heads, tokens, head_dim, bias_windows, output) and null pointers for the parameters left."""
     import ctypes
 
-    from vitserve.models.window_attention import entry_parameters
+    from vitserve.models.window_attention import entry_parameters, launch_arguments
 
     libcuda = ctypes.CDLL("libcuda.so.1")
 
@@ -181,14 +181,14 @@ def _launch_like_tensorrt(kernel, q, k, v, bias, logit_scale, out):
     module, function = ctypes.c_void_p(), ctypes.c_void_p()
     check(libcuda.cuModuleLoadData(ctypes.byref(module), kernel.ptx.encode() + b"\0"), "cuModuleLoadData")
     check(libcuda.cuModuleGetFunction(ctypes.byref(function), module, kernel.name.encode()), "cuModuleGetFunction")
-    windows, heads, tokens, head_dim = q.shape
+    programs, scalars = launch_arguments(q.shape, bias.shape[0])  # what the plugin hands TensorRT
     tensors = [q, k, v, bias] + ([] if logit_scale is None else [logit_scale])
     args = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    args += [ctypes.c_int(x) for x in (heads, tokens, head_dim, bias.shape[0])] + [ctypes.c_void_p(out.data_ptr())]
+    args += [ctypes.c_int(x) for x in scalars] + [ctypes.c_void_p(out.data_ptr())]
     args += [ctypes.c_void_p(0)] * (len(entry_parameters(kernel.ptx, kernel.name)) - len(args))
     pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    check(libcuda.cuLaunchKernel(function, windows * heads, 1, 1, kernel.threads, 1, 1, kernel.shared, stream,
+    check(libcuda.cuLaunchKernel(function, programs, 1, 1, kernel.threads, 1, 1, kernel.shared, stream,
                                  pointers, None), "cuLaunchKernel")
     torch.cuda.synchronize()
     check(libcuda.cuModuleUnload(module), "cuModuleUnload")
