@@ -128,10 +128,9 @@ def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, 
     ExportError when the model has no window attention to replace (not a rewritten Swin / Swin V2)."""
     import onnx
 
-    import vitserve.models.window_attention  # noqa: F401  (registers torch.ops.vitserve.window_attention)
     from vitserve.export.onnx import export_onnx
     from vitserve.export.torch_package import DTYPES
-    from vitserve.models.window_attention import MAX_AOT_TOKENS
+    from vitserve.models.window_attention import MAX_AOT_TOKENS  # (and registers torch.ops.vitserve.window_attention)
     from vitserve.models.windows import WindowOrderAttention, use_fused_kernel
 
     model = mixed_precision(deploy, DTYPES[dtype])
