@@ -13,7 +13,9 @@ cosine variant (Swin V2) normalizes q and k and multiplies by a per-head logit s
 
 It is a PyTorch custom op (`torch.ops.vitserve.window_attention`): the reference implementation below runs on any
 device (and is what the tests compare with); on CUDA the Triton kernel runs. torch.compile and AOTInductor keep it
-in the graph as one op.
+in the graph as one op. `compile_kernel` compiles the same kernel ahead of time to PTX (no GPU needed) for
+launchers outside Python, TensorRT's plugin (trt_plugin.py): its parameters come in the order such a launch passes
+them, input pointers, then the int32 scalars, then the output pointer.
 """
 
 from __future__ import annotations
