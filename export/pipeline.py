@@ -82,7 +82,8 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             model_file, stats, report, package = _to_torch(tmp, built, deploy, options, torch_options, buckets,
                                                            progress)
         elif options.format == "tensorrt":
-            model_file, stats, report, package = _to_tensorrt(tmp, built, deploy, options, buckets, progress)
+            model_file, stats, report, package = _to_tensorrt(tmp, built, deploy, options, torch_options.dtype,
+                                                               buckets, progress)
         else:
             model_file, stats, report = _to_onnx(tmp, out, built, deploy, options, progress)
             if options.format == "openvino":
@@ -177,7 +178,8 @@ def _require_tensorrt() -> None:
                           "torch") from e
 
 
-def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, buckets: tuple[int, ...], progress):
+def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, dtype: str, buckets: tuple[int, ...],
+                 progress):
     """model.onnx with the plugin nodes in the engine's precision (checked on the CPU with the kernel's
     reference), then model.engine (strongly typed, one optimization profile per bucket), checked against the fp32
     model on the GPU."""
@@ -190,11 +192,9 @@ def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, buckets: tupl
         optimization_profiles,
         reference_evaluator,
     )
-    from vitserve.export.torch_package import TorchOptions
     from vitserve.export.verify import check_runner, in_chunks, precision_gate, verification_inputs
 
     spec = built.spec
-    dtype = (options.torch_options or TorchOptions()).dtype
     progress(f"exporting ONNX in {dtype} with the window-attention plugin nodes")
     plugin = export_plugin_onnx(deploy, spec.preprocess.input_size, tmp / MODEL_NAME, max_batch=options.max_batch,
                                 opset=options.opset, dtype=dtype)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitserve.artifact import Profile, check_model_format, profile_for, read_manifest
+from vitserve.artifact import Profile, profile_for, read_manifest_for
 from vitserve.errors import ArtifactError, ExportError
 
 log = logging.getLogger(__name__)
@@ -266,8 +266,7 @@ class TensorRTBackend:
             raise ArtifactError("the tensorrt backend needs TensorRT and PyTorch with CUDA: pip install "
                                 "'vitserve[serve,torch]' tensorrt-cu12") from e
         self.directory = Path(artifact_dir)
-        self.manifest = read_manifest(self.directory)
-        check_model_format(self.directory, self.manifest, "tensorrt", (".engine",))
+        self.manifest = read_manifest_for(self.directory, "tensorrt", (".engine",))
         if device not in ("auto", "cuda", "tensorrt") or not torch.cuda.is_available():
             raise ArtifactError("a TensorRT engine runs on an NVIDIA GPU, and none is visible")
         profiles = [Profile(**p) for p in self.manifest.package["profiles"]]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitserve.artifact import check_model_format, read_manifest
+from vitserve.artifact import read_manifest_for
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,7 @@ class TorchBackend(PackageRunner):
 
     def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "auto"):
         self.directory = Path(artifact_dir)
-        self.manifest = read_manifest(self.directory)
-        check_model_format(self.directory, self.manifest, "torch", (".pt2",))
+        self.manifest = read_manifest_for(self.directory, "torch", (".pt2",))
         package = self.manifest.package
         built_for = package["device"]
         if device not in ("auto", built_for):

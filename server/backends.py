@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitserve.artifact import Manifest, check_model_format, read_manifest
+from vitserve.artifact import Manifest, read_manifest_for
 from vitserve.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ def check_providers(device: str, wanted: list[str], active: list[str]) -> list[s
 
 BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 PRECISIONS = ("auto", "f32", "bf16")
+
+
 def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, threads: int | None = None,
                  device: str = "auto", precision: str = "auto"):
     """The named backend on an artifact; ArtifactError when the backend cannot run it."""
@@ -83,8 +85,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         self.directory = Path(artifact_dir)
-        self.manifest: Manifest = read_manifest(self.directory)
-        check_model_format(self.directory, self.manifest, "onnxruntime", (".onnx",))
+        self.manifest: Manifest = read_manifest_for(self.directory, "onnxruntime", (".onnx",))
         wanted = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         if threads:
@@ -135,8 +136,7 @@ class OpenVINOBackend:
             raise ArtifactError("the openvino backend needs the `openvino` package: pip install "
                                 "'vitserve[openvino]'") from e
         self.directory = Path(artifact_dir)
-        self.manifest: Manifest = read_manifest(self.directory)
-        check_model_format(self.directory, self.manifest, "openvino", (".onnx", ".xml"))
+        self.manifest: Manifest = read_manifest_for(self.directory, "openvino", (".onnx", ".xml"))
         self.precision = resolve_precision(precision)
         config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

@@ -135,12 +135,15 @@ class Manifest:
 MODEL_FORMATS = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch", ".engine": "tensorrt"}
 
 
-def check_model_format(directory: Path, manifest: Manifest, backend: str, accepted: tuple[str, ...]) -> None:
-    """ArtifactError naming the backend to use when `backend` cannot run the artifact's model file."""
+def read_manifest_for(directory: str | Path, backend: str, accepted: tuple[str, ...]) -> Manifest:
+    """read_manifest, and an ArtifactError naming the backend to use when `backend` cannot run the artifact's model
+    file (its suffix is not in `accepted`)."""
+    manifest = read_manifest(directory)
     suffix = Path(manifest.model_file).suffix
     if suffix not in accepted:
         raise ArtifactError(f"{directory} holds {manifest.model_file}, which the {backend} backend cannot run; "
                             f"serve it with --backend {MODEL_FORMATS.get(suffix, 'onnxruntime')}")
+    return manifest
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

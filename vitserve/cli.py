@@ -64,14 +64,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     _progress(f"  weights: {built.weights['source']}" + (f" ({built.weights['path']})" if "path" in built.weights
                                                           else ""))
     torch_options = None
-    if args.format == "tensorrt":
-        if args.device != "cuda":
+    if args.format in ("torch", "tensorrt"):
+        if args.format == "tensorrt" and args.device != "cuda":
             raise VitServeError("--format tensorrt builds an engine for the GPU; --device does not apply")
-        from vitserve.export.torch_package import TorchOptions
-
-        torch_options = TorchOptions(device="cuda", dtype=args.dtype or "fp16",
-                                     batch_buckets=tuple(args.batch_buckets or ()))
-    elif args.format == "torch":
         from vitserve.export.torch_package import TorchOptions
 
         torch_options = TorchOptions(device=args.device, dtype=args.dtype or ("fp16" if args.device == "cuda"
