@@ -78,16 +78,21 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             progress("rewrite: skipped (--no-rewrite)")
 
         package: dict = {}
-        if options.format == "torch":
-            model_file, stats, report, package = _to_torch(tmp, built, deploy, options, torch_options, buckets,
-                                                           progress)
-        elif options.format == "tensorrt":
-            model_file, stats, report, package = _to_tensorrt(tmp, built, deploy, options, torch_options.dtype,
-                                                               buckets, progress)
-        else:
-            model_file, stats, report = _to_onnx(tmp, out, built, deploy, options, progress)
-            if options.format == "openvino":
-                model_file, report = _to_openvino(tmp, built, deploy, options, report, progress)
+        try:
+            if options.format == "torch":
+                model_file, stats, report, package = _to_torch(tmp, built, deploy, options, torch_options, buckets,
+                                                               progress)
+            elif options.format == "tensorrt":
+                model_file, stats, report, package = _to_tensorrt(tmp, built, deploy, options, torch_options.dtype,
+                                                                   buckets, progress)
+            else:
+                model_file, stats, report = _to_onnx(tmp, built, deploy, options, progress)
+                if options.format == "openvino":
+                    model_file, report = _to_openvino(tmp, built, deploy, options, report, progress)
+        except VerificationError as e:  # whatever the format: the report goes beside --out
+            failed = out.parent / f"{out.name}.failed-verification.json"
+            failed.write_text(_json(e.report))
+            raise VerificationError(f"{e} Full report: {failed}", e.report) from e
 
         write_labels(tmp / LABELS_NAME, built.labels)
         C, H, W = spec.preprocess.input_size
@@ -117,8 +122,8 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _to_onnx(tmp: Path, out: Path, built, deploy, options: ExportOptions, progress):
-    """model.onnx, its graph statistics and its verification report (VerificationError: a report beside `out`)."""
+def _to_onnx(tmp: Path, built, deploy, options: ExportOptions, progress):
+    """model.onnx, its graph statistics and its verification report."""
     from vitserve.export.onnx import export_onnx, graph_stats
     from vitserve.export.verify import verify_export
 
@@ -130,20 +135,11 @@ def _to_onnx(tmp: Path, out: Path, built, deploy, options: ExportOptions, progre
     stats = graph_stats(tmp / MODEL_NAME)
     progress(f"  {stats['nodes']} nodes, {stats['file_bytes'] / 1e6:.1f} MB, {time.perf_counter() - started:.1f}s")
     progress("verifying against PyTorch on random inputs and photographs")
-    try:
-        report = verify_export(tmp / MODEL_NAME, built.model, deploy, spec.preprocess, atol=options.atol,
-                               max_batch=options.max_batch, opset=options.opset)
-    except VerificationError as e:
-        _save_failed_report(out, e)
+    report = verify_export(tmp / MODEL_NAME, built.model, deploy, spec.preprocess, atol=options.atol,
+                           max_batch=options.max_batch, opset=options.opset)
     progress(f"  max |diff| {report['max_abs_diff']:.2e} (atol {options.atol:g}), "
              f"top-1 agreement {report['top1_agreement']:.0%}, min cosine {report['min_cosine']:.6f}")
     return MODEL_NAME, stats, report
-
-
-def _save_failed_report(out: Path, error: VerificationError):
-    failed = out.parent / f"{out.name}.failed-verification.json"
-    failed.write_text(_json(error.report))
-    raise VerificationError(f"{error} Full report: {failed}", error.report) from error
 
 
 def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: TorchOptions,
@@ -158,11 +154,8 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
                               options.max_batch)
     package["batch_buckets"] = list(buckets)
     progress(f"  {package['compile_seconds']:.0f}s; verifying against the fp32 PyTorch model")
-    try:
-        report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
-                                max_batch=options.max_batch, buckets=buckets)
-    except VerificationError as e:
-        _save_failed_report(Path(options.out), e)
+    report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
+                            max_batch=options.max_batch, buckets=buckets)
     progress(f"  max |diff| {report['max_abs_diff']:.2e}, min cosine {report['min_cosine']:.6f}, "
              f"top-1 agreement {report['top1_agreement']:.0%}")
     stats = {"file_bytes": (tmp / PACKAGE_NAME).stat().st_size}
