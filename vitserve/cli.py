@@ -296,14 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1,8,32 and --max-batch)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
-    p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository (CPU instances, the "
-                   "artifact's max batch; `vitserve triton-repo` has the other settings)")
+    p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository (CPU instances, GPU "
+                   "for a TensorRT engine; the artifact's max batch; `vitserve triton-repo` has the other settings)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "triton-repo",
         help="write a Triton Inference Server model repository from an artifact",
-        description="Write REPO/NAME/config.pbtxt, REPO/NAME/1/model.onnx and the labels, for "
+        description="Write REPO/NAME/config.pbtxt, REPO/NAME/1/model.onnx (or the OpenVINO IR, or the TensorRT "
+        "engine) and the labels, for "
         "`tritonserver --model-repository REPO`. Triton takes preprocessed tensors (see the manifest's preprocess).",
     )
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")
