@@ -26,6 +26,7 @@ from vitserve.export.tensorrt import (
     optimization_profiles,
     reference_evaluator,
 )
+from vitserve.export.verify import compare
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
 from vitserve.models.rewrite import deploy_copy
@@ -36,10 +37,6 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 def _plugin_onnx(model, input_size, path, max_batch=8, dtype="fp32"):
     deploy, _ = deploy_copy(model)
     return export_plugin_onnx(deploy, input_size, path, max_batch=max_batch, opset=18, dtype=dtype)["plugin_nodes"]
-
-
-def _cosine(a, b):
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def _tensor_types(path):
@@ -144,8 +141,8 @@ def test_fp16_plugin_onnx_carries_its_precision(arch, tmp_path):
     x = torch.randn(4, *size, generator=torch.Generator().manual_seed(2))
     got = reference_evaluator(path).run(None, {INPUT_NAME: x.numpy()})[0]
     expected = _logits(model, x)
-    assert got.dtype == np.float32 and _cosine(got, expected).min() > 0.999
-    assert (got.argmax(1) == expected.argmax(1)).all()
+    stats = compare(expected, got)
+    assert got.dtype == np.float32 and stats["min_cosine"] > 0.999 and stats["top1_agreement"] == 1.0
 
 
 def test_models_the_plugin_cannot_run_are_refused(tmp_path):
