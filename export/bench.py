@@ -70,8 +70,9 @@ def runners_for(artifact: Path, backends: list[str], precisions: list[str], thre
             runners[f"{backend} {precision}"] = model
     shape = read_manifest(artifact).input.shape
     for extra in also:
-        if read_manifest(extra).input.shape != shape:
-            raise ArtifactError(f"{extra} takes input {read_manifest(extra).input.shape}, {artifact} {shape}: "
+        extra_shape = read_manifest(extra).input.shape
+        if extra_shape != shape:
+            raise ArtifactError(f"{extra} takes input {extra_shape}, {artifact} {shape}: "
                                 "--also needs artifacts of the same model")
         label, model = extra_runner(Path(extra), threads)
         runners[label] = model
