@@ -179,13 +179,13 @@ def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, dtype: str, b
     from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME
     from vitserve.export.tensorrt import (
         ENGINE_NAME,
-        EngineRunner,
         build_engine,
         export_plugin_onnx,
         optimization_profiles,
         reference_evaluator,
     )
     from vitserve.export.verify import check_runner, in_chunks, precision_gate, verification_inputs
+    from vitserve.server.tensorrt_engine import EngineRunner
 
     spec = built.spec
     progress(f"exporting ONNX in {dtype} with the window-attention plugin nodes")
@@ -205,7 +205,8 @@ def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, dtype: str, b
     package = build_engine(tmp / MODEL_NAME, tmp / ENGINE_NAME, input_name=INPUT_NAME,
                            input_shape=spec.preprocess.input_size, profiles=profiles)
     package.update(plugin, plugin_onnx_check=onnx_check)
-    run = EngineRunner((tmp / ENGINE_NAME).read_bytes(), profiles, INPUT_NAME, built.num_classes, OUTPUT_NAME)
+    run = EngineRunner((tmp / ENGINE_NAME).read_bytes(), profiles, spec.preprocess.input_size, built.num_classes,
+                       INPUT_NAME, OUTPUT_NAME)
     report = {"runtime": f"tensorrt {package['tensorrt']} {dtype}"}
     report.update(check_runner(in_chunks(run, options.max_batch), built.model, inputs))
     failed = precision_gate(report, dtype, options.atol)

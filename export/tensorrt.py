@@ -15,16 +15,14 @@
    the batch sizes above the previous bucket, tuned for the bucket itself.
 3. `build_engine` builds a strongly typed TensorRT engine (10.9 or later) from that ONNX file, one optimization
    profile per bucket. It needs TensorRT, triton and a GPU.
-4. `EngineRunner` runs the engine, each batch in the profile of the smallest bucket that holds it; it checks the
-   engine at export and serves it as `TensorRTBackend`, which the server imports only when `--backend tensorrt`
-   is chosen.
+4. The engine is checked at export, and served, by `vitserve.server.tensorrt_engine` (TensorRT and the CUDA runtime
+   bindings, no torch), each batch in the profile of the smallest bucket that holds it.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitserve.artifact import Profile, profile_for, read_manifest_for
-from vitserve.errors import ArtifactError, ExportError
+from vitserve.artifact import Profile
+from vitserve.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +192,9 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_name: str, input_s
     if serialized is None:
         raise ExportError("TensorRT failed to build the engine (see its log above)")
     engine_path.write_bytes(bytes(serialized))
-    return {"format": "tensorrt", "tensorrt": trt.__version__, "strongly_typed": True,
+    major, minor = torch.cuda.get_device_capability()
+    return {"format": "tensorrt", "tensorrt": trt.__version__, "compute_capability": f"{major}.{minor}",
+            "gpu": torch.cuda.get_device_name(), "strongly_typed": True,
             "window_attention": "ahead-of-time PTX plugin", "profiles": [vars(p) for p in profiles]}
 
 
@@ -219,61 +219,3 @@ def reference_evaluator(path: Path):
         pass
 
     return ReferenceEvaluator(str(path), new_ops=[WindowAttention, CosineWindowAttention])
-
-
-class EngineRunner:
-    """A deserialized engine with one execution context; (N, C, H, W) float32 -> (N, classes) float32."""
-
-    def __init__(self, engine: bytes, profiles, input_name: str, num_classes: int, output_name: str = "logits"):
-        import tensorrt as trt  # the engine holds its plugins' kernels: no plugin registration needed to run it
-
-        self.trt_version = trt.__version__
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(engine)
-        if self.engine is None:
-            raise ArtifactError("TensorRT could not load the engine (built by another TensorRT version or for "
-                                "another GPU?); export it again on this machine")
-        self.context = self.engine.create_execution_context()
-        self.profiles = profiles
-        self.input_name, self.output_name, self.num_classes = input_name, output_name, num_classes
-        self.stream = torch.cuda.Stream()
-        self._lock = threading.Lock()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock, torch.cuda.stream(self.stream):
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda(non_blocking=True)
-            y = torch.empty((len(batch), self.num_classes), device="cuda", dtype=torch.float32)
-            self.context.set_optimization_profile_async(profile_for(self.profiles, len(batch)),
-                                                        self.stream.cuda_stream)
-            self.context.set_input_shape(self.input_name, tuple(x.shape))
-            self.context.set_tensor_address(self.input_name, x.data_ptr())
-            self.context.set_tensor_address(self.output_name, y.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-            return y.cpu().numpy()  # waits for the stream
-
-
-class TensorRTBackend:
-    """The server's `tensorrt` backend: an artifact written by `vitserve export --format tensorrt`. Needs TensorRT,
-    torch (CUDA buffers and streams) and a GPU; the server imports it only when chosen."""
-
-    name = "tensorrt"
-
-    def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "auto"):
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as e:
-            raise ArtifactError("the tensorrt backend needs TensorRT and PyTorch with CUDA: pip install "
-                                "'vitserve[serve,torch]' tensorrt-cu12") from e
-        self.directory = Path(artifact_dir)
-        self.manifest = read_manifest_for(self.directory, "tensorrt", (".engine",))
-        if device not in ("auto", "cuda", "tensorrt") or not torch.cuda.is_available():
-            raise ArtifactError("a TensorRT engine runs on an NVIDIA GPU, and none is visible")
-        profiles = [Profile(**p) for p in self.manifest.package["profiles"]]
-        self.runner = EngineRunner((self.directory / self.manifest.model_file).read_bytes(), profiles,
-                                   self.manifest.input.name, self.manifest.num_classes, self.manifest.output.name)
-        self.description = (f"TensorRT {self.runner.trt_version} {self.manifest.package.get('dtype', 'fp16')}, "
-                            f"{len(profiles)} optimization profiles")
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.runner(batch)

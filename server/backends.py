@@ -70,7 +70,7 @@ def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, thre
 
         return TorchBackend(artifact_dir, threads=threads, device=device)
     if backend == "tensorrt":
-        from vitserve.export.tensorrt import TensorRTBackend  # TensorRT + torch, on a GPU: only when chosen
+        from vitserve.server.tensorrt_engine import TensorRTBackend  # TensorRT + cuda-bindings: only when chosen
 
         return TensorRTBackend(artifact_dir, threads=threads, device=device)
     raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

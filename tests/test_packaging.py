@@ -53,7 +53,8 @@ print("HEAVY:" + ",".join(sorted(m for m in sys.modules if m.split(".")[0] in {H
 
 
 def test_server_does_not_import_torch():
-    assert _imported_after("import vitserve.server, vitserve.server.backends, vitserve.server.preprocess") == []
+    assert _imported_after("import vitserve.server, vitserve.server.backends, vitserve.server.preprocess, "
+                           "vitserve.server.tensorrt_engine") == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["models"], ["export", "--help"]])

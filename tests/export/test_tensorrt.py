@@ -183,6 +183,8 @@ def test_engine_export_and_backend(tmp_path, digits_artifact):
     options = ExportOptions(out=out, max_batch=16, format="tensorrt", torch_options=TorchOptions(batch_buckets=(1, 8)))
     manifest = export_artifact(build_model(SPECS["swin_digits"]), options, progress=print)
     assert manifest.model_file == "model.engine" and len(manifest.package["profiles"]) == 3
+    major, minor = torch.cuda.get_device_capability()
+    assert manifest.package["compute_capability"] == f"{major}.{minor}"
     backend = load_backend(out, "tensorrt")
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32)
     expected = OnnxRuntimeBackend(digits_artifact)(x)
