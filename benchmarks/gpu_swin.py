@@ -12,7 +12,9 @@ Sections, each written to the JSON file as soon as it is done (a run cut short k
   4. vitserve's torch artifact: `export --format torch` (AOTInductor, fp16, the fused kernel for Swin, buckets
      1 / 64 / 256) loaded by the server's torch backend; CUDA-graph replay alone, and whole calls from numpy
      (host-to-device copy and back, as the server runs them);
-  5. while the time budget lasts: torch.compile of timm Swin-T and of the rewrite with the fused kernel, and of
+  5. where the time goes: the torch artifact's batch-256 CUDA graph of the first model under torch.profiler, the
+     kernels that take the most GPU time (name, share, calls) -- what to optimize next;
+  6. while the time budget lasts: torch.compile of timm Swin-T and of the rewrite with the fused kernel, and of
      ViT-B/16 / DeiT-S.
 Random weights; CUDA events around whole forward passes; median of the timed iterations.
 """
@@ -113,7 +115,24 @@ def throughput(models: dict[str, torch.nn.Module], size: int, batches: list[int]
     return rows
 
 
-def torch_artifact(name: str, batches: list[int], workdir: Path) -> list[dict]:
+def top_kernels(fn, activity, device_time: str = "device_time_total", top: int = 15) -> list[dict]:
+    """The events of one call of `fn` (after a warm-up) that take the most self time on `activity`: name, ms,
+    share of the total, count."""
+    from torch.profiler import profile
+
+    fn()
+    with profile(activities=[activity]) as prof:
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if getattr(e, f"self_{device_time}", 0) > 0]
+    total = sum(getattr(e, f"self_{device_time}") for e in events)
+    events.sort(key=lambda e: getattr(e, f"self_{device_time}"), reverse=True)
+    return [{"kernel": e.key[:120], "ms": getattr(e, f"self_{device_time}") / 1e3,
+             "share": getattr(e, f"self_{device_time}") / total, "calls": e.count} for e in events[:top]]
+
+
+def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None) -> list[dict]:
     import numpy as np
 
     from vitserve.export.pipeline import ExportOptions, export_artifact
@@ -144,6 +163,14 @@ def torch_artifact(name: str, batches: list[int], workdir: Path) -> list[dict]:
                           ("vitserve torch artifact, call from numpy", call_ms)):
             rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
             print(f"  {label:<42} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
+        if batch == profile_batch:
+            try:
+                kernels = top_kernels(graph.replay, torch.profiler.ProfilerActivity.CUDA)
+            except Exception as e:  # a profiler that cannot trace graph replays must not cost the rest of the run
+                kernels = [{"error": repr(e)}]
+            rows.append({"runner": "graph replay, top kernels", "batch": batch, "kernels": kernels})
+            for k in kernels:
+                print(f"    {k}", flush=True)
     return rows
 
 
@@ -155,7 +182,7 @@ def main() -> None:
     parser.add_argument("--compile-batches", default="256,1")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
                         "(CUDA graphs)")
-    parser.add_argument("--sections", default="correctness,attention,eager,package,compile")
+    parser.add_argument("--sections", default="correctness,attention,eager,package,profile,compile")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitserve-gpu-artifacts"))
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
@@ -188,7 +215,8 @@ def main() -> None:
                 result["torch_artifact_fp16"]["stopped"] = f"time budget of {args.budget_s:.0f} s reached"
                 break
             print(f"{name}: vitserve export --format torch", flush=True)
-            result["torch_artifact_fp16"][name] = torch_artifact(name, [1, 64, 256], args.workdir)
+            profile_batch = 256 if "profile" in sections and name == models[0] else None
+            result["torch_artifact_fp16"][name] = torch_artifact(name, [1, 64, 256], args.workdir, profile_batch)
             save()
     if args.skip_compile or "compile" not in sections:
         return
