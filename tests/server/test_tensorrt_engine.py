@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 from vitserve.errors import ArtifactError
 from vitserve.server.backends import load_backend
 
-HAS_CUDA_BINDINGS = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings")
+HAS_CUDA_BINDINGS = all(importlib.util.find_spec(m) is not None for m in ("cuda", "cuda.bindings"))
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
