@@ -62,7 +62,9 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
     if options.format not in ("onnx", "openvino", "torch", "tensorrt"):
         raise ExportError(f"unknown --format {options.format!r}; choose onnx, openvino, torch or tensorrt")
     if options.format == "tensorrt":
-        _require_tensorrt()
+        from vitserve.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
     torch_options = options.torch_options or TorchOptions()
     buckets = check_options(torch_options, options.max_batch) if options.format in ("torch", "tensorrt") else None
     out = Path(options.out)
@@ -160,15 +162,6 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
              f"top-1 agreement {report['top1_agreement']:.0%}")
     stats = {"file_bytes": (tmp / PACKAGE_NAME).stat().st_size}
     return PACKAGE_NAME, stats, report, package
-
-
-def _require_tensorrt() -> None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as e:
-        raise ExportError("--format tensorrt needs TensorRT 10 or 11 (pip install tensorrt-cu12; its libraries come "
-                          "from pypi.nvidia.com) and an NVIDIA GPU; neither is needed for --format onnx, openvino or "
-                          "torch") from e
 
 
 def _to_tensorrt(tmp: Path, built, deploy, options: ExportOptions, dtype: str, buckets: tuple[int, ...],

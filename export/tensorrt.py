@@ -159,19 +159,33 @@ def optimization_profiles(buckets: list[int] | tuple[int, ...], max_batch: int) 
     return profiles
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, input_name: str, input_shape: tuple[int, int, int],
-                 profiles: list[Profile], workspace_gb: float = 4.0) -> dict:
-    """Builds and writes a strongly typed engine (the precision is the ONNX file's); returns what the manifest
-    records. ExportError without TensorRT (one with ahead-of-time plugins) or a GPU."""
+def require_tensorrt():
+    """The `tensorrt` module, when everything --format tensorrt needs is installed: TensorRT with ahead-of-time
+    plugins, and cuda-bindings for the runner that checks the engine. ExportError naming what is missing, so that
+    an export fails at its start, not after the engine is built."""
     try:
         import tensorrt as trt
         import tensorrt.plugin as trtp
     except ImportError as e:
-        raise ExportError("--format tensorrt needs TensorRT 10 or 11 (pip install tensorrt-cu12 from "
-                          "pypi.nvidia.com) and an NVIDIA GPU") from e
+        raise ExportError("--format tensorrt needs TensorRT 10.9 or later (pip install tensorrt-cu12; its libraries "
+                          "come from pypi.nvidia.com) and an NVIDIA GPU; neither is needed for --format onnx, "
+                          "openvino or torch") from e
     if not hasattr(trtp, "aot_impl"):
         raise ExportError(f"TensorRT {trt.__version__} has no ahead-of-time plugins (tensorrt.plugin.aot_impl); "
                           "install a newer TensorRT")
+    try:
+        from cuda.bindings import runtime  # noqa: F401
+    except ImportError as e:
+        raise ExportError("--format tensorrt checks the engine with the tensorrt backend, which needs "
+                          "cuda-bindings: pip install cuda-bindings (the major version of your CUDA driver)") from e
+    return trt
+
+
+def build_engine(onnx_path: Path, engine_path: Path, *, input_name: str, input_shape: tuple[int, int, int],
+                 profiles: list[Profile], workspace_gb: float = 4.0) -> dict:
+    """Builds and writes a strongly typed engine (the precision is the ONNX file's); returns what the manifest
+    records. ExportError without what require_tensorrt checks, or without a GPU."""
+    trt = require_tensorrt()
     import vitserve.models.trt_plugin  # noqa: F401  (registers the window-attention plugins)
 
     logger = trt.Logger(trt.Logger.WARNING)

@@ -134,14 +134,6 @@ class EngineRunner:
             self.cuda.call("cudaStreamSynchronize", self.stream)
             return self.y[:n].copy()
 
-    def close(self) -> None:
-        """Frees the buffers and the stream (the process exiting does the same)."""
-        with self._lock:
-            for function, address in (("cudaFree", self.device_in), ("cudaFree", self.device_out),
-                                      ("cudaFreeHost", self.host_in), ("cudaFreeHost", self.host_out)):
-                self.cuda.call(function, address)
-            self.cuda.call("cudaStreamDestroy", self.stream)
-
 
 class TensorRTBackend:
     """The server's `tensorrt` backend on an artifact written by `vitserve export --format tensorrt`."""

@@ -5,13 +5,13 @@ The engine itself is run by tests/export/test_tensorrt.py where TensorRT and a G
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 
 import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from vitserve.artifact import read_manifest, write_manifest
 from vitserve.errors import ArtifactError
 from vitserve.server.backends import load_backend
 
@@ -37,13 +37,13 @@ def engine_artifact(digits_artifact, tmp_path):
     are not an engine, which only matters past the checks these tests are about."""
     out = tmp_path / "swin_digits-trt"
     shutil.copytree(digits_artifact, out)
-    (out / "model.onnx").unlink()
+    manifest = read_manifest(out)
+    (out / manifest.model_file).unlink()
     (out / "model.engine").write_bytes(b"not an engine")
-    manifest = json.loads((out / "vitserve.json").read_text())
-    manifest["model_file"] = "model.engine"
-    manifest["package"] = {"format": "tensorrt", "tensorrt": "10.13.0", "compute_capability": "9.0", "dtype": "fp16",
-                           "profiles": [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 8, "max": 8}]}
-    (out / "vitserve.json").write_text(json.dumps(manifest))
+    manifest.model_file = "model.engine"
+    manifest.package = {"format": "tensorrt", "tensorrt": "10.13.0", "compute_capability": "9.0", "dtype": "fp16",
+                        "profiles": [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 8, "max": 8}]}
+    write_manifest(out, manifest)
     return out
 
 
