@@ -1,21 +1,25 @@
 """GPU check of the fused window-attention kernel and of Swin-T, ViT-B/16, DeiT-S throughput, in one run.
 
-    python benchmarks/gpu_swin.py --out results.json [--budget-s 420] [--skip-compile]
+    python benchmarks/gpu_swin.py --out results.json [--budget-s 420] [--sections ...]
 
-Sections, each written to the JSON file as soon as it is done (a run cut short keeps what it measured):
-  1. kernel correctness at full size (Swin-T stage 1 at batch 64; Swin V2 cosine, 64-token windows) in fp16 and
-     bf16 against the float32 reference: max |error|;
-  2. window attention alone at Swin-T stage-1 shapes, batch 256: stock ops vs scaled_dot_product_attention with
-     the bias as mask vs the fused kernel;
-  3. end to end, fp16, batch 1 / 64 / 256: timm eager, the window-order rewrite (eager), the rewrite with the fused
-     kernel (eager), for Swin-T; timm eager for ViT-B/16 and DeiT-S;
-  4. vitserve's torch artifact: `export --format torch` (AOTInductor, fp16, the fused kernel for Swin, buckets
-     1 / 64 / 256) loaded by the server's torch backend; CUDA-graph replay alone, and whole calls from numpy
-     (host-to-device copy and back, as the server runs them);
-  5. where the time goes: the torch artifact's batch-256 CUDA graph of the first model under torch.profiler, the
-     kernels that take the most GPU time (name, share, calls) -- what to optimize next;
-  6. while the time budget lasts: torch.compile of timm Swin-T and of the rewrite with the fused kernel, and of
-     ViT-B/16 / DeiT-S.
+Steps, each written to the JSON file as soon as it is done; a step that would start after --budget-s seconds is
+listed under "not_run" instead (a run cut short keeps what it measured):
+  correctness  the kernel at full size (Swin-T stage 1 at batch 64; Swin V2 cosine, 64-token windows) in fp16 and
+               bf16 against the float32 reference: max |error|;
+  attention    window attention alone at Swin-T stage-1 shapes, batch 256: stock ops vs
+               scaled_dot_product_attention with the bias as mask vs the fused kernel;
+then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows before the next starts:
+  eager        fp16, batch 1 / 64 / 256: timm eager; for Swin also the window-order rewrite, and the rewrite with
+               the fused kernel;
+  package      vitserve's torch artifact: `export --format torch` (AOTInductor, fp16, the fused kernel for Swin,
+               buckets 1 / 64 / 256) loaded by the server's torch backend; CUDA-graph replay alone, and whole calls
+               from numpy (host-to-device copy and back, as the server runs them);
+  profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
+               torch.profiler (name, share, calls): what to optimize next;
+  compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
+               CUDA graphs);
+and last, for Swin-T and ViT-B/16:
+  autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning).
 Random weights; CUDA events around whole forward passes; median of the timed iterations.
 """
 
@@ -25,6 +29,7 @@ import argparse
 import json
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 import timm
@@ -132,7 +137,8 @@ def top_kernels(fn, activity, device_time: str = "device_time_total", top: int =
              "share": getattr(e, f"self_{device_time}") / total, "calls": e.count} for e in events[:top]]
 
 
-def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None) -> list[dict]:
+def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
+                   max_autotune: bool = False) -> list[dict]:
     import numpy as np
 
     from vitserve.export.pipeline import ExportOptions, export_artifact
@@ -143,10 +149,11 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
     spec = resolve(name)
     artifact = workdir / spec.name.replace("/", "_")
     options = ExportOptions(out=artifact, max_batch=max(batches), format="torch",
-                            torch_options=TorchOptions(device="cuda", dtype="fp16", batch_buckets=tuple(batches)))
+                            torch_options=TorchOptions(device="cuda", dtype="fp16", batch_buckets=tuple(batches),
+                                                       max_autotune=max_autotune))
     manifest = export_artifact(build_model(spec, random_init=True), options, progress=print)
     backend = TorchBackend(artifact)
-    rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"],
+    rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"], "max_autotune": max_autotune,
              "min_cosine": manifest.verification["min_cosine"], "max_abs_diff": manifest.verification["max_abs_diff"]}]
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, *manifest.input.shape[1:]), dtype=np.float32)
@@ -174,67 +181,73 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
     return rows
 
 
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - STARTED:5.0f} s] {message}", flush=True)
+
+
+def compiled(name: str, batches: list[int], mode: str) -> list[dict]:
+    """torch.compile of timm's model, one compilation per batch size (static shapes, as a server would warm)."""
+    model = variants(name)["timm eager"]
+    rows = []
+    for batch in batches:
+        torch._dynamo.reset()
+        rows += throughput({f"timm + torch.compile ({mode})": torch.compile(model, mode=mode)}, 224, [batch])
+    torch._dynamo.reset()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--budget-s", type=float, default=420)
-    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=420, help="start no new step after this many seconds")
     parser.add_argument("--compile-batches", default="256,1")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
                         "(CUDA graphs)")
-    parser.add_argument("--sections", default="correctness,attention,eager,package,profile,compile")
+    parser.add_argument("--sections", default="correctness,attention,eager,package,profile,compile,autotune")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitserve-gpu-artifacts"))
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__}
-
-    def save():
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-
+    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__,
+                    "budget_s": args.budget_s}
     sections = set(args.sections.split(","))
     models = args.models.split(",")
-    if "correctness" in sections:
-        result["kernel_correctness"] = kernel_correctness()
-        print(json.dumps(result["kernel_correctness"], indent=1), flush=True)
-        save()
-    if "attention" in sections:
-        result["attention_stage1_b256_ms"] = attention_alone()
-        print(result["attention_stage1_b256_ms"], flush=True)
-        save()
-    if "eager" in sections:
-        result["eager_fp16"] = {}
-        for name in models:
-            print(name, flush=True)
-            result["eager_fp16"][name] = throughput(variants(name), 224, [1, 64, 256])
-            save()
-    if "package" in sections:
-        result["torch_artifact_fp16"] = {}
-        for name in models:
-            if time.monotonic() - STARTED > args.budget_s:
-                result["torch_artifact_fp16"]["stopped"] = f"time budget of {args.budget_s:.0f} s reached"
-                break
-            print(f"{name}: vitserve export --format torch", flush=True)
-            profile_batch = 256 if "profile" in sections and name == models[0] else None
-            result["torch_artifact_fp16"][name] = torch_artifact(name, [1, 64, 256], args.workdir, profile_batch)
-            save()
-    if args.skip_compile or "compile" not in sections:
-        return
-    result["compiled_fp16"] = {"mode": args.compile_mode}
-    for name in models:
-        for label, model in variants(name).items():
-            if label == "rewrite eager":
-                continue
-            for batch in (int(b) for b in args.compile_batches.split(",")):
-                if time.monotonic() - STARTED > args.budget_s:
-                    result["compiled_fp16"]["stopped"] = f"time budget of {args.budget_s:.0f} s reached"
-                    save()
-                    return
-                compiled = torch.compile(model, mode=args.compile_mode)
-                rows = throughput({f"{label} + torch.compile ({args.compile_mode})": compiled}, 224, [batch])
-                result["compiled_fp16"].setdefault(name, []).extend(rows)
-                save()
-            torch._dynamo.reset()
+    batches = [1, 64, 256]
+
+    def step(section: str, key: str, name: str | None, fn) -> None:
+        """Runs one measurement if its section is chosen and the budget lasts; saves the JSON after each."""
+        if section not in sections:
+            return
+        if time.monotonic() - STARTED > args.budget_s:
+            result.setdefault("not_run", []).append(f"{key} {name or ''}".strip())
+            log(f"budget of {args.budget_s:.0f} s reached: {key} {name or ''} not run")
+        else:
+            log(f"{key} {name or ''}")
+            try:
+                value = fn()
+            except Exception as e:  # one failing step must not cost the others their measurements
+                traceback.print_exc()
+                value = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            if name is None:
+                result[key] = value
+            else:
+                result.setdefault(key, {})[name] = value
+            result["elapsed_s"] = round(time.monotonic() - STARTED)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    step("correctness", "kernel_correctness", None, kernel_correctness)
+    step("attention", "attention_stage1_b256_ms", None, attention_alone)
+    for name in models:  # per model: eager, the artifact, torch.compile -- a run cut short keeps whole models
+        profile_batch = 256 if "profile" in sections and name == models[0] else None
+        step("eager", "eager_fp16", name, lambda n=name: throughput(variants(n), 224, batches))
+        step("package", "torch_artifact_fp16", name,
+             lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
+        step("compile", f"compiled_fp16_{args.compile_mode}", name,
+             lambda n=name: compiled(n, [int(b) for b in args.compile_batches.split(",")], args.compile_mode))
+    for name in models[:2]:  # then, while the budget lasts: the artifact with Inductor's GEMM autotuning
+        step("autotune", "torch_artifact_fp16_max_autotune", name,
+             lambda n=name: torch_artifact(n, batches, args.workdir / "max_autotune", max_autotune=True))
+    log("done")
 
 
 if __name__ == "__main__":

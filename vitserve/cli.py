@@ -71,14 +71,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         torch_options = TorchOptions(device=args.device, dtype=args.dtype or ("fp16" if args.device == "cuda"
                                                                               else "fp32"),
-                                     batch_buckets=tuple(args.batch_buckets or ()))
+                                     batch_buckets=tuple(args.batch_buckets or ()), max_autotune=args.max_autotune)
     elif args.dtype or args.batch_buckets or args.device != "cuda":
         raise VitServeError("--device, --dtype and --batch-buckets apply to --format torch and tensorrt only")
+    if args.max_autotune and args.format != "torch":
+        raise VitServeError("--max-autotune applies to --format torch only")
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
                             atol=args.atol, format=args.format, torch_options=torch_options)
     manifest = export_artifact(built, options, progress=_progress)
     report = manifest.verification
-    print(f"wrote {out} ({manifest.graph['nodes']} ONNX nodes, verified: max |diff| {report['max_abs_diff']:.1e}, "
+    graph = manifest.graph  # an AOTInductor package or a TensorRT engine has no ONNX graph to count
+    contents = (f"{graph['nodes']} ONNX nodes" if "nodes" in graph
+                else f"{manifest.model_file}, {graph['file_bytes'] / 1e6:.1f} MB")
+    print(f"wrote {out} ({contents}, verified: max |diff| {report['max_abs_diff']:.1e}, "
           f"top-1 agreement {report['top1_agreement']:.0%})")
     if args.triton_repo:
         from vitserve.export.triton import write_triton_repo
@@ -294,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-buckets", type=_int_list, metavar="N,N,...", help="--format torch: batch sizes the "
                    "server warms and captures CUDA graphs for; --format tensorrt: one optimization profile each "
                    "(default 1,8,32 and --max-batch)")
+    p.add_argument("--max-autotune", action="store_true", help="--format torch: let Inductor benchmark GEMM "
+                   "kernels, including its own with the following element-wise operations fused (longer compile)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
     p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository (CPU instances, GPU "

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from tests.conftest import ROOT, run_cli
 from vitserve.errors import ArtifactError, ExportError
@@ -17,10 +16,8 @@ from vitserve.export.torch_package import TorchOptions, check_options
 from vitserve.export.triton import write_triton_repo
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
-from vitserve.server.app import create_app
 from vitserve.server.backends import OnnxRuntimeBackend, load_backend
 from vitserve.server.preprocess import decode_image, transform
-from vitserve.server.settings import Settings
 
 EXAMPLES = sorted((ROOT / "examples").glob("digit_*.png"))
 
@@ -63,6 +60,12 @@ def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_arti
 
 
 def test_served_by_the_torch_backend(cpu_package):
+    # imported here: the GPU test at the end also runs where only the export's packages are installed
+    from fastapi.testclient import TestClient
+
+    from vitserve.server.app import create_app
+    from vitserve.server.settings import Settings
+
     with TestClient(create_app(Settings(artifact=cpu_package, backend="torch", max_batch_size=16))) as c:
         files = [("file", (p.name, p.read_bytes(), "image/png")) for p in EXAMPLES]
         response = c.post("/classify", files=files)
@@ -109,6 +112,20 @@ def test_cli_errors(tmp_path):
         assert not (tmp_path / "x").exists()
     result = run_cli("export", "swin_digits", "--dtype", "bf16", "--out", str(tmp_path / "y"))
     assert result.returncode == 1 and "apply to --format torch and tensorrt only" in result.stderr
+    result = run_cli("export", "swin_digits", "--max-autotune", "--out", str(tmp_path / "z"))
+    assert result.returncode == 1 and "--max-autotune applies to --format torch only" in result.stderr
+
+
+def test_cli_max_autotune_package(tmp_path):
+    """--max-autotune reaches Inductor (on the CPU it tunes its C++ GEMM templates) and the package is verified
+    like any other."""
+    out = tmp_path / "tuned"
+    result = run_cli("export", "swin_digits", "--format", "torch", "--device", "cpu", "--max-batch", "4",
+                     "--max-autotune", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out} (model.pt2, " in result.stdout
+    manifest = json.loads((out / "vitserve.json").read_text())
+    assert manifest["package"]["max_autotune"] is True and manifest["verification"]["passed"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
