@@ -11,13 +11,13 @@ listed under "not_run" instead (a run cut short keeps what it measured):
 then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows before the next starts:
   eager        fp16, batch 1 / 64 / 256: timm eager; for Swin also the window-order rewrite, and the rewrite with
                the fused kernel;
+  compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
+               CUDA graphs);
   package      vitserve's torch artifact: `export --format torch` (AOTInductor, fp16, the fused kernel for Swin,
                buckets 1 / 64 / 256) loaded by the server's torch backend; CUDA-graph replay alone, and whole calls
                from numpy (host-to-device copy and back, as the server runs them);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
-  compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
-               CUDA graphs);
 and last, for Swin-T and ViT-B/16:
   autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning).
 Random weights; CUDA events around whole forward passes; median of the timed iterations.
@@ -237,13 +237,13 @@ def main() -> None:
 
     step("correctness", "kernel_correctness", None, kernel_correctness)
     step("attention", "attention_stage1_b256_ms", None, attention_alone)
-    for name in models:  # per model: eager, the artifact, torch.compile -- a run cut short keeps whole models
+    for name in models:  # per model: eager, torch.compile, the artifact -- a run cut short keeps whole models
         profile_batch = 256 if "profile" in sections and name == models[0] else None
         step("eager", "eager_fp16", name, lambda n=name: throughput(variants(n), 224, batches))
-        step("package", "torch_artifact_fp16", name,
-             lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
         step("compile", f"compiled_fp16_{args.compile_mode}", name,
              lambda n=name: compiled(n, [int(b) for b in args.compile_batches.split(",")], args.compile_mode))
+        step("package", "torch_artifact_fp16", name,
+             lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
     for name in models[:2]:  # then, while the budget lasts: the artifact with Inductor's GEMM autotuning
         step("autotune", "torch_artifact_fp16_max_autotune", name,
              lambda n=name: torch_artifact(n, batches, args.workdir / "max_autotune", max_autotune=True))

@@ -111,11 +111,13 @@ class PackageRunner:
         self.device = torch.device(device)
         self.buckets = sorted(buckets)
         self.input_shape = tuple(input_shape)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         try:
-            self.model = torch._inductor.aoti_load_package(str(path))
+            # single-threaded: without the model pool's CUDA event queries, which a graph capture forbids (this
+            # runner's lock already lets one call in at a time)
+            self.model = torch._inductor.aoti_load_package(str(path), run_single_threaded=self.cuda_graphs)
         except Exception as e:  # torch raises RuntimeError for packages from another version or machine
             raise ArtifactError(f"PyTorch cannot load {path}: {e}") from e
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static input, static output)
         self._lock = threading.Lock()
 

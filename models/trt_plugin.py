@@ -18,7 +18,7 @@ from typing import Tuple  # noqa: UP035
 import tensorrt as trt
 import tensorrt.plugin as trtp
 
-from vitserve.models.window_attention import compile_kernel, driver_ptx_version, launch_arguments
+from vitserve.models.window_attention import compile_kernel, launch_arguments, loadable_ptx_version
 
 DTYPES = {trt.float16: "fp16", trt.bfloat16: "bf16", trt.float32: "fp32"}
 AotResult = Tuple[str, str, trtp.KernelLaunchParams, trtp.SymIntExprs]  # noqa: UP006
@@ -51,12 +51,13 @@ def _constant(dim: trtp.ShapeExpr, name: str) -> int:
 def _aot(q: trtp.TensorDesc, bias: trtp.TensorDesc, logit_scale, scale: float) -> AotResult:
     import triton
 
+    arch = triton.runtime.driver.active.get_current_target().arch
     shape = [q.shape_expr[i] for i in range(4)]  # windows (= batch * windows per image: symbolic), heads, ...
     kernel = compile_kernel(
         dtype=_dtype(q, "q"), bias_dtype=_dtype(bias, "the bias"),
         logit_dtype=None if logit_scale is None else _dtype(logit_scale, "the logit scale"), scale=scale,
         tokens=_constant(shape[2], "window area"), head_dim=_constant(shape[3], "head dimension"),
-        arch=triton.runtime.driver.active.get_current_target().arch, ptx_version=driver_ptx_version())
+        arch=arch, ptx_version=loadable_ptx_version(arch))
     programs, scalars = launch_arguments(shape, bias.shape_expr[0])
     launch = trtp.KernelLaunchParams()
     launch.grid_x = programs

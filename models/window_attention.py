@@ -206,12 +206,15 @@ def check_launch(kernel: CompiledKernel, metadata) -> None:
                            f"{MAX_STATIC_SHARED} without an opt-in)")
 
 
-def driver_ptx_version() -> int | None:
-    """The highest PTX ISA this machine's CUDA driver loads (Triton's mapping of the driver's CUDA version), or
-    None without a driver. PTX newer than the driver is refused when the kernel is loaded, not when compiled."""
+def loadable_ptx_version(arch: int) -> int | None:
+    """The highest PTX ISA that both this machine's CUDA driver loads and Triton's own ptxas assembles (Triton
+    compiles the PTX on to a binary as well) for sm_`arch`, or None without a driver. A driver newer than Triton's
+    ptxas (CUDA 13 with Triton's CUDA 12.8 ptxas) makes ptxas the limit; an older driver makes the driver the limit,
+    and PTX newer than the driver would only be refused when loaded, not when compiled."""
     import ctypes
+    from types import SimpleNamespace
 
-    from triton.backends.nvidia.compiler import ptx_get_version
+    from triton.backends.nvidia.compiler import get_ptx_version_from_options, ptx_get_version
 
     try:
         libcuda = ctypes.CDLL("libcuda.so.1")
@@ -220,4 +223,5 @@ def driver_ptx_version() -> int | None:
     version = ctypes.c_int()
     if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
         return None
-    return ptx_get_version(f"{version.value // 1000}.{version.value % 1000 // 10}")
+    driver = ptx_get_version(f"{version.value // 1000}.{version.value % 1000 // 10}")
+    return min(driver, get_ptx_version_from_options(SimpleNamespace(ptx_version=None), arch))

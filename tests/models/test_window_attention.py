@@ -199,7 +199,7 @@ def _launch_like_tensorrt(kernel, q, k, v, bias, logit_scale, out):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cosine", [False, True])
 def test_ahead_of_time_kernel_launched_like_tensorrt(dtype, cosine):
-    from vitserve.models.window_attention import compile_kernel, driver_ptx_version
+    from vitserve.models.window_attention import compile_kernel, loadable_ptx_version
 
     torch.manual_seed(0)
     windows, heads, n, d = 8 * 64, 3, 64 if cosine else 49, 32
@@ -209,7 +209,7 @@ def test_ahead_of_time_kernel_launched_like_tensorrt(dtype, cosine):
     major, minor = torch.cuda.get_device_capability()
     kernel = compile_kernel(dtype={torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype], bias_dtype="fp32",
                             logit_dtype="fp32" if cosine else None, scale=0.177, tokens=n, head_dim=d,
-                            arch=major * 10 + minor, ptx_version=driver_ptx_version())
+                            arch=major * 10 + minor, ptx_version=loadable_ptx_version(major * 10 + minor))
     out = torch.full_like(q, float("nan"))
     _launch_like_tensorrt(kernel, q, k, v, bias, logit, out)
     expected = reference(q.float(), k.float(), v.float(), bias, logit, 0.177)
