@@ -36,11 +36,14 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/kernel_tests.txt" 2>&1
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     >> "$out/kernel_tests.txt" 2>&1
-timeout "${TESTS_TIMEOUT:-150}" python -m pytest -q -rA --tb=short -p no:logging -p no:cacheprovider \
-    tests/models/test_window_attention.py tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs \
-    tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu \
-    >> "$out/kernel_tests.txt" 2>&1
-echo "kernel tests: exit $? after $((SECONDS - started)) s" | tee -a "$out/kernel_tests.txt"
+gpu_tests() {  # pytest on the given tests, within TESTS_TIMEOUT of the script's start; its own process, so that
+    local left=$(( ${TESTS_TIMEOUT:-150} - (SECONDS - started) ))  # a crash in one set leaves the other's results
+    timeout "$left" python -m pytest -q -rA --tb=short -p no:logging -p no:cacheprovider "$@" \
+        >> "$out/kernel_tests.txt" 2>&1
+    echo "GPU tests $*: exit $? after $((SECONDS - started)) s" | tee -a "$out/kernel_tests.txt"
+}
+gpu_tests tests/models/test_window_attention.py tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu
+gpu_tests tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs
 bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of TOTAL_S
     local name=$1 left=$(( ${TOTAL_S:-560} - (SECONDS - started) ))
     shift
