@@ -7,10 +7,11 @@ listed under "not_run" instead (a run cut short keeps what it measured):
   correctness  the kernel at full size (Swin-T stage 1 at batch 64; Swin V2 cosine, 64-token windows) in fp16 and
                bf16 against the float32 reference: max |error|;
   attention    window attention alone at Swin-T stage-1 shapes, batch 256: stock ops vs
-               scaled_dot_product_attention with the bias as mask vs the fused kernel;
+               scaled_dot_product_attention with the bias as mask vs the fused kernel (q, k, v apart, and packed:
+               from the qkv projection's output to the output projection's input);
 then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows before the next starts:
   eager        fp16, batch 1 / 64 / 256: timm eager; for Swin also the window-order rewrite, and the rewrite with
-               the fused kernel;
+               the fused kernel in either layout (split: q, k, v copied apart and the output back; packed: none);
   compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
                CUDA graphs);
   package      vitserve's torch artifact: `export --format torch` (AOTInductor, fp16, the fused kernel for Swin,
@@ -36,7 +37,7 @@ import timm
 import torch
 
 from vitserve.models.rewrite import deploy_copy
-from vitserve.models.window_attention import reference, window_attention
+from vitserve.models.window_attention import reference, window_attention, window_attention_packed
 from vitserve.models.windows import use_fused_kernel
 
 STARTED = time.monotonic()
@@ -92,19 +93,24 @@ def attention_alone() -> dict:
     def fused():
         return window_attention(q, k, v, bias, None, 1.0)
 
+    qkv = torch.randn(windows, n, 3 * heads * d, device="cuda", dtype=torch.float16)
+
+    def packed():  # from the qkv projection's layout to the output projection's
+        return window_attention_packed(qkv, bias, None, 1.0, heads)
+
     return {name: cuda_ms(fn, iters=50) for name, fn in (("stock ops", stock), ("sdpa with bias mask", sdpa),
-                                                         ("fused kernel", fused))}
+                                                         ("fused kernel", fused), ("fused kernel, packed", packed))}
 
 
 def variants(name: str) -> dict[str, torch.nn.Module]:
     model = timm.create_model(name, pretrained=False).eval()
     out = {"timm eager": model}
     if name.startswith("swin"):
-        rewritten, _ = deploy_copy(model)
-        fused, _ = deploy_copy(model)
-        use_fused_kernel(fused)
-        out["rewrite eager"] = rewritten
-        out["rewrite + fused kernel eager"] = fused
+        out["rewrite eager"], _ = deploy_copy(model)
+        for layout in ("split", "packed"):
+            fused, _ = deploy_copy(model)
+            use_fused_kernel(fused, layout)
+            out[f"rewrite + fused kernel ({layout}) eager"] = fused
     return {k: m.half().cuda() for k, m in out.items()}
 
 

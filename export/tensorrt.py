@@ -132,7 +132,7 @@ def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, 
     from vitserve.models.windows import WindowOrderAttention, use_fused_kernel
 
     model = mixed_precision(deploy, DTYPES[dtype])
-    if not use_fused_kernel(model):
+    if not use_fused_kernel(model, layout="split"):  # the plugin node takes q, k, v
         raise ExportError("the TensorRT plugin replaces Swin's window attention; this model has none (export it "
                           "with --format onnx and build the engine with TensorRT's own layers)")
     tokens = max(m.window_area for m in model.modules() if isinstance(m, WindowOrderAttention))

@@ -11,11 +11,16 @@ cosine variant (Swin V2) normalizes q and k and multiplies by a per-head logit s
       bias: (nW or 1, nH, N, N), any float dtype (read as float32), added to the scores of window w % nW
       logit_scale: (nH,) float32 for cosine attention, else None; scale: multiplies the plain scores
 
-It is a PyTorch custom op (`torch.ops.vitserve.window_attention`): the reference implementation below runs on any
-device (and is what the tests compare with); on CUDA the Triton kernel runs. torch.compile and AOTInductor keep it
-in the graph as one op. `compile_kernel` compiles the same kernel ahead of time to PTX (no GPU needed) for
-launchers outside Python, TensorRT's plugin (trt_plugin.py): its parameters come in the order such a launch passes
-them, input pointers, then the int32 scalars, then the output pointer.
+    window_attention_packed(qkv, bias, logit_scale, scale, heads) -> out
+      qkv: (B * nW, N, 3 * nH * D), the qkv projection's output as it comes (q, k, v thirds, heads within each);
+      out: (B * nW, N, nH * D), the layout the output projection reads: no copies around the kernel
+
+Both are PyTorch custom ops (`torch.ops.vitserve.window_attention`, `..._packed`): the reference implementation
+below runs on any device (and is what the tests compare with); on CUDA the Triton kernel runs (one kernel, the
+layout a compile-time switch). torch.compile and AOTInductor keep each in the graph as one op. `compile_kernel`
+compiles the same kernel (separate q, k, v) ahead of time to PTX (no GPU needed) for launchers outside Python,
+TensorRT's plugin (trt_plugin.py): its parameters come in the order such a launch passes them, input pointers, then
+the int32 scalars, then the output pointer.
 """
 
 from __future__ import annotations
@@ -60,6 +65,24 @@ def _(q, k, v, bias, logit_scale, scale):
     return q.new_empty(q.shape)  # contiguous, like both implementations' outputs
 
 
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W, N, 3 * nH * D) -> q, k, v, each (W, nH, N, D) (views)."""
+    windows, n, width = qkv.shape
+    return qkv.view(windows, n, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+@torch.library.custom_op("vitserve::window_attention_packed", mutates_args=())
+def window_attention_packed(qkv: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor | None, scale: float,
+                            heads: int) -> torch.Tensor:
+    out = reference(*split_heads(qkv.contiguous(), heads), bias, logit_scale, scale)  # W, nH, N, D
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
+
+
+@window_attention_packed.register_fake
+def _(qkv, bias, logit_scale, scale, heads):
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)
+
+
 def launch_arguments(shape, bias_windows):
     """(programs, int32 scalars) of a launch for q of `shape` (windows, heads, tokens, head_dim): one program per
     (window, head); the scalars go between the input and output pointers. Works on ints and on TensorRT's symbolic
@@ -81,6 +104,7 @@ if triton is not None:
         heads, n, d, bias_windows,  # int32 scalars
         out_ptr,  # the output, last: TensorRT launches (inputs..., int32 scalars..., outputs...)
         SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        PACKED: tl.constexpr = False,  # q_ptr = k_ptr = v_ptr: one (W, N, 3 * nH * D) tensor; out (W, N, nH * D)
     ):
         pid = tl.program_id(0)  # one program per (window, head)
         head = pid % heads
@@ -89,11 +113,20 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_D)
         row_ok = rows < n
         tile_ok = row_ok[:, None] & (cols[None, :] < d)
-        base = pid * n * d
-        offsets = base + rows[:, None] * d + cols[None, :]
-        q = tl.load(q_ptr + offsets, mask=tile_ok, other=0.0)
-        k = tl.load(k_ptr + offsets, mask=tile_ok, other=0.0)
-        v = tl.load(v_ptr + offsets, mask=tile_ok, other=0.0)
+        if PACKED:  # token rows of 3 * C (q | k | v, heads within each), output rows of C
+            width = heads * d
+            q_offsets = window * n * 3 * width + rows[:, None] * 3 * width + head * d + cols[None, :]
+            k_offsets = q_offsets + width
+            v_offsets = q_offsets + 2 * width
+            offsets = window * n * width + rows[:, None] * width + head * d + cols[None, :]
+        else:  # each (W, nH, N, D), contiguous
+            offsets = pid * n * d + rows[:, None] * d + cols[None, :]
+            q_offsets = offsets
+            k_offsets = offsets
+            v_offsets = offsets
+        q = tl.load(q_ptr + q_offsets, mask=tile_ok, other=0.0)
+        k = tl.load(k_ptr + k_offsets, mask=tile_ok, other=0.0)
+        v = tl.load(v_ptr + v_offsets, mask=tile_ok, other=0.0)
         if logit_ptr is not None:  # cosine attention: normalize in fp32, like F.normalize (eps 1e-12)
             qf = q.to(tl.float32)
             kf = k.to(tl.float32)
@@ -127,9 +160,29 @@ if triton is not None:
         )
         return out
 
+    def triton_window_attention_packed(qkv: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor | None,
+                                       scale: float, heads: int) -> torch.Tensor:
+        """The packed layout: qkv (W, N, 3 * nH * D) in, (W, N, nH * D) out, nothing copied around the kernel."""
+        qkv, bias = qkv.contiguous(), bias.contiguous()
+        windows, n, width = qkv.shape
+        head_dim = width // 3 // heads
+        out = qkv.new_empty(windows, n, heads * head_dim)
+        logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
+        programs, scalars = launch_arguments((windows, heads, n, head_dim), bias.shape[0])
+        block_n, block_d = _blocks(n, head_dim)
+        _window_attention_kernel[(programs,)](
+            qkv, qkv, qkv, bias, logit, *scalars, out, SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d,
+            PACKED=True,
+        )
+        return out
+
     @window_attention.register_kernel("cuda")
     def _(q, k, v, bias, logit_scale, scale):
         return triton_window_attention(q, k, v, bias, logit_scale, scale)
+
+    @window_attention_packed.register_kernel("cuda")
+    def _(qkv, bias, logit_scale, scale, heads):
+        return triton_window_attention_packed(qkv, bias, logit_scale, scale, heads)
 
 
 # Ahead-of-time compilation: the kernel as PTX, for launchers that are not Python (TensorRT's AOT plugins).
@@ -166,8 +219,8 @@ def compile_kernel(*, dtype: str, bias_dtype: str, logit_dtype: str | None, scal
                  "bias_ptr": TRITON_TYPES[bias_dtype],
                  "logit_ptr": "constexpr" if logit_dtype is None else TRITON_TYPES[logit_dtype],
                  "heads": "i32", "n": "i32", "d": "i32", "bias_windows": "i32", "out_ptr": TRITON_TYPES[dtype],
-                 "SCALE": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr"}
-    constexprs = {"SCALE": float(scale), "BLOCK_N": block_n, "BLOCK_D": block_d}
+                 "SCALE": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr", "PACKED": "constexpr"}
+    constexprs = {"SCALE": float(scale), "BLOCK_N": block_n, "BLOCK_D": block_d, "PACKED": False}
     if logit_dtype is None:
         constexprs["logit_ptr"] = None
     source = triton.compiler.ASTSource(fn=_window_attention_kernel, signature=signature, constexprs=constexprs)

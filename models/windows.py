@@ -95,7 +95,7 @@ class WindowOrderAttention(nn.Module):
         self.window_area = bias.shape[-1]
         self.register_buffer("bias", bias.detach().clone())
         self.register_buffer("logit_scale", None if logit_scale is None else logit_scale.detach().clone())
-        self.fused = False  # True: one torch.ops.vitserve.window_attention call (see use_fused_kernel)
+        self.fused: str | None = None  # "packed" / "split": one fused-op call (see use_fused_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
@@ -116,14 +116,18 @@ class WindowOrderAttention(nn.Module):
         return self.proj(x)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        from vitserve.models.window_attention import window_attention
+        from vitserve.models.window_attention import window_attention, window_attention_packed
 
         B, L, _ = x.shape
         nW, N, nH, hd = self.num_windows, self.window_area, self.num_heads, self.head_dim
-        q, k, v = (t.reshape(B, nW, N, nH, hd).transpose(2, 3).reshape(B * nW, nH, N, hd)
-                   for t in self.qkv(x).chunk(3, dim=-1))  # B * nW, nH, N, hd
         logit_scale = None if self.logit_scale is None else self.logit_scale.view(-1)
-        out = window_attention(q, k, v, self.bias, logit_scale, 1.0)  # the 1/sqrt(d) scale is folded into q
+        qkv = self.qkv(x)  # the 1/sqrt(d) scale is folded into q
+        if self.fused == "packed":  # the projection's output as it is, and the kernel writes what proj reads
+            out = window_attention_packed(qkv.view(B * nW, N, 3 * nH * hd), self.bias, logit_scale, 1.0, nH)
+            return out.view(B, L, nH * hd)
+        q, k, v = (t.reshape(B, nW, N, nH, hd).transpose(2, 3).reshape(B * nW, nH, N, hd)
+                   for t in qkv.chunk(3, dim=-1))  # B * nW, nH, N, hd
+        out = window_attention(q, k, v, self.bias, logit_scale, 1.0)
         return out.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, L, nH * hd)
 
 
@@ -256,12 +260,17 @@ def convert_timm_block(
     return WindowOrderBlock(block.norm1, attn, block.norm2, block.mlp, order, resolution, post_norm), order
 
 
-def use_fused_kernel(model: nn.Module, enabled: bool = True) -> int:
-    """Switches every window attention of a rewritten model to the fused op (GPU deploy form); returns how many."""
+def use_fused_kernel(model: nn.Module, layout: str | None = "packed") -> int:
+    """Switches every window attention of a rewritten model to the fused op (GPU deploy form); returns how many.
+    layout "packed": `window_attention_packed` on the qkv projection's output as it is, writing the layout the
+    output projection reads (what torch.compile / AOTInductor get); "split": `window_attention` on separate q, k, v
+    (the form of the TensorRT plugin's node); None: back to the unfused ops."""
+    if layout not in ("packed", "split", None):
+        raise ValueError(f"unknown fused layout {layout!r}")
     count = 0
     for module in model.modules():
         if isinstance(module, WindowOrderAttention):
-            module.fused = enabled
+            module.fused = layout
             count += 1
     return count
 

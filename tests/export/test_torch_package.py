@@ -128,6 +128,28 @@ def test_cli_max_autotune_package(tmp_path):
     assert manifest["package"]["max_autotune"] is True and manifest["verification"]["passed"]
 
 
+def test_fused_op_inside_an_aotinductor_package(tmp_path):
+    """The CUDA package's deploy form calls the fused op (`vitserve::window_attention_packed`); AOTInductor keeps it
+    as one call into PyTorch's dispatcher. Here on the CPU, where the op runs its reference implementation: the
+    op survives torch.export, the package loads single-threaded (as for CUDA graphs) and matches the model at
+    every batch size of its dynamic range."""
+    from vitserve.models.rewrite import deploy_copy
+    from vitserve.models.windows import use_fused_kernel
+
+    built = build_model(SPECS["swin_digits"])
+    deploy, _ = deploy_copy(built.model.eval())
+    assert use_fused_kernel(deploy) > 0
+    batch = torch.export.Dim("batch", min=1, max=8)
+    with torch.no_grad():
+        program = torch.export.export(deploy, (torch.randn(8, 3, 32, 32),), dynamic_shapes=({0: batch},))
+        assert any("window_attention_packed" in str(node.target) for node in program.graph.nodes)
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"))
+        package = torch._inductor.aoti_load_package(path, run_single_threaded=True)
+        for n in (1, 3, 8):
+            x = torch.randn(n, 3, 32, 32)
+            assert (package(x) - built.model(x)).abs().max() < 1e-4
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     out = tmp_path / "swin_digits-cuda"

@@ -14,23 +14,28 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vitserve.models.window_attention import reference, window_attention
+from vitserve.models.window_attention import reference, split_heads, window_attention, window_attention_packed
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 INTERPRETER_CHECK = """
 import torch
-from vitserve.models.window_attention import reference, triton_window_attention
+from vitserve.models.window_attention import (
+    reference, split_heads, triton_window_attention, triton_window_attention_packed)
 torch.manual_seed(0)
 worst = 0.0
 for cosine in (False, True):
     for B, nW, nH, N, D, nwb in [(2, 4, 3, 49, 32, 4), (1, 2, 2, 64, 16, 1), (2, 3, 2, 9, 8, 3)]:
-        q, k, v = (torch.randn(B * nW, nH, N, D) for _ in range(3))
+        qkv = torch.randn(B * nW, N, 3 * nH * D)
+        q, k, v = (t.contiguous() for t in split_heads(qkv, nH))
         bias = torch.randn(nwb, nH, N, N)
         bias[..., 0, 1:5] = -100.0  # a shift mask's entries
         scale = torch.rand(nH) * 10 if cosine else None
+        expected = reference(q, k, v, bias, scale, 0.17)
         out = triton_window_attention(q, k, v, bias, scale, 0.17)
-        worst = max(worst, (reference(q, k, v, bias, scale, 0.17) - out).abs().max().item())
+        worst = max(worst, (expected - out).abs().max().item())
+        packed = triton_window_attention_packed(qkv, bias, scale, 0.17, nH)  # W, N, nH * D
+        worst = max(worst, (expected.transpose(1, 2).reshape(packed.shape) - packed).abs().max().item())
         if not cosine and N == 49:  # a permuted bias must be caught
             wrong = triton_window_attention(q, k, v, bias.transpose(-2, -1).contiguous(), None, 0.17)
             assert (reference(q, k, v, bias, None, 0.17) - wrong).abs().max().item() > 1e-2
@@ -62,6 +67,22 @@ def test_reference_equals_naive_loops(cosine):
     assert (window_attention(q, k, v, bias, scale, 0.3) - _naive(q, k, v, bias, scale, 0.3)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("cosine", [False, True])
+def test_packed_layout_equals_split(cosine):
+    """The packed op reads q, k, v from the qkv projection's output and writes (W, N, nH * D): the same numbers as
+    the split op on the same q, k, v. Swapping two heads inside the packing must show."""
+    torch.manual_seed(0)
+    heads, d = 3, 8
+    qkv = torch.randn(6, 49, 3 * heads * d)
+    bias = torch.randn(3, heads, 49, 49)
+    scale = torch.rand(heads) * 5 if cosine else None
+    split = window_attention(*(t.contiguous() for t in split_heads(qkv, heads)), bias, scale, 0.3)
+    expected = split.transpose(1, 2).reshape(6, 49, heads * d)
+    assert (window_attention_packed(qkv, bias, scale, 0.3, heads) - expected).abs().max() < 1e-6
+    swapped = qkv.view(6, 49, 3, heads, d)[:, :, :, [1, 0, 2]].reshape(qkv.shape)
+    assert (window_attention_packed(swapped, bias, scale, 0.3, heads) - expected).abs().max() > 1e-2
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_triton_kernel_in_interpreter():
     result = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, timeout=300,
@@ -82,6 +103,7 @@ def test_fake_kernel_matches_real_layout():
         fake = window_attention(mode.from_tensor(q), mode.from_tensor(k), mode.from_tensor(v),
                                 mode.from_tensor(bias), None, 0.5)
     assert fake.is_contiguous()
+    torch.library.opcheck(window_attention_packed, (torch.randn(4, 6, 36), bias, None, 0.5, 2))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -97,6 +119,10 @@ def test_cuda_kernel_full_size(dtype, cosine):
     got = window_attention(q, k, v, bias, scale, 0.177)
     assert got.dtype == dtype
     assert (got.float() - expected).abs().max().item() < (2e-2 if dtype == torch.bfloat16 else 5e-3)
+    qkv = torch.cat([t.transpose(1, 2).reshape(windows, n, heads * d) for t in (q, k, v)], dim=-1)
+    packed = window_attention_packed(qkv, bias, scale, 0.177, heads)  # the same q, k, v, packed
+    expected = expected.transpose(1, 2).reshape(windows, n, heads * d)
+    assert (packed.float() - expected).abs().max().item() < (2e-2 if dtype == torch.bfloat16 else 5e-3)
 
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")

@@ -130,12 +130,15 @@ def test_full_map_window_stage_needs_no_gather():
     assert last.enter is None and all(getattr(last, f"move{i}") is None for i in range(len(last.blocks)))
 
 
+@pytest.mark.parametrize("layout", ["packed", "split"])
 @pytest.mark.parametrize("arch,overrides,size", CONFIGS[:1] + CONFIGS[3:4])
-def test_fused_op_form_is_equivalent(arch, overrides, size):
-    """The deploy form with torch.ops.vitserve.window_attention (its reference implementation on CPU)."""
+def test_fused_op_form_is_equivalent(arch, overrides, size, layout):
+    """The deploy form with torch.ops.vitserve.window_attention[_packed] (their reference implementation on CPU)."""
     from vitserve.models.windows import use_fused_kernel
 
     model = _model(arch, overrides)
     deploy, _ = deploy_copy(model)
-    assert use_fused_kernel(deploy) == sum(overrides["depths"])
+    assert use_fused_kernel(deploy, layout) == sum(overrides["depths"])
     assert _rel_diff(model, deploy, torch.randn(2, 3, *size)) < 1e-5
+    with pytest.raises(ValueError, match="unknown fused layout"):
+        use_fused_kernel(deploy, "interleaved")
