@@ -193,7 +193,7 @@ def log(message: str) -> None:
 
 def compiled(name: str, batches: list[int], mode: str) -> list[dict]:
     """torch.compile of timm's model, one compilation per batch size (static shapes, as a server would warm)."""
-    model = variants(name)["timm eager"]
+    model = timm.create_model(name, pretrained=False).eval().half().cuda()  # not variants(): no rewritten copies
     rows = []
     for batch in batches:
         torch._dynamo.reset()

@@ -71,11 +71,16 @@ def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tens
     return qkv.view(windows, n, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
 
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """(W, nH, N, D) -> (W, N, nH * D), the layout the output projection reads."""
+    windows, heads, n, head_dim = out.shape
+    return out.transpose(1, 2).reshape(windows, n, heads * head_dim)
+
+
 @torch.library.custom_op("vitserve::window_attention_packed", mutates_args=())
 def window_attention_packed(qkv: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor | None, scale: float,
                             heads: int) -> torch.Tensor:
-    out = reference(*split_heads(qkv.contiguous(), heads), bias, logit_scale, scale)  # W, nH, N, D
-    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
+    return merge_heads(reference(*split_heads(qkv.contiguous(), heads), bias, logit_scale, scale))
 
 
 @window_attention_packed.register_fake
@@ -147,34 +152,31 @@ if triton is not None:
         out = tl.dot(p.to(v.dtype), v)
         tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
+    def _launch(q, k, v, bias, logit_scale, scale: float, out: torch.Tensor, shape, packed: bool) -> torch.Tensor:
+        """One launch over `shape` (windows, heads, tokens, head_dim), one program per (window, head)."""
+        bias = bias.contiguous()
+        logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
+        programs, scalars = launch_arguments(shape, bias.shape[0])
+        block_n, block_d = _blocks(shape[2], shape[3])
+        _window_attention_kernel[(programs,)](
+            q, k, v, bias, logit, *scalars, out, SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d, PACKED=packed,
+        )
+        return out
+
     def triton_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                                 logit_scale: torch.Tensor | None, scale: float) -> torch.Tensor:
         """Launches the kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
-        q, k, v, bias = q.contiguous(), k.contiguous(), v.contiguous(), bias.contiguous()
-        out = torch.empty_like(q)
-        logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
-        programs, scalars = launch_arguments(q.shape, bias.shape[0])
-        block_n, block_d = _blocks(q.shape[2], q.shape[3])
-        _window_attention_kernel[(programs,)](
-            q, k, v, bias, logit, *scalars, out, SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d,
-        )
-        return out
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        return _launch(q, k, v, bias, logit_scale, scale, torch.empty_like(q), q.shape, packed=False)
 
     def triton_window_attention_packed(qkv: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor | None,
                                        scale: float, heads: int) -> torch.Tensor:
         """The packed layout: qkv (W, N, 3 * nH * D) in, (W, N, nH * D) out, nothing copied around the kernel."""
-        qkv, bias = qkv.contiguous(), bias.contiguous()
+        qkv = qkv.contiguous()
         windows, n, width = qkv.shape
         head_dim = width // 3 // heads
         out = qkv.new_empty(windows, n, heads * head_dim)
-        logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
-        programs, scalars = launch_arguments((windows, heads, n, head_dim), bias.shape[0])
-        block_n, block_d = _blocks(n, head_dim)
-        _window_attention_kernel[(programs,)](
-            qkv, qkv, qkv, bias, logit, *scalars, out, SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d,
-            PACKED=True,
-        )
-        return out
+        return _launch(qkv, qkv, qkv, bias, logit_scale, scale, out, (windows, heads, n, head_dim), packed=True)
 
     @window_attention.register_kernel("cuda")
     def _(q, k, v, bias, logit_scale, scale):

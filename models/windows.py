@@ -116,19 +116,17 @@ class WindowOrderAttention(nn.Module):
         return self.proj(x)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        from vitserve.models.window_attention import window_attention, window_attention_packed
+        from vitserve.models.window_attention import merge_heads, split_heads, window_attention, window_attention_packed
 
         B, L, _ = x.shape
         nW, N, nH, hd = self.num_windows, self.window_area, self.num_heads, self.head_dim
         logit_scale = None if self.logit_scale is None else self.logit_scale.view(-1)
-        qkv = self.qkv(x)  # the 1/sqrt(d) scale is folded into q
+        qkv = self.qkv(x).view(B * nW, N, 3 * nH * hd)  # the 1/sqrt(d) scale is folded into q
         if self.fused == "packed":  # the projection's output as it is, and the kernel writes what proj reads
-            out = window_attention_packed(qkv.view(B * nW, N, 3 * nH * hd), self.bias, logit_scale, 1.0, nH)
-            return out.view(B, L, nH * hd)
-        q, k, v = (t.reshape(B, nW, N, nH, hd).transpose(2, 3).reshape(B * nW, nH, N, hd)
-                   for t in qkv.chunk(3, dim=-1))  # B * nW, nH, N, hd
-        out = window_attention(q, k, v, self.bias, logit_scale, 1.0)
-        return out.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, L, nH * hd)
+            out = window_attention_packed(qkv, self.bias, logit_scale, 1.0, nH)
+        else:  # q, k, v apart, (B * nW, nH, N, hd) each, and the output back
+            out = merge_heads(window_attention(*split_heads(qkv, nH), self.bias, logit_scale, 1.0))
+        return out.view(B, L, nH * hd)
 
 
 class WindowOrderBlock(nn.Module):
