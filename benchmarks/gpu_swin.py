@@ -14,9 +14,10 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                the fused kernel in either layout (split: q, k, v copied apart and the output back; packed: none);
   compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
                CUDA graphs);
-  package      vitserve's torch artifact: `export --format torch` (AOTInductor, fp16, the fused kernel for Swin,
-               buckets 1 / 64 / 256) loaded by the server's torch backend; CUDA-graph replay alone, and whole calls
-               from numpy (host-to-device copy and back, as the server runs them);
+  package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
+               Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend;
+               CUDA-graph replay alone, and whole calls from numpy (host-to-device copy and back, as the server
+               runs them);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
 and last, for Swin-T and ViT-B/16:
@@ -29,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -145,20 +148,20 @@ def top_kernels(fn, activity, device_time: str = "device_time_total", top: int =
 
 def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
                    max_autotune: bool = False) -> list[dict]:
+    """Exported by the CLI in a process of its own, as a user would, then loaded here like the server loads it."""
     import numpy as np
 
-    from vitserve.export.pipeline import ExportOptions, export_artifact
-    from vitserve.export.torch_package import TorchBackend, TorchOptions
-    from vitserve.models.build import build_model
-    from vitserve.models.registry import resolve
+    from vitserve.export.torch_package import TorchBackend
 
-    spec = resolve(name)
-    artifact = workdir / spec.name.replace("/", "_")
-    options = ExportOptions(out=artifact, max_batch=max(batches), format="torch",
-                            torch_options=TorchOptions(device="cuda", dtype="fp16", batch_buckets=tuple(batches),
-                                                       max_autotune=max_autotune))
-    manifest = export_artifact(build_model(spec, random_init=True), options, progress=print)
+    artifact = workdir / f"{name}{'-autotune' if max_autotune else ''}"
+    command = [sys.executable, "-m", "vitserve", "export", name, "--random-init", "--format", "torch",
+               "--device", "cuda", "--dtype", "fp16", "--max-batch", str(max(batches)),
+               "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
+    exported = subprocess.run(command + (["--max-autotune"] if max_autotune else []))
+    if exported.returncode != 0:
+        raise RuntimeError(f"vitserve export exited with {exported.returncode} (its output is in the log above)")
     backend = TorchBackend(artifact)
+    manifest = backend.manifest
     rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"], "max_autotune": max_autotune,
              "min_cosine": manifest.verification["min_cosine"], "max_abs_diff": manifest.verification["max_abs_diff"]}]
     for batch in batches:
@@ -233,7 +236,7 @@ def main() -> None:
                 value = fn()
             except Exception as e:  # one failing step must not cost the others their measurements
                 traceback.print_exc()
-                value = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                value = {"error": f"{type(e).__name__}: {e}"[:8000]}
             if name is None:
                 result[key] = value
             else:

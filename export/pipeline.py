@@ -157,7 +157,8 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
     package["batch_buckets"] = list(buckets)
     progress(f"  {package['compile_seconds']:.0f}s; verifying against the fp32 PyTorch model")
     report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
-                            max_batch=options.max_batch, buckets=buckets)
+                            max_batch=options.max_batch, buckets=buckets,
+                            fused=package["fused_window_attention_blocks"] > 0)
     progress(f"  max |diff| {report['max_abs_diff']:.2e}, min cosine {report['min_cosine']:.6f}, "
              f"top-1 agreement {report['top1_agreement']:.0%}")
     stats = {"file_bytes": (tmp / PACKAGE_NAME).stat().st_size}

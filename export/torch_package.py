@@ -8,13 +8,18 @@ batch sizes the server warms and, on CUDA, captures a CUDA graph for; a batch is
 The package is verified against the fp32 PyTorch model like every export: at fp32 by the same |logit difference|
 tolerance as ONNX; at fp16/bf16 by the lowest cosine similarity of the logits (the difference itself scales with
 the logits), with max |difference| and top-1 agreement reported, through the same PackageRunner (buckets, CUDA
-graphs) that serves it: `TorchBackend`, which the server imports only when `--backend torch` is chosen.
+graphs) that serves it: `TorchBackend`, which the server imports only when `--backend torch` is chosen. The
+package runs for that in a fresh Python process (`python -m vitserve.export.torch_package`), as it will in the
+server: not in the process that compiled it, and a crash of PyTorch's runtime becomes an export error with the
+crash's stack.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -185,17 +190,49 @@ class TorchBackend(PackageRunner):
 
 
 def verify_package(path: Path, reference: nn.Module, preprocess, options: TorchOptions, *, atol: float,
-                   max_batch: int, buckets: tuple[int, ...]) -> dict[str, Any]:
-    """The package against the fp32 reference on the export's verification inputs; VerificationError below the
-    gate (verify.precision_gate)."""
-    from vitserve.export.verify import check_runner, in_chunks, precision_gate, verification_inputs
+                   max_batch: int, buckets: tuple[int, ...], fused: bool) -> dict[str, Any]:
+    """The package against the fp32 reference on the export's verification inputs, the package run by
+    PackageRunner in a child process (`fused`: it calls the fused window-attention op, which the child registers);
+    VerificationError below the gate (verify.precision_gate), ExportError if the child fails or crashes."""
+    from vitserve.export.verify import check_outputs, outputs_in_child, precision_gate, verification_inputs
 
-    run = PackageRunner(path, options.device, list(buckets), preprocess.input_size)  # as the server runs it
     photo_names, inputs = verification_inputs(preprocess)
+    args = [str(path), "--device", options.device, "--buckets", ",".join(map(str, buckets)),
+            "--input-shape", ",".join(map(str, preprocess.input_size)), "--max-batch", str(max_batch)]
+    outputs = outputs_in_child("vitserve.export.torch_package", args + (["--fused"] if fused else []),
+                               {name: x.numpy() for name, x in inputs.items()}, what="PyTorch running the package")
     report: dict[str, Any] = {"runtime": f"torch {torch.__version__} aotinductor {options.device} {options.dtype}",
                               "photos": photo_names}
-    report.update(check_runner(in_chunks(run, max_batch), reference, inputs))
+    report.update(check_outputs(outputs, reference, inputs))
     failed = precision_gate(report, options.dtype, atol)
     if failed:
         raise VerificationError(f"the {options.dtype} package does not match the PyTorch model: {failed}", report)
     return report
+
+
+def _verification_child(argv: list[str]) -> None:
+    """verify_package's child: every array of INPUTS.npz through a PackageRunner (at most --max-batch images per
+    call, as the server's batches), the logits saved under the same names to OUTPUTS.npz."""
+    from vitserve.export.verify import in_chunks
+
+    parser = argparse.ArgumentParser(prog="python -m vitserve.export.torch_package")
+    parser.add_argument("inputs", type=Path)
+    parser.add_argument("outputs", type=Path)
+    parser.add_argument("package", type=Path)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--buckets", required=True, help="comma-separated batch sizes")
+    parser.add_argument("--input-shape", required=True, help="C,H,W")
+    parser.add_argument("--max-batch", type=int, required=True)
+    parser.add_argument("--fused", action="store_true", help="the package calls the fused window-attention op")
+    args = parser.parse_args(argv)
+    if args.fused:
+        import vitserve.models.window_attention  # noqa: F401  (registers the op the package calls)
+    runner = PackageRunner(args.package, args.device, [int(b) for b in args.buckets.split(",")],
+                           tuple(int(d) for d in args.input_shape.split(",")))
+    run = in_chunks(runner, args.max_batch)
+    with np.load(args.inputs) as inputs:
+        np.savez(args.outputs, **{name: run(inputs[name]) for name in inputs.files})
+
+
+if __name__ == "__main__":
+    _verification_child(sys.argv[1:])

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from vitserve.artifact import Preprocess
-from vitserve.errors import VerificationError
+from vitserve.errors import ExportError, VerificationError
 from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 log = logging.getLogger(__name__)
@@ -116,15 +119,51 @@ def check_runner(run: Callable[[np.ndarray], np.ndarray], reference: nn.Module,
                  inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
     """An exported model's logits (`run` on numpy batches) against the reference model's, per input set and worst
     over all sets: {"inputs": {name: compare(...)}, "max_abs_diff", "min_cosine", "top1_agreement"}."""
+    return check_outputs({name: run(x.numpy()) for name, x in inputs.items()}, reference, inputs)
+
+
+def check_outputs(outputs: dict[str, np.ndarray], reference: nn.Module,
+                  inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """check_runner for logits computed elsewhere (`outputs`, by input set name)."""
     per_input = {}
     for name, x in inputs.items():
         with torch.no_grad():
             ref = reference(x).numpy()
-        per_input[name] = compare(ref, run(x.numpy()))
+        per_input[name] = compare(ref, outputs[name])
     stats = per_input.values()
     return {"inputs": per_input, "max_abs_diff": max(s["max_abs_diff"] for s in stats),
             "min_cosine": min(s["min_cosine"] for s in stats),
             "top1_agreement": min(s["top1_agreement"] for s in stats)}
+
+
+CHILD_OUTPUT_TAIL = 6000  # characters of a failed child's stderr that its error carries (a faulthandler stack)
+
+
+def outputs_in_child(module: str, args: list[str], inputs: dict[str, np.ndarray], *, what: str,
+                     timeout_s: float = 1800) -> dict[str, np.ndarray]:
+    """Runs `python -X faulthandler -m module INPUTS.npz OUTPUTS.npz *args` in a fresh process and returns the
+    arrays it saved. For runtimes that load native code (an AOTInductor package): the artifact is checked in a
+    process like the server's, not in the one that built it, and a crash of the runtime becomes an ExportError that
+    carries the crash's Python stack (faulthandler) instead of killing the exporter. `what` names the child in
+    errors ("PyTorch running the package")."""
+    with tempfile.TemporaryDirectory(prefix="vitserve-verify-") as tmp:
+        inputs_file, outputs_file = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
+        np.savez(inputs_file, **inputs)
+        command = [sys.executable, "-X", "faulthandler", "-m", module, str(inputs_file), str(outputs_file), *args]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ExportError(f"{what} did not finish within {timeout_s:.0f} s") from None
+        log.debug("%s: %s", what, done.stderr[-CHILD_OUTPUT_TAIL:])
+        if done.returncode != 0:
+            if done.returncode < 0:
+                name = signal.Signals(-done.returncode).name
+                failure = f"{what} crashed ({name}, in PyTorch's native code or a library below it)"
+            else:
+                failure = f"{what} failed (exit status {done.returncode})"
+            raise ExportError(f"{failure}; its last output:\n{done.stderr[-CHILD_OUTPUT_TAIL:].rstrip()}")
+        with np.load(outputs_file) as saved:
+            return {name: saved[name] for name in saved.files}
 
 
 MIN_COSINE = {"fp16": 0.999, "bf16": 0.99}  # reduced precision: gated on the logits' direction; fp32: on atol

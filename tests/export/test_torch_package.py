@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, run_cli
-from vitserve.errors import ArtifactError, ExportError
+from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.torch_package import TorchOptions, check_options
+from vitserve.export.torch_package import TorchOptions, check_options, verify_package
 from vitserve.export.triton import write_triton_repo
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
@@ -45,6 +45,22 @@ def test_cpu_package_is_verified_and_described(cpu_package):
     report = manifest["verification"]
     assert report["passed"] and report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
     assert set(report["inputs"]) == {"random", "photos", "single_photo"}
+
+
+def test_verification_runs_the_package_in_a_child_process(cpu_package, tmp_path):
+    """The package verified against a model it was not compiled from fails the gate (the child's logits are really
+    compared), and a package PyTorch cannot load is an ExportError carrying the child's own message."""
+    spec = SPECS["swin_digits"]
+    verify = dict(options=TorchOptions(device="cpu", dtype="fp32"), atol=1e-4, max_batch=16, buckets=(1, 4, 16),
+                  fused=False)
+    other = build_model(spec, random_init=True).model.eval()
+    with pytest.raises(VerificationError, match="does not match the PyTorch model"):
+        verify_package(cpu_package / "model.pt2", other, spec.preprocess, **verify)
+    broken = tmp_path / "model.pt2"
+    broken.write_bytes((cpu_package / "model.pt2").read_bytes()[:4096])
+    with pytest.raises(ExportError, match=r"PyTorch running the package failed \(exit status 1\)(.|\n)*"
+                                          r"ArtifactError: PyTorch cannot load"):
+        verify_package(broken, other, spec.preprocess, **verify)
 
 
 def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_artifact):

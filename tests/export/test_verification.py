@@ -1,14 +1,18 @@
-"""Verification must catch a wrong export, name the first divergent block, and leave no artifact behind."""
+"""Verification must catch a wrong export, name the first divergent block, and leave no artifact behind; a
+runtime checked in a child process reports the child's failure or crash."""
 
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import pytest
 
 import vitserve.models.rewrite as rewrite_module
-from vitserve.errors import VerificationError
+from vitserve.errors import ExportError, VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
+from vitserve.export.verify import outputs_in_child
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
 
@@ -78,3 +82,39 @@ def test_manifest_contents(digits_artifact):
     assert m.verification["passed"] and m.verification["photos"]
     assert set(m.versions) == {"vitserve", "torch", "timm", "onnx", "onnxruntime"}
     assert read_labels(digits_artifact / m.labels_file) == [str(d) for d in range(10)]
+
+
+CHILDREN = {  # module text -> what outputs_in_child must make of it
+    "doubles": "import sys, numpy as np\nx = np.load(sys.argv[1])\n"
+               "np.savez(sys.argv[2], **{n: 2 * x[n] for n in x.files})\n",
+    "raises": "raise RuntimeError('no such kernel image')\n",
+    "crashes": "import ctypes\n\ndef read_address_zero():\n    ctypes.string_at(0)\n\nread_address_zero()\n",
+}
+
+
+@pytest.fixture
+def child_modules(tmp_path, monkeypatch):
+    for name, text in CHILDREN.items():
+        (tmp_path / f"child_{name}.py").write_text(text)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def test_outputs_in_child_returns_the_childs_arrays(child_modules):
+    inputs = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((1, 4), np.float32)}
+    outputs = outputs_in_child("child_doubles", [], inputs, what="the doubler")
+    assert set(outputs) == {"a", "b"} and all(np.array_equal(outputs[n], 2 * inputs[n]) for n in inputs)
+
+
+def test_outputs_in_child_reports_an_exception(child_modules):
+    with pytest.raises(ExportError, match=r"the runner failed \(exit status 1\)(.|\n)*RuntimeError: no such kernel"):
+        outputs_in_child("child_raises", [], {"a": np.zeros(1)}, what="the runner")
+
+
+def test_outputs_in_child_reports_a_crash_with_its_stack(child_modules):
+    """A segmentation fault in native code: the error names the signal and carries faulthandler's Python stack,
+    down to the function that crashed."""
+    with pytest.raises(ExportError) as e:
+        outputs_in_child("child_crashes", [], {"a": np.zeros(1)}, what="the runner")
+    message = str(e.value)
+    assert "the runner crashed (SIGSEGV" in message and "Fatal Python error: Segmentation fault" in message
+    assert "child_crashes.py\", line 4 in read_address_zero" in message
