@@ -17,7 +17,8 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
                Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend;
                CUDA-graph replay alone, and whole calls from numpy (host-to-device copy and back, as the server
-               runs them);
+               runs them); if that export fails, the same with --no-cuda-graphs (plain package calls; not
+               tried again for later models once it failed too);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
 and last, for Swin-T and ViT-B/16:
@@ -28,6 +29,7 @@ Random weights; CUDA events around whole forward passes; median of the timed ite
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -147,44 +149,50 @@ def top_kernels(fn, activity, device_time: str = "device_time_total", top: int =
 
 
 def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
-                   max_autotune: bool = False) -> list[dict]:
+                   max_autotune: bool = False, cuda_graphs: bool = True) -> list[dict]:
     """Exported by the CLI in a process of its own, as a user would, then loaded here like the server loads it."""
     import numpy as np
 
     from vitserve.export.torch_package import TorchBackend
 
-    artifact = workdir / f"{name}{'-autotune' if max_autotune else ''}"
+    artifact = workdir / f"{name}{'-autotune' if max_autotune else ''}{'' if cuda_graphs else '-no-graphs'}"
     command = [sys.executable, "-m", "vitserve", "export", name, "--random-init", "--format", "torch",
                "--device", "cuda", "--dtype", "fp16", "--max-batch", str(max(batches)),
                "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
-    exported = subprocess.run(command + (["--max-autotune"] if max_autotune else []))
+    command += (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
+    exported = subprocess.run(command)
     if exported.returncode != 0:
         raise RuntimeError(f"vitserve export exited with {exported.returncode} (its output is in the log above)")
     backend = TorchBackend(artifact)
     manifest = backend.manifest
     rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"], "max_autotune": max_autotune,
-             "min_cosine": manifest.verification["min_cosine"], "max_abs_diff": manifest.verification["max_abs_diff"]}]
+             "cuda_graphs": backend.cuda_graphs, "min_cosine": manifest.verification["min_cosine"],
+             "max_abs_diff": manifest.verification["max_abs_diff"]}]
+    on_gpu = "graph replay" if backend.cuda_graphs else "package call on the GPU's input (no CUDA graphs)"
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, *manifest.input.shape[1:]), dtype=np.float32)
-        backend(x)  # captures this bucket's CUDA graph
-        graph = backend._graphs[batch][0]
-        replay_ms = cuda_ms(graph.replay, iters=10 if batch > 64 else 20)
+        backend(x)  # warms the bucket (captures its CUDA graph)
+        if backend.cuda_graphs:
+            run_on_gpu = backend._graphs[batch][0].replay
+        else:
+            run_on_gpu = functools.partial(backend.model, torch.from_numpy(x).cuda())
+        gpu_ms = cuda_ms(run_on_gpu, iters=10 if batch > 64 else 20)
         calls = []
         for _ in range(10):
             started = time.perf_counter()
             backend(x)
             calls.append((time.perf_counter() - started) * 1e3)
         call_ms = statistics.median(calls)
-        for label, ms in (("vitserve torch artifact, graph replay", replay_ms),
+        for label, ms in ((f"vitserve torch artifact, {on_gpu}", gpu_ms),
                           ("vitserve torch artifact, call from numpy", call_ms)):
             rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
             print(f"  {label:<42} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
         if batch == profile_batch:
             try:
-                kernels = top_kernels(graph.replay, torch.profiler.ProfilerActivity.CUDA)
+                kernels = top_kernels(run_on_gpu, torch.profiler.ProfilerActivity.CUDA)
             except Exception as e:  # a profiler that cannot trace graph replays must not cost the rest of the run
                 kernels = [{"error": repr(e)}]
-            rows.append({"runner": "graph replay, top kernels", "batch": batch, "kernels": kernels})
+            rows.append({"runner": f"{on_gpu}, top kernels", "batch": batch, "kernels": kernels})
             for k in kernels:
                 print(f"    {k}", flush=True)
     return rows
@@ -253,6 +261,13 @@ def main() -> None:
              lambda n=name: compiled(n, [int(b) for b in args.compile_batches.split(",")], args.compile_mode))
         step("package", "torch_artifact_fp16", name,
              lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
+        plain = result.get("torch_artifact_fp16_no_cuda_graphs", {})
+        failed_plain = any("error" in rows for rows in plain.values())
+        if "error" in result.get("torch_artifact_fp16", {}).get(name, {}) and not failed_plain:
+            # then the plain calls, unless they failed as well for an earlier model
+            step("package", "torch_artifact_fp16_no_cuda_graphs", name,
+                 lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
+                                                                cuda_graphs=False))
     for name in models[:2]:  # then, while the budget lasts: the artifact with Inductor's GEMM autotuning
         step("autotune", "torch_artifact_fp16_max_autotune", name,
              lambda n=name: torch_artifact(n, batches, args.workdir / "max_autotune", max_autotune=True))

@@ -45,6 +45,7 @@ class TorchOptions:
     dtype: str = "fp16"  # fp16, bf16 or fp32
     batch_buckets: tuple[int, ...] = ()  # default: 1, 8, 32 and max_batch, within max_batch
     max_autotune: bool = False  # Inductor benchmarks GEMM kernels (its own, with fused epilogues, and the library's)
+    cuda_graphs: bool = True  # CUDA: verified and served with a CUDA graph per bucket; False: plain calls
 
 
 def default_buckets(max_batch: int) -> tuple[int, ...]:
@@ -60,6 +61,8 @@ def check_options(options: TorchOptions, max_batch: int) -> tuple[int, ...]:
     if options.device == "cuda" and not torch.cuda.is_available():
         raise ExportError("--format torch --device cuda needs a CUDA GPU, and none is visible; "
                           "use --device cpu (fp32 or bf16), or export on the GPU machine")
+    if options.device == "cpu" and not options.cuda_graphs:
+        raise ExportError("--no-cuda-graphs applies to --device cuda (a CPU package never uses CUDA graphs)")
     if options.device == "cpu" and options.dtype == "fp16":
         raise ExportError("fp16 on the CPU is slow and inexact in PyTorch; use --dtype bf16 or fp32 with --device cpu")
     buckets = tuple(sorted(set(options.batch_buckets))) or default_buckets(max_batch)
@@ -101,15 +104,17 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
         program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: batch},))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
     return {"format": "aotinductor", "device": options.device, "dtype": options.dtype,
-            "max_autotune": options.max_autotune, "fused_window_attention_blocks": fused,
+            "max_autotune": options.max_autotune, "cuda_graphs": device.type == "cuda" and options.cuda_graphs,
+            "fused_window_attention_blocks": fused,
             "compile_seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
 
 
 class PackageRunner:
-    """A loaded package, run on batches padded up to the smallest batch bucket that holds them. On CUDA each
-    bucket gets a CUDA graph the first time it runs (the server warms every batch size it can form at start-up, so
-    all are captured before /readyz turns 200); later batches copy into the bucket's static input, replay the
-    graph and read its static output. (N, C, H, W) float32 -> (N, classes) float32."""
+    """A loaded package, run on batches padded up to the smallest batch bucket that holds them. On CUDA (unless
+    `cuda_graphs` is False: plain calls of the package) each bucket gets a CUDA graph the first time it runs (the
+    server warms every batch size it can form at start-up, so all are captured before /readyz turns 200); later
+    batches copy into the bucket's static input, replay the graph and read its static output.
+    (N, C, H, W) float32 -> (N, classes) float32."""
 
     def __init__(self, path: Path, device: str, buckets: list[int], input_shape: tuple[int, ...],
                  cuda_graphs: bool = True):
@@ -184,7 +189,7 @@ class TorchBackend(PackageRunner):
         if package.get("fused_window_attention_blocks"):
             import vitserve.models.window_attention  # noqa: F401  (registers the kernel the package calls)
         super().__init__(self.directory / self.manifest.model_file, built_for, package["batch_buckets"],
-                         self.manifest.input.shape[1:])
+                         self.manifest.input.shape[1:], cuda_graphs=package.get("cuda_graphs", True))
         self.description = (f"torch AOTInductor {built_for} {package['dtype']}"
                             f"{', CUDA graphs' if self.cuda_graphs else ''} (buckets {self.buckets})")
 
@@ -199,8 +204,10 @@ def verify_package(path: Path, reference: nn.Module, preprocess, options: TorchO
     photo_names, inputs = verification_inputs(preprocess)
     args = [str(path), "--device", options.device, "--buckets", ",".join(map(str, buckets)),
             "--input-shape", ",".join(map(str, preprocess.input_size)), "--max-batch", str(max_batch)]
-    outputs = outputs_in_child("vitserve.export.torch_package", args + (["--fused"] if fused else []),
-                               {name: x.numpy() for name, x in inputs.items()}, what="PyTorch running the package")
+    args += (["--fused"] if fused else []) + ([] if options.cuda_graphs else ["--no-cuda-graphs"])
+    outputs = outputs_in_child("vitserve.export.torch_package", args,
+                               {name: x.numpy() for name, x in inputs.items()},
+                               what="PyTorch running the package")
     report: dict[str, Any] = {"runtime": f"torch {torch.__version__} aotinductor {options.device} {options.dtype}",
                               "photos": photo_names}
     report.update(check_outputs(outputs, reference, inputs))
@@ -224,11 +231,12 @@ def _verification_child(argv: list[str]) -> None:
     parser.add_argument("--input-shape", required=True, help="C,H,W")
     parser.add_argument("--max-batch", type=int, required=True)
     parser.add_argument("--fused", action="store_true", help="the package calls the fused window-attention op")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="plain calls, as served with --no-cuda-graphs")
     args = parser.parse_args(argv)
     if args.fused:
         import vitserve.models.window_attention  # noqa: F401  (registers the op the package calls)
     runner = PackageRunner(args.package, args.device, [int(b) for b in args.buckets.split(",")],
-                           tuple(int(d) for d in args.input_shape.split(",")))
+                           tuple(int(d) for d in args.input_shape.split(",")), cuda_graphs=not args.no_cuda_graphs)
     run = in_chunks(runner, args.max_batch)
     with np.load(args.inputs) as inputs:
         np.savez(args.outputs, **{name: run(inputs[name]) for name in inputs.files})

@@ -71,11 +71,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         torch_options = TorchOptions(device=args.device, dtype=args.dtype or ("fp16" if args.device == "cuda"
                                                                               else "fp32"),
-                                     batch_buckets=tuple(args.batch_buckets or ()), max_autotune=args.max_autotune)
+                                     batch_buckets=tuple(args.batch_buckets or ()), max_autotune=args.max_autotune,
+                                     cuda_graphs=not args.no_cuda_graphs)
     elif args.dtype or args.batch_buckets or args.device != "cuda":
         raise VitServeError("--device, --dtype and --batch-buckets apply to --format torch and tensorrt only")
-    if args.max_autotune and args.format != "torch":
-        raise VitServeError("--max-autotune applies to --format torch only")
+    for flag, given in (("--max-autotune", args.max_autotune), ("--no-cuda-graphs", args.no_cuda_graphs)):
+        if given and args.format != "torch":
+            raise VitServeError(f"{flag} applies to --format torch only")
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
                             atol=args.atol, format=args.format, torch_options=torch_options)
     manifest = export_artifact(built, options, progress=_progress)
@@ -301,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1,8,32 and --max-batch)")
     p.add_argument("--max-autotune", action="store_true", help="--format torch: let Inductor benchmark GEMM "
                    "kernels, including its own with the following element-wise operations fused (longer compile)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="--format torch --device cuda: verify and serve "
+                   "the package with plain calls instead of a CUDA graph per bucket (if capturing one fails)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help=f"largest |logit difference| accepted by the verification (default {DEFAULT_ATOL:g})")
     p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository (CPU instances, GPU "

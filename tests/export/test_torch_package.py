@@ -12,7 +12,7 @@ import torch
 from tests.conftest import ROOT, run_cli
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.torch_package import TorchOptions, check_options, verify_package
+from vitserve.export.torch_package import PackageRunner, TorchOptions, check_options, verify_package
 from vitserve.export.triton import write_triton_repo
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
@@ -42,6 +42,7 @@ def test_cpu_package_is_verified_and_described(cpu_package):
     package = manifest["package"]
     assert package["format"] == "aotinductor" and (package["device"], package["dtype"]) == ("cpu", "fp32")
     assert package["batch_buckets"] == [1, 4, 16]  # --max-batch is always a bucket
+    assert package["cuda_graphs"] is False
     report = manifest["verification"]
     assert report["passed"] and report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
     assert set(report["inputs"]) == {"random", "photos", "single_photo"}
@@ -115,6 +116,7 @@ def test_cli_classify_with_the_torch_backend(cpu_package):
     (TorchOptions(device="cpu", dtype="fp32", batch_buckets=(64,)), "within 1..--max-batch 32"),
     (TorchOptions(device="tpu"), "unknown --device"),
     (TorchOptions(device="cpu", dtype="int4"), "unknown --dtype"),
+    (TorchOptions(device="cpu", dtype="fp32", cuda_graphs=False), "--no-cuda-graphs applies to --device cuda"),
 ])
 def test_bad_options(options, message):
     with pytest.raises(ExportError, match=message):
@@ -128,8 +130,9 @@ def test_cli_errors(tmp_path):
         assert not (tmp_path / "x").exists()
     result = run_cli("export", "swin_digits", "--dtype", "bf16", "--out", str(tmp_path / "y"))
     assert result.returncode == 1 and "apply to --format torch and tensorrt only" in result.stderr
-    result = run_cli("export", "swin_digits", "--max-autotune", "--out", str(tmp_path / "z"))
-    assert result.returncode == 1 and "--max-autotune applies to --format torch only" in result.stderr
+    for flag in ("--max-autotune", "--no-cuda-graphs"):
+        result = run_cli("export", "swin_digits", flag, "--out", str(tmp_path / "z"))
+        assert result.returncode == 1 and f"{flag} applies to --format torch only" in result.stderr
 
 
 def test_cli_max_autotune_package(tmp_path):
@@ -181,3 +184,6 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     for _ in range(2):  # captured, then replayed
         got = backend(x)
         assert (got.argmax(1) == reference.argmax(1)).all()
+    # the same package in plain calls, as exported with --no-cuda-graphs, gives the graphs' answers
+    plain = PackageRunner(out / "model.pt2", "cuda", backend.buckets, backend.input_shape, cuda_graphs=False)
+    assert not plain.cuda_graphs and np.abs(plain(x) - got).max() < 1e-3
