@@ -144,24 +144,28 @@ def outputs_in_child(module: str, args: list[str], inputs: dict[str, np.ndarray]
     """Runs `python -X faulthandler -m module INPUTS.npz OUTPUTS.npz *args` in a fresh process and returns the
     arrays it saved. For runtimes that load native code (an AOTInductor package): the artifact is checked in a
     process like the server's, not in the one that built it, and a crash of the runtime becomes an ExportError that
-    carries the crash's Python stack (faulthandler) instead of killing the exporter. `what` names the child in
+    carries the crash's Python stack (faulthandler) instead of killing the exporter; a child still running after
+    `timeout_s` is stopped with SIGABRT, so that the error shows where it was stuck. `what` names the child in
     errors ("PyTorch running the package")."""
     with tempfile.TemporaryDirectory(prefix="vitserve-verify-") as tmp:
         inputs_file, outputs_file = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
         np.savez(inputs_file, **inputs)
         command = [sys.executable, "-X", "faulthandler", "-m", module, str(inputs_file), str(outputs_file), *args]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
         try:
-            done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout_s)
+            _, stderr = child.communicate(timeout=timeout_s)
+            failure = None
         except subprocess.TimeoutExpired:
-            raise ExportError(f"{what} did not finish within {timeout_s:.0f} s") from None
-        log.debug("%s: %s", what, done.stderr[-CHILD_OUTPUT_TAIL:])
-        if done.returncode != 0:
-            if done.returncode < 0:
-                name = signal.Signals(-done.returncode).name
-                failure = f"{what} crashed ({name}, in PyTorch's native code or a library below it)"
-            else:
-                failure = f"{what} failed (exit status {done.returncode})"
-            raise ExportError(f"{failure}; its last output:\n{done.stderr[-CHILD_OUTPUT_TAIL:].rstrip()}")
+            child.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack, then the process ends
+            _, stderr = child.communicate()
+            failure = f"{what} did not finish within {timeout_s:g} s and was stopped"
+        log.debug("%s: %s", what, stderr[-CHILD_OUTPUT_TAIL:])
+        if failure is None and child.returncode < 0:
+            failure = f"{what} crashed ({signal.Signals(-child.returncode).name}, in native code)"
+        elif failure is None and child.returncode > 0:
+            failure = f"{what} failed (exit status {child.returncode})"
+        if failure:
+            raise ExportError(f"{failure}; its last output:\n{stderr[-CHILD_OUTPUT_TAIL:].rstrip()}")
         with np.load(outputs_file) as saved:
             return {name: saved[name] for name in saved.files}
 

@@ -89,6 +89,7 @@ CHILDREN = {  # module text -> what outputs_in_child must make of it
                "np.savez(sys.argv[2], **{n: 2 * x[n] for n in x.files})\n",
     "raises": "raise RuntimeError('no such kernel image')\n",
     "crashes": "import ctypes\n\ndef read_address_zero():\n    ctypes.string_at(0)\n\nread_address_zero()\n",
+    "hangs": "import time\n\ndef wait_forever():\n    time.sleep(3600)\n\nwait_forever()\n",
 }
 
 
@@ -118,3 +119,11 @@ def test_outputs_in_child_reports_a_crash_with_its_stack(child_modules):
     message = str(e.value)
     assert "the runner crashed (SIGSEGV" in message and "Fatal Python error: Segmentation fault" in message
     assert "child_crashes.py\", line 4 in read_address_zero" in message
+
+
+def test_outputs_in_child_stops_a_stuck_child_and_shows_where(child_modules):
+    with pytest.raises(ExportError) as e:
+        outputs_in_child("child_hangs", [], {"a": np.zeros(1)}, what="the runner", timeout_s=5)
+    message = str(e.value)
+    assert "the runner did not finish within 5 s and was stopped" in message
+    assert "child_hangs.py\", line 4 in wait_forever" in message
