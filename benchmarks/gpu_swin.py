@@ -1,6 +1,10 @@
 """GPU check of the fused window-attention kernel and of Swin-T, ViT-B/16, DeiT-S throughput, in one run.
 
     python benchmarks/gpu_swin.py --out results.json [--budget-s 420] [--sections ...]
+    python benchmarks/gpu_swin.py --device cpu --models swin_digits --batches 1,4 --compile-batches 4 --out x.json
+
+The second is a dry run of every step on the CPU (bfloat16; the fused op runs its reference there, and a CPU
+package has no CUDA graphs): it checks the script, it measures nothing worth reporting (the test suite runs it).
 
 Steps, each written to the JSON file as soon as it is done; a step that would start after --budget-s seconds is
 listed under "not_run" instead (a run cut short keeps what it measured):
@@ -23,7 +27,8 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                torch.profiler (name, share, calls): what to optimize next;
 and last, for Swin-T and ViT-B/16:
   autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning).
-Random weights; CUDA events around whole forward passes; median of the timed iterations.
+Random weights; CUDA events around whole forward passes; median of the timed iterations. --batches (default
+1,64,256) sets the batch sizes, the artifact's buckets and the attention-alone batch (the largest).
 """
 
 from __future__ import annotations
@@ -40,20 +45,32 @@ from pathlib import Path
 
 import timm
 import torch
+from torch.profiler import ProfilerActivity
 
+from vitserve.models.build import build_model
+from vitserve.models.registry import resolve
 from vitserve.models.rewrite import deploy_copy
 from vitserve.models.window_attention import reference, window_attention, window_attention_packed
 from vitserve.models.windows import use_fused_kernel
 
 STARTED = time.monotonic()
+DEVICE = "cuda"  # set once by main(): cuda, or cpu for a dry run
+DTYPE = torch.float16  # the models' and the attention's precision: fp16 on CUDA, bfloat16 on the CPU
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def cuda_ms(fn, iters: int = 20, warmup: int = 5) -> float:
+def device_ms(fn, iters: int = 20, warmup: int = 5) -> float:
+    """Median milliseconds of `fn`: CUDA events around each call on CUDA, the wall clock on the CPU."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
     times = []
     for _ in range(iters):
+        if DEVICE != "cuda":
+            started = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - started) * 1e3)
+            continue
+        torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -68,10 +85,10 @@ def kernel_correctness() -> list[dict]:
     torch.manual_seed(0)
     for cosine, n, windows, bias_windows in ((False, 49, 64 * 64, 64), (True, 64, 64 * 16, 16)):
         for dtype in (torch.float16, torch.bfloat16):
-            q, k, v = (torch.randn(windows, 3, n, 32, device="cuda", dtype=dtype) for _ in range(3))
-            bias = torch.randn(bias_windows, 3, n, n, device="cuda")
+            q, k, v = (torch.randn(windows, 3, n, 32, device=DEVICE, dtype=dtype) for _ in range(3))
+            bias = torch.randn(bias_windows, 3, n, n, device=DEVICE)
             bias[::2, :, 0, 1:9] = -100.0
-            scale = torch.rand(3, device="cuda") * 10 if cosine else None
+            scale = torch.rand(3, device=DEVICE) * 10 if cosine else None
             expected = reference(q.float(), k.float(), v.float(), bias, scale, 0.177)
             got = window_attention(q, k, v, bias, scale, 0.177)
             rows.append({"cosine": cosine, "tokens": n, "windows": windows, "dtype": str(dtype),
@@ -80,17 +97,17 @@ def kernel_correctness() -> list[dict]:
     return rows
 
 
-def attention_alone() -> dict:
-    windows, heads, n, d = 256 * 64, 3, 49, 32
-    q, k, v = (torch.randn(windows, heads, n, d, device="cuda", dtype=torch.float16) for _ in range(3))
-    bias = torch.randn(64, heads, n, n, device="cuda")
-    bias16 = bias.half()
+def attention_alone(batch: int) -> dict:
+    windows, heads, n, d = batch * 64, 3, 49, 32
+    q, k, v = (torch.randn(windows, heads, n, d, device=DEVICE, dtype=DTYPE) for _ in range(3))
+    bias = torch.randn(64, heads, n, n, device=DEVICE)
+    bias16 = bias.to(DTYPE)
 
     def stock():
-        s = (q @ k.transpose(-2, -1)).view(256, 64, heads, n, n) + bias16
+        s = (q @ k.transpose(-2, -1)).view(batch, 64, heads, n, n) + bias16
         return s.softmax(-1).view(windows, heads, n, n) @ v
 
-    mask = bias16.unsqueeze(0).expand(256, -1, -1, -1, -1).reshape(windows, heads, n, n)
+    mask = bias16.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(windows, heads, n, n)
 
     def sdpa():
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
@@ -98,34 +115,43 @@ def attention_alone() -> dict:
     def fused():
         return window_attention(q, k, v, bias, None, 1.0)
 
-    qkv = torch.randn(windows, n, 3 * heads * d, device="cuda", dtype=torch.float16)
+    qkv = torch.randn(windows, n, 3 * heads * d, device=DEVICE, dtype=DTYPE)
 
     def packed():  # from the qkv projection's layout to the output projection's
         return window_attention_packed(qkv, bias, None, 1.0, heads)
 
-    return {name: cuda_ms(fn, iters=50) for name, fn in (("stock ops", stock), ("sdpa with bias mask", sdpa),
+    return {name: device_ms(fn, iters=50) for name, fn in (("stock ops", stock), ("sdpa with bias mask", sdpa),
                                                          ("fused kernel", fused), ("fused kernel, packed", packed))}
 
 
+def timm_model(name: str) -> torch.nn.Module:
+    """The timm model behind a vitserve alias or timm name, random weights."""
+    return build_model(resolve(name), random_init=True).model.eval()
+
+
+def input_size(name: str) -> int:
+    return resolve(name).preprocess.input_size[1]
+
+
 def variants(name: str) -> dict[str, torch.nn.Module]:
-    model = timm.create_model(name, pretrained=False).eval()
+    model = timm_model(name)
     out = {"timm eager": model}
-    if name.startswith("swin"):
+    if resolve(name).timm_name.startswith("swin"):
         out["rewrite eager"], _ = deploy_copy(model)
         for layout in ("split", "packed"):
             fused, _ = deploy_copy(model)
             use_fused_kernel(fused, layout)
             out[f"rewrite + fused kernel ({layout}) eager"] = fused
-    return {k: m.half().cuda() for k, m in out.items()}
+    return {k: m.to(device=DEVICE, dtype=DTYPE) for k, m in out.items()}
 
 
 def throughput(models: dict[str, torch.nn.Module], size: int, batches: list[int]) -> list[dict]:
     rows = []
     for batch in batches:
-        x = torch.randn(batch, 3, size, size, device="cuda", dtype=torch.float16)
+        x = torch.randn(batch, 3, size, size, device=DEVICE, dtype=DTYPE)
         for label, model in models.items():
             with torch.inference_mode():
-                ms = cuda_ms(lambda m=model, x=x: m(x), iters=10 if batch > 64 else 20)
+                ms = device_ms(lambda m=model, x=x: m(x), iters=10 if batch > 64 else 20)
             rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
             print(f"  {label:<34} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
     return rows
@@ -139,13 +165,16 @@ def top_kernels(fn, activity, device_time: str = "device_time_total", top: int =
     fn()
     with profile(activities=[activity]) as prof:
         fn()
-        if torch.cuda.is_available():
+        if DEVICE == "cuda":
             torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if getattr(e, f"self_{device_time}", 0) > 0]
     total = sum(getattr(e, f"self_{device_time}") for e in events)
     events.sort(key=lambda e: getattr(e, f"self_{device_time}"), reverse=True)
     return [{"kernel": e.key[:120], "ms": getattr(e, f"self_{device_time}") / 1e3,
              "share": getattr(e, f"self_{device_time}") / total, "calls": e.count} for e in events[:top]]
+
+
+PROFILED = {"cuda": (ProfilerActivity.CUDA, "device_time_total"), "cpu": (ProfilerActivity.CPU, "cpu_time_total")}
 
 
 def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
@@ -157,7 +186,7 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
 
     artifact = workdir / f"{name}{'-autotune' if max_autotune else ''}{'' if cuda_graphs else '-no-graphs'}"
     command = [sys.executable, "-m", "vitserve", "export", name, "--random-init", "--format", "torch",
-               "--device", "cuda", "--dtype", "fp16", "--max-batch", str(max(batches)),
+               "--device", DEVICE, "--dtype", DTYPE_NAMES[DTYPE], "--max-batch", str(max(batches)),
                "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
     command += (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
     exported = subprocess.run(command)
@@ -168,31 +197,31 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
     rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"], "max_autotune": max_autotune,
              "cuda_graphs": backend.cuda_graphs, "min_cosine": manifest.verification["min_cosine"],
              "max_abs_diff": manifest.verification["max_abs_diff"]}]
-    on_gpu = "graph replay" if backend.cuda_graphs else "package call on the GPU's input (no CUDA graphs)"
+    on_device = "graph replay" if backend.cuda_graphs else "plain call (no CUDA graphs)"
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, *manifest.input.shape[1:]), dtype=np.float32)
         backend(x)  # warms the bucket (captures its CUDA graph)
         if backend.cuda_graphs:
-            run_on_gpu = backend._graphs[batch][0].replay
+            run_on_device = backend._graphs[batch][0].replay
         else:
-            run_on_gpu = functools.partial(backend.model, torch.from_numpy(x).cuda())
-        gpu_ms = cuda_ms(run_on_gpu, iters=10 if batch > 64 else 20)
+            run_on_device = functools.partial(backend.model, torch.from_numpy(x).to(DEVICE))
+        on_device_ms = device_ms(run_on_device, iters=10 if batch > 64 else 20)
         calls = []
         for _ in range(10):
             started = time.perf_counter()
             backend(x)
             calls.append((time.perf_counter() - started) * 1e3)
         call_ms = statistics.median(calls)
-        for label, ms in ((f"vitserve torch artifact, {on_gpu}", gpu_ms),
+        for label, ms in ((f"vitserve torch artifact, {on_device}", on_device_ms),
                           ("vitserve torch artifact, call from numpy", call_ms)):
             rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
             print(f"  {label:<42} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
         if batch == profile_batch:
             try:
-                kernels = top_kernels(run_on_gpu, torch.profiler.ProfilerActivity.CUDA)
+                kernels = top_kernels(run_on_device, *PROFILED[DEVICE])
             except Exception as e:  # a profiler that cannot trace graph replays must not cost the rest of the run
                 kernels = [{"error": repr(e)}]
-            rows.append({"runner": f"{on_gpu}, top kernels", "batch": batch, "kernels": kernels})
+            rows.append({"runner": f"{on_device}, top kernels", "batch": batch, "kernels": kernels})
             for k in kernels:
                 print(f"    {k}", flush=True)
     return rows
@@ -204,19 +233,23 @@ def log(message: str) -> None:
 
 def compiled(name: str, batches: list[int], mode: str) -> list[dict]:
     """torch.compile of timm's model, one compilation per batch size (static shapes, as a server would warm)."""
-    model = timm.create_model(name, pretrained=False).eval().half().cuda()  # not variants(): no rewritten copies
+    model = timm_model(name).to(device=DEVICE, dtype=DTYPE)  # not variants(): no rewritten copies
     rows = []
     for batch in batches:
         torch._dynamo.reset()
-        rows += throughput({f"timm + torch.compile ({mode})": torch.compile(model, mode=mode)}, 224, [batch])
+        compiled_model = torch.compile(model, mode=mode)
+        rows += throughput({f"timm + torch.compile ({mode})": compiled_model}, input_size(name), [batch])
     torch._dynamo.reset()
     return rows
 
 
 def main() -> None:
+    global DEVICE, DTYPE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget-s", type=float, default=420, help="start no new step after this many seconds")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a dry run of every step")
+    parser.add_argument("--batches", default="1,64,256")
     parser.add_argument("--compile-batches", default="256,1")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
                         "(CUDA graphs)")
@@ -224,12 +257,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitserve-gpu-artifacts"))
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
+    DEVICE, DTYPE = args.device, torch.float16 if args.device == "cuda" else torch.bfloat16
     torch.backends.cuda.matmul.allow_tf32 = True
-    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__,
-                    "budget_s": args.budget_s}
+    result: dict = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (dry run)",
+                    "torch": torch.__version__, "timm": timm.__version__, "budget_s": args.budget_s}
     sections = set(args.sections.split(","))
     models = args.models.split(",")
-    batches = [1, 64, 256]
+    batches = [int(b) for b in args.batches.split(",")]
+    precision = DTYPE_NAMES[DTYPE]
 
     def step(section: str, key: str, name: str | None, fn) -> None:
         """Runs one measurement if its section is chosen and the budget lasts; saves the JSON after each."""
@@ -253,23 +288,24 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     step("correctness", "kernel_correctness", None, kernel_correctness)
-    step("attention", "attention_stage1_b256_ms", None, attention_alone)
+    step("attention", f"attention_stage1_b{max(batches)}_ms", None, lambda: attention_alone(max(batches)))
+    package_key = f"torch_artifact_{precision}"
     for name in models:  # per model: eager, torch.compile, the artifact -- a run cut short keeps whole models
-        profile_batch = 256 if "profile" in sections and name == models[0] else None
-        step("eager", "eager_fp16", name, lambda n=name: throughput(variants(n), 224, batches))
-        step("compile", f"compiled_fp16_{args.compile_mode}", name,
+        profile_batch = max(batches) if "profile" in sections and name == models[0] else None
+        step("eager", f"eager_{precision}", name, lambda n=name: throughput(variants(n), input_size(n), batches))
+        step("compile", f"compiled_{precision}_{args.compile_mode}", name,
              lambda n=name: compiled(n, [int(b) for b in args.compile_batches.split(",")], args.compile_mode))
-        step("package", "torch_artifact_fp16", name,
+        step("package", package_key, name,
              lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
-        plain = result.get("torch_artifact_fp16_no_cuda_graphs", {})
+        plain = result.get(f"{package_key}_no_cuda_graphs", {})
         failed_plain = any("error" in rows for rows in plain.values())
-        if "error" in result.get("torch_artifact_fp16", {}).get(name, {}) and not failed_plain:
+        if DEVICE == "cuda" and "error" in result.get(package_key, {}).get(name, {}) and not failed_plain:
             # then the plain calls, unless they failed as well for an earlier model
-            step("package", "torch_artifact_fp16_no_cuda_graphs", name,
+            step("package", f"{package_key}_no_cuda_graphs", name,
                  lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
                                                                 cuda_graphs=False))
     for name in models[:2]:  # then, while the budget lasts: the artifact with Inductor's GEMM autotuning
-        step("autotune", "torch_artifact_fp16_max_autotune", name,
+        step("autotune", f"{package_key}_max_autotune", name,
              lambda n=name: torch_artifact(n, batches, args.workdir / "max_autotune", max_autotune=True))
     log("done")
 

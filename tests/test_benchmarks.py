@@ -1,0 +1,52 @@
+"""The GPU benchmark's dry run on the CPU: every step of benchmarks/gpu_swin.py (the script a lent GPU runs, with
+minutes to spare and no second try) goes through on swin_digits, so a broken step shows here first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import OFFLINE_ENV, ROOT
+
+
+def _errors(node):
+    """Every {"error": ...} the steps recorded, anywhere in the result."""
+    if isinstance(node, dict):
+        if "error" in node:
+            yield node["error"]
+        for value in node.values():
+            yield from _errors(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _errors(value)
+
+
+def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
+    out = tmp_path / "dry.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_swin.py"), "--device", "cpu", "--models", "swin_digits",
+               "--batches", "1,4", "--compile-batches", "4", "--workdir", str(tmp_path / "work"), "--out", str(out),
+               "--sections", "correctness,attention,eager,compile,package,profile"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu (dry run)" and "not_run" not in result
+    assert not list(_errors(result)), list(_errors(result))  # a failing step is recorded, not raised
+
+    assert [row["tokens"] for row in result["kernel_correctness"]] == [49, 49, 64, 64]
+    assert set(result["attention_stage1_b4_ms"]) == {"stock ops", "sdpa with bias mask", "fused kernel",
+                                                     "fused kernel, packed"}
+    eager = result["eager_bf16"]["swin_digits"]
+    assert {row["runner"] for row in eager} == {"timm eager", "rewrite eager", "rewrite + fused kernel (split) eager",
+                                                "rewrite + fused kernel (packed) eager"}
+    assert {row["batch"] for row in eager} == {1, 4}
+    assert [row["batch"] for row in result["compiled_bf16_default"]["swin_digits"]] == [4]
+
+    export, *rows = result["torch_artifact_bf16"]["swin_digits"]
+    assert export["runner"] == "export" and export["min_cosine"] >= 0.99 and export["cuda_graphs"] is False
+    timed = [(row["runner"], row["batch"]) for row in rows if "ms" in row]
+    assert timed == [(f"vitserve torch artifact, {how}", batch) for batch in (1, 4)
+                     for how in ("plain call (no CUDA graphs)", "call from numpy")]
+    profile = rows[-1]
+    assert profile["batch"] == 4 and profile["kernels"] and all(k["ms"] >= 0 for k in profile["kernels"])
