@@ -93,9 +93,13 @@ class Service:
             raise DeadlineExceededError(f"no answer within {self.settings.timeout_ms:.0f} ms (reading and decoding "
                                         "the request took all of it)")
         try:
-            return await self.batcher.submit(images, remaining)
+            answer = await self.batcher.submit(images, remaining)
         except DeadlineExceededError:
             raise DeadlineExceededError(f"no answer within {self.settings.timeout_ms:.0f} ms") from None
+        if time.perf_counter() - arrived > self.settings.timeout_ms / 1000:
+            # ready in time, but this coroutine resumed late (a busy event loop): the deadline holds all the same
+            raise DeadlineExceededError(f"no answer within {self.settings.timeout_ms:.0f} ms")
+        return answer
 
 
 def load_service(settings: Settings) -> Service:
@@ -219,7 +223,9 @@ INFERENCE_PATH = re.compile(r"/classify|/v2/models/[^/]+(/versions/[^/]+)?/infer
 
 class LimitsAndMetrics:
     """ASGI middleware: refuses inference requests beyond the admission limit (503) and bodies over the size limit
-    (413) before any routing, notes each request's arrival time, and counts requests by route and status."""
+    (413) before any routing, notes each request's arrival time, counts requests by route and status, and tells
+    the client the server's own time for each answer: `Server-Timing: app;dur=MS` (from arrival to the response's
+    start; a client's clock adds the network and the time a connection waited to be accepted)."""
 
     def __init__(self, app, max_body_bytes: int):
         self.app = app
@@ -231,9 +237,17 @@ class LimitsAndMetrics:
         started = time.perf_counter()
         status = {"code": 500}
         limit = self.max_body_bytes
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", took)]}
+            await send(message)
+
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _error(413, f"request body is {int(declared)} bytes; the limit is {limit}")(scope, receive, send)
+            await _error(413, f"request body is {int(declared)} bytes; the limit is {limit}")(scope, receive,
+                                                                                              timed_send)
             self._record(scope, 413, started)
             return
         service = getattr(getattr(scope.get("app"), "state", None), "service", None)
@@ -241,7 +255,7 @@ class LimitsAndMetrics:
             if service.full:
                 await _error(503, f"{service.pending} requests are in progress, the limit is "
                              f"{service.settings.max_queue}; try again later", {"Retry-After": "1"})(
-                                 scope, receive, send)
+                                 scope, receive, timed_send)
                 route = "/classify" if scope["path"] == "/classify" else "/v2/models/{name}/infer"
                 self._record(scope, 503, started, route)
                 return
@@ -262,7 +276,7 @@ class LimitsAndMetrics:
         async def tracking_send(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-            await send(message)
+            await timed_send(message)
 
         if service is not None:
             service.pending += 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -207,6 +209,43 @@ def test_deadline_is_504(digits_artifact):
         batcher.infer = real
         time.sleep(0.4)  # the slow batch finishes in the background; its answer is discarded
         assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_an_answer_that_resumes_after_the_deadline_is_504(digits_artifact):
+    """The batch answered in time, but the request's coroutine resumed only after its deadline (an event loop busy
+    elsewhere): 504 all the same, so that no 200 ever leaves the server later than its timeout after arrival."""
+    with _client(digits_artifact, timeout_ms=200) as c:
+        service = c.app.state.service
+        real = service.batcher.submit
+
+        async def resumes_late(images, timeout_s):
+            answer = await real(images, timeout_s)
+            await asyncio.sleep(timeout_s + 0.05)
+            return answer
+
+        service.batcher.submit = resumes_late
+        _error(c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}), 504, "within 200 ms")
+        service.batcher.submit = real
+        assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_server_timing_header(client, digits_artifact):
+    """Every answer carries the server's own time for it (from arrival to the response's start), which a client
+    cannot measure itself: its clock also counts the network and a connection's wait to be accepted. Answers
+    refused before routing (413 by the declared length, 503 at the admission limit) carry it too."""
+    started = time.perf_counter()
+    response = client.post("/classify", content=EXAMPLES[5], headers={"content-type": "image/png"})
+    round_trip_ms = (time.perf_counter() - started) * 1000
+    served_ms = float(re.fullmatch(r"app;dur=(\d+\.\d)", response.headers["server-timing"]).group(1))
+    assert response.status_code == 200 and 0 < served_ms <= round_trip_ms
+    answers = [client.post("/classify", content=b"", headers={"content-type": "image/png"}), client.get("/healthz")]
+    with _client(digits_artifact, max_body_mb=0.001, max_queue=1) as c:
+        answers.append(c.post("/classify", content=EXAMPLES[5], headers={"content-type": "image/png"}))
+        c.app.state.service.pending = 1
+        answers.append(c.post("/classify", content=b"x", headers={"content-type": "image/png"}))
+        c.app.state.service.pending = 0
+    assert [a.status_code for a in answers] == [400, 200, 413, 503]
+    assert all(re.fullmatch(r"app;dur=\d+\.\d", a.headers["server-timing"]) for a in answers)
 
 
 def test_backend_failure_is_500_and_server_keeps_serving(digits_artifact):
