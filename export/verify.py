@@ -154,16 +154,15 @@ def outputs_in_child(module: str, args: list[str], inputs: dict[str, np.ndarray]
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
         try:
             _, stderr = child.communicate(timeout=timeout_s)
-            failure = None
         except subprocess.TimeoutExpired:
             child.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack, then the process ends
             _, stderr = child.communicate()
             failure = f"{what} did not finish within {timeout_s:g} s and was stopped"
+        else:
+            failure = (f"{what} crashed ({signal.Signals(-child.returncode).name}, in native code)"
+                       if child.returncode < 0 else
+                       f"{what} failed (exit status {child.returncode})" if child.returncode > 0 else None)
         log.debug("%s: %s", what, stderr[-CHILD_OUTPUT_TAIL:])
-        if failure is None and child.returncode < 0:
-            failure = f"{what} crashed ({signal.Signals(-child.returncode).name}, in native code)"
-        elif failure is None and child.returncode > 0:
-            failure = f"{what} failed (exit status {child.returncode})"
         if failure:
             raise ExportError(f"{failure}; its last output:\n{stderr[-CHILD_OUTPUT_TAIL:].rstrip()}")
         with np.load(outputs_file) as saved:
