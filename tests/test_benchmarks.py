@@ -50,3 +50,19 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
                      for how in ("plain call (no CUDA graphs)", "call from numpy")]
     profile = rows[-1]
     assert profile["batch"] == 4 and profile["kernels"] and all(k["ms"] >= 0 for k in profile["kernels"])
+
+
+def test_aoti_load_probe_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/aoti_load_probe.py on the CPU: it compiles its package and every case loads and runs it (the
+    cases differ in how; a crash on a GPU shows which way of loading avoids it)."""
+    out = tmp_path / "probe.txt"
+    command = [sys.executable, str(ROOT / "benchmarks" / "aoti_load_probe.py"), "--device", "cpu", "--out", str(out),
+               "--workdir", str(tmp_path / "work"), "--budget-s", "600"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = out.read_text()
+    assert "wrapper.so" in report and "ldd " in report
+    for case in ("plain", "runner", "inductor-first"):
+        assert f"{case} (" in report
+    assert report.count("ran: output (3, 10)") == 3, report[-3000:]
+    assert "same-process: loaded and ran, output (3, 10)" in report

@@ -1,0 +1,227 @@
+"""Where and why PyTorch fails to load an AOTInductor package in a fresh process, and what avoids it.
+
+Compiles one small model (a 64-wide Linear + GELU, dynamic batch) with AOTInductor for the device, lists the
+package and the libraries its shared object resolves to (ldd), then loads it in fresh Python processes, one case
+each, in this order while --budget-s lasts:
+
+  plain           torch._inductor.aoti_load_package, as the server does; under gdb when gdb is present (the
+                  native stack of a crash), else with a SIGSEGV handler compiled here and preloaded
+                  (glibc backtrace(): the libraries and exported functions on the stack)
+  runner          the package unzipped by Python and its shared object loaded by
+                  torch._C._aoti.AOTIModelContainerRunnerCuda/Cpu, without the package loader
+  inductor-first  a tiny torch.compile'd function run on the device first (Inductor and Triton initialised)
+  libcuda-global  the CUDA driver library loaded with RTLD_GLOBAL first (CUDA only)
+  same-process    in this process, which compiled the package
+
+Each case prints its exit status (under gdb, gdb's), the seconds to its crash or answer, the compilers it ran meanwhile (sampled with
+ps) and the end of its output. Everything also goes to --out.
+
+    python benchmarks/aoti_load_probe.py --out probe.txt [--device cuda] [--budget-s 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+STARTED = time.monotonic()
+
+CHILD = r"""
+import sys, time
+started = time.monotonic()
+path, device, case = sys.argv[1], sys.argv[2], sys.argv[3]
+import torch
+def say(what):
+    print(f"[{time.monotonic() - started:5.1f} s] {what}", flush=True)
+say(f"torch {torch.__version__} imported")
+if case == "inductor-first":
+    f = torch.compile(lambda x: (x * 2).sin())
+    f(torch.randn(8, device=device))
+    say("a torch.compile'd function ran")
+if case == "libcuda-global":
+    import ctypes
+    ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
+    say("libcuda.so.1 loaded RTLD_GLOBAL")
+if case == "runner":
+    import tempfile, zipfile
+    from pathlib import Path
+    folder = Path(tempfile.mkdtemp())
+    zipfile.ZipFile(path).extractall(folder)
+    so = next(folder.rglob("*.so"))
+    say(f"unzipped; loading {so.name}")
+    if device == "cuda":
+        runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, device, str(so.parent))
+    else:
+        runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(so), 1)
+    say("runner created")
+    out = runner.run([torch.randn(3, 64, device=device)])
+else:
+    m = torch._inductor.aoti_load_package(path)
+    say("package loaded")
+    out = [m(torch.randn(3, 64, device=device))]
+torch.cuda.synchronize() if device == "cuda" else None
+say(f"ran: output {tuple(out[0].shape)}")
+"""
+
+BACKTRACE_C = r"""
+#include <execinfo.h>
+#include <signal.h>
+#include <unistd.h>
+static void on_fault(int sig) {
+    void *frames[64];
+    int n = backtrace(frames, 64);
+    write(2, "native stack:\n", 14);
+    backtrace_symbols_fd(frames, n, 2);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+__attribute__((constructor)) static void install(void) {
+    signal(SIGSEGV, on_fault);
+    signal(SIGBUS, on_fault);
+    signal(SIGABRT, on_fault);
+}
+"""
+
+
+class Small(nn.Module):
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 10)).to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x):
+        return self.net(x.to(self.dtype)).float()
+
+
+class Report:
+    def __init__(self, path: Path):
+        self.file = path.open("w")
+
+    def __call__(self, text: str) -> None:
+        line = f"[{time.monotonic() - STARTED:5.0f} s] {text}"
+        print(line, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+
+def descendants(pid: int) -> list[str]:
+    """The command lines of every process below pid."""
+    table = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in table.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3:
+            children.setdefault(int(fields[1]), []).append((int(fields[0]), fields[2]))
+    found, todo = [], [pid]
+    while todo:
+        for child, args in children.get(todo.pop(), []):
+            found.append(args[:160])
+            todo.append(child)
+    return found
+
+
+def run_child(argv: list[str], env: dict | None, timeout_s: float) -> tuple[int, float, set[str], str]:
+    """Runs a child, sampling the commands of its descendants (a compiler started by the loader shows here)."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile("w+") as output:
+        child = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=env, text=True)
+        seen: set[str] = set()
+        while child.poll() is None and time.monotonic() - started < timeout_s:
+            seen.update(args for args in descendants(child.pid) if not args.startswith(sys.executable))
+            time.sleep(0.3)
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        output.seek(0)
+        return child.returncode, time.monotonic() - started, seen, output.read()
+
+
+def native_handler(workdir: Path) -> Path | None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        return None
+    source, library = workdir / "backtrace.c", workdir / "libbacktrace_on_fault.so"
+    source.write_text(BACKTRACE_C)
+    done = subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(library), str(source)],
+                          capture_output=True, text=True)
+    return library if done.returncode == 0 else None
+
+
+def main() -> None:
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--budget-s", type=float, default=400,
+                        help="start no new case after this many seconds; none runs more than 60 s past it")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/aoti-probe"))
+    args = parser.parse_args()
+    report = Report(args.out)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True)
+    gdb = shutil.which("gdb")
+    report(f"torch {torch.__version__}, {sys.executable}, "
+           f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, gdb: {gdb}")
+
+    path = args.workdir / "small.pt2"
+    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    model = Small(dtype).to(args.device).eval()
+    with torch.no_grad():
+        program = torch.export.export(model, (torch.randn(8, 64, device=args.device),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    report(f"compiled {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            report(f"  {info.filename} {info.file_size}")
+        unpacked = args.workdir / "unpacked"
+        archive.extractall(unpacked)
+    for so in unpacked.rglob("*.so"):
+        ldd = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
+        report(f"ldd {so.name}:\n" + "\n".join("    " + line.strip() for line in ldd.splitlines()))
+
+    handler = native_handler(args.workdir)
+    cases = ["plain", "runner", "inductor-first"] + (["libcuda-global"] if args.device == "cuda" else [])
+    for case in cases:
+        if time.monotonic() - STARTED > args.budget_s:
+            report(f"{case}: not run (budget)")
+            continue
+        argv = [sys.executable, "-c", CHILD, str(path), args.device, case]
+        env = dict(os.environ)
+        how = "plain"
+        if case == "plain" and gdb:
+            argv = [gdb, "-batch", "-return-child-result", "-ex", "run", "-ex", "bt 40", "--args", *argv]
+            how = "under gdb"
+        elif case == "plain" and handler:
+            env["LD_PRELOAD"] = str(handler)
+            how = "with a native backtrace handler"
+        left = args.budget_s + 60 - (time.monotonic() - STARTED)
+        rc, seconds, commands, output = run_child(argv, env, timeout_s=min(180.0, left))
+        lines = [line[:400] for line in output.splitlines()
+                 if "FutureWarning" not in line and "return cls.__new__" not in line]
+        if how == "under gdb":  # the child's own lines, the signal and the frames
+            lines = [line for line in lines if line.startswith(("#", "[ ", "Program", "Traceback")) or "SIG" in line
+                     or "Error" in line]
+        report(f"{case} ({how}): exit {rc} after {seconds:.0f} s; processes below it: {sorted(commands) or 'none'}")
+        report("\n".join("    " + line for line in lines[-70:]))
+
+    try:
+        loaded = torch._inductor.aoti_load_package(str(path))
+        out = loaded(torch.randn(3, 64, device=args.device))
+        report(f"same-process: loaded and ran, output {tuple(out.shape)}")
+    except Exception as e:
+        report(f"same-process: {type(e).__name__}: {e}")
+
+
+if __name__ == "__main__":
+    main()
