@@ -13,8 +13,8 @@ each, in this order while --budget-s lasts:
   libcuda-global  the CUDA driver library loaded with RTLD_GLOBAL first (CUDA only)
   same-process    in this process, which compiled the package
 
-Each case prints its exit status (under gdb, gdb's), the seconds to its crash or answer, the compilers it ran meanwhile (sampled with
-ps) and the end of its output. Everything also goes to --out.
+Each case prints its exit status (under gdb, gdb's), the seconds to its crash or answer, the processes it started
+meanwhile (sampled with ps: a compiler shows here) and the end of its output. Everything also goes to --out.
 
     python benchmarks/aoti_load_probe.py --out probe.txt [--device cuda] [--budget-s 400]
 """

@@ -8,7 +8,8 @@
 #                       copies (cuda-bindings)
 #   gpu_swin-*.json     benchmarks/gpu_swin.py, one process per model so that a crash costs only that model's
 #                       remaining steps: kernel correctness and attention alone (first), then per model eager,
-#                       torch.compile, vitserve's torch artifact (-swin, -vit, -deit); last, the artifact with
+#                       torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16), vitserve's
+#                       torch artifact (-swin, -vit, -deit); last, the artifact with
 #                       --max-autotune for Swin-T and ViT-B/16 while the time lasts (-autotune)
 #   gpu_swin.log        their output, one after the other
 # A crash in native code prints the Python stack of every thread (PYTHONFAULTHANDLER).
@@ -53,7 +54,7 @@ bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of
         >> "$out/gpu_swin.log" 2>&1
     echo "$name: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
 }
-bench swin --models swin_tiny_patch4_window7_224 --sections correctness,attention,eager,compile,package,profile
-bench vit --models vit_base_patch16_224 --sections eager,compile,package --compile-batches 256
+bench swin --models swin_tiny_patch4_window7_224 --sections correctness,attention,eager,compile,deploy,package,profile
+bench vit --models vit_base_patch16_224 --sections eager,compile,deploy,package --compile-batches 256
 bench deit --models deit_small_patch16_224 --sections eager,compile,package --compile-batches 256
 bench autotune --models swin_tiny_patch4_window7_224,vit_base_patch16_224 --sections autotune

@@ -18,11 +18,14 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                the fused kernel in either layout (split: q, k, v copied apart and the output back; packed: none);
   compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
                CUDA graphs);
+  deploy       torch.compile (reduce-overhead: CUDA graphs) at --compile-batches of the form the torch artifact
+               exports (Swin: window order, packed fused kernel): the artifact's kernels compiled just in time,
+               what the artifact should reach;
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
                Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend;
                CUDA-graph replay alone, and whole calls from numpy (host-to-device copy and back, as the server
                runs them); if that export fails, the same with --no-cuda-graphs (plain package calls; not
-               tried again for later models once it failed too);
+               tried again for later models once it failed too, nor when PyTorch crashed loading the package);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
 and last, for Swin-T and ViT-B/16:
@@ -177,6 +180,10 @@ def top_kernels(fn, activity, device_time: str = "device_time_total", top: int =
 PROFILED = {"cuda": (ProfilerActivity.CUDA, "device_time_total"), "cpu": (ProfilerActivity.CPU, "cpu_time_total")}
 
 
+class LoadCrash(RuntimeError):
+    """PyTorch crashed loading the package, before any call: plain calls (--no-cuda-graphs) would not help."""
+
+
 def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
                    max_autotune: bool = False, cuda_graphs: bool = True) -> list[dict]:
     """Exported by the CLI in a process of its own, as a user would, then loaded here like the server loads it."""
@@ -189,8 +196,12 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
                "--device", DEVICE, "--dtype", DTYPE_NAMES[DTYPE], "--max-batch", str(max(batches)),
                "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
     command += (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
-    exported = subprocess.run(command)
+    exported = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(exported.stdout, end="", flush=True)
     if exported.returncode != 0:
+        if "in aoti_load_package" in exported.stdout:  # the crash's Python stack, from the export's error
+            raise LoadCrash(f"vitserve export exited with {exported.returncode}: PyTorch crashed loading the "
+                            "package (its output is in the log above)")
         raise RuntimeError(f"vitserve export exited with {exported.returncode} (its output is in the log above)")
     backend = TorchBackend(artifact)
     manifest = backend.manifest
@@ -231,14 +242,20 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:5.0f} s] {message}", flush=True)
 
 
-def compiled(name: str, batches: list[int], mode: str) -> list[dict]:
-    """torch.compile of timm's model, one compilation per batch size (static shapes, as a server would warm)."""
-    model = timm_model(name).to(device=DEVICE, dtype=DTYPE)  # not variants(): no rewritten copies
+def compiled(name: str, batches: list[int], mode: str, deploy: bool = False) -> list[dict]:
+    """torch.compile, one compilation per batch size (static shapes, as a server would warm), of timm's model or
+    (deploy) of the form vitserve's torch artifact exports on CUDA: for Swin the window-order rewrite with the
+    packed fused kernel, other models as they are."""
+    model = timm_model(name)  # not variants(): only the model compiled here
+    if deploy:
+        model, _ = deploy_copy(model)
+        use_fused_kernel(model)  # no-op for models without window attention
+    model = model.to(device=DEVICE, dtype=DTYPE)
+    label = f"{'vitserve deploy form' if deploy else 'timm'} + torch.compile ({mode})"
     rows = []
     for batch in batches:
         torch._dynamo.reset()
-        compiled_model = torch.compile(model, mode=mode)
-        rows += throughput({f"timm + torch.compile ({mode})": compiled_model}, input_size(name), [batch])
+        rows += throughput({label: torch.compile(model, mode=mode)}, input_size(name), [batch])
     torch._dynamo.reset()
     return rows
 
@@ -253,7 +270,7 @@ def main() -> None:
     parser.add_argument("--compile-batches", default="256,1")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
                         "(CUDA graphs)")
-    parser.add_argument("--sections", default="correctness,attention,eager,package,profile,compile,autotune")
+    parser.add_argument("--sections", default="correctness,attention,eager,compile,deploy,package,profile,autotune")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitserve-gpu-artifacts"))
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
@@ -264,6 +281,7 @@ def main() -> None:
     sections = set(args.sections.split(","))
     models = args.models.split(",")
     batches = [int(b) for b in args.batches.split(",")]
+    compile_batches = [int(b) for b in args.compile_batches.split(",")]
     precision = DTYPE_NAMES[DTYPE]
 
     def step(section: str, key: str, name: str | None, fn) -> None:
@@ -294,13 +312,16 @@ def main() -> None:
         profile_batch = max(batches) if "profile" in sections and name == models[0] else None
         step("eager", f"eager_{precision}", name, lambda n=name: throughput(variants(n), input_size(n), batches))
         step("compile", f"compiled_{precision}_{args.compile_mode}", name,
-             lambda n=name: compiled(n, [int(b) for b in args.compile_batches.split(",")], args.compile_mode))
+             lambda n=name: compiled(n, compile_batches, args.compile_mode))
+        step("deploy", f"deploy_compiled_{precision}_reduce-overhead", name,
+             lambda n=name: compiled(n, compile_batches, "reduce-overhead", deploy=True))
         step("package", package_key, name,
              lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
         plain = result.get(f"{package_key}_no_cuda_graphs", {})
         failed_plain = any("error" in rows for rows in plain.values())
-        if DEVICE == "cuda" and "error" in result.get(package_key, {}).get(name, {}) and not failed_plain:
-            # then the plain calls, unless they failed as well for an earlier model
+        error = result.get(package_key, {}).get(name, {})
+        if DEVICE == "cuda" and "error" in error and not failed_plain and "LoadCrash" not in error["error"]:
+            # then the plain calls, unless they failed as well for an earlier model or loading itself crashed
             step("package", f"{package_key}_no_cuda_graphs", name,
                  lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
                                                                 cuda_graphs=False))

@@ -27,7 +27,7 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     out = tmp_path / "dry.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "gpu_swin.py"), "--device", "cpu", "--models", "swin_digits",
                "--batches", "1,4", "--compile-batches", "4", "--workdir", str(tmp_path / "work"), "--out", str(out),
-               "--sections", "correctness,attention,eager,compile,package,profile"]
+               "--sections", "correctness,attention,eager,compile,deploy,package,profile"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -42,6 +42,9 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
                                                 "rewrite + fused kernel (packed) eager"}
     assert {row["batch"] for row in eager} == {1, 4}
     assert [row["batch"] for row in result["compiled_bf16_default"]["swin_digits"]] == [4]
+    deploy = result["deploy_compiled_bf16_reduce-overhead"]["swin_digits"]
+    assert [(row["runner"], row["batch"]) for row in deploy] == [
+        ("vitserve deploy form + torch.compile (reduce-overhead)", 4)]
 
     export, *rows = result["torch_artifact_bf16"]["swin_digits"]
     assert export["runner"] == "export" and export["min_cosine"] >= 0.99 and export["cuda_graphs"] is False
