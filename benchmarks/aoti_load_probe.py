@@ -11,6 +11,7 @@ each, in this order while --budget-s lasts:
                   torch._C._aoti.AOTIModelContainerRunnerCuda/Cpu, without the package loader
   inductor-first  a tiny torch.compile'd function run on the device first (Inductor and Triton initialised)
   libcuda-global  the CUDA driver library loaded with RTLD_GLOBAL first (CUDA only)
+  device-0        aoti_load_package(..., device_index=0) instead of the current device (CUDA only)
   same-process    in this process, which compiled the package
 
 Each case prints its exit status (under gdb, gdb's), the seconds to its crash or answer, the processes it started
@@ -65,7 +66,7 @@ if case == "runner":
     say("runner created")
     out = runner.run([torch.randn(3, 64, device=device)])
 else:
-    m = torch._inductor.aoti_load_package(path)
+    m = torch._inductor.aoti_load_package(path, device_index=0 if case == "device-0" else -1)
     say("package loaded")
     out = [m(torch.randn(3, 64, device=device))]
 torch.cuda.synchronize() if device == "cuda" else None
@@ -191,7 +192,7 @@ def main() -> None:
         report(f"ldd {so.name}:\n" + "\n".join("    " + line.strip() for line in ldd.splitlines()))
 
     handler = native_handler(args.workdir)
-    cases = ["plain", "runner", "inductor-first"] + (["libcuda-global"] if args.device == "cuda" else [])
+    cases = ["plain", "runner", "inductor-first"] + (["libcuda-global", "device-0"] if args.device == "cuda" else [])
     for case in cases:
         if time.monotonic() - STARTED > args.budget_s:
             report(f"{case}: not run (budget)")
