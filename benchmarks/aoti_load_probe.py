@@ -4,8 +4,8 @@ Compiles one small model (a 64-wide Linear + GELU, dynamic batch) with AOTInduct
 package and the libraries its shared object resolves to (ldd), then loads it in fresh Python processes, one case
 each, in this order while --budget-s lasts:
 
-  plain           torch._inductor.aoti_load_package, as the server does; under gdb when gdb is present (the
-                  native stack of a crash), else with a SIGSEGV handler compiled here and preloaded
+  plain           torch._inductor.aoti_load_package, as the server does; under gdb when gdb is present and can
+                  run it (the native stack of a crash), else with a SIGSEGV handler compiled here and preloaded
                   (glibc backtrace(): the libraries and exported functions on the stack)
   runner          the package unzipped by Python and its shared object loaded by
                   torch._C._aoti.AOTIModelContainerRunnerCuda/Cpu, without the package loader
@@ -192,29 +192,33 @@ def main() -> None:
         report(f"ldd {so.name}:\n" + "\n".join("    " + line.strip() for line in ldd.splitlines()))
 
     handler = native_handler(args.workdir)
-    cases = ["plain", "runner", "inductor-first"] + (["libcuda-global", "device-0"] if args.device == "cuda" else [])
-    for case in cases:
-        if time.monotonic() - STARTED > args.budget_s:
-            report(f"{case}: not run (budget)")
-            continue
+
+    def attempt(case: str, how: str) -> str:
         argv = [sys.executable, "-c", CHILD, str(path), args.device, case]
         env = dict(os.environ)
-        how = "plain"
-        if case == "plain" and gdb:
+        if how == "under gdb":
             argv = [gdb, "-batch", "-return-child-result", "-ex", "run", "-ex", "bt 40", "--args", *argv]
-            how = "under gdb"
-        elif case == "plain" and handler:
+        elif how == "with a native backtrace handler":
             env["LD_PRELOAD"] = str(handler)
-            how = "with a native backtrace handler"
         left = args.budget_s + 60 - (time.monotonic() - STARTED)
         rc, seconds, commands, output = run_child(argv, env, timeout_s=min(180.0, left))
         lines = [line[:400] for line in output.splitlines()
                  if "FutureWarning" not in line and "return cls.__new__" not in line]
         if how == "under gdb":  # the child's own lines, the signal and the frames
             lines = [line for line in lines if line.startswith(("#", "[ ", "Program", "Traceback")) or "SIG" in line
-                     or "Error" in line]
+                     or "Error" in line or "ptrace" in line]
         report(f"{case} ({how}): exit {rc} after {seconds:.0f} s; processes below it: {sorted(commands) or 'none'}")
         report("\n".join("    " + line for line in lines[-70:]))
+        return output
+
+    cases = ["plain", "runner", "inductor-first"] + (["libcuda-global", "device-0"] if args.device == "cuda" else [])
+    for case in cases:
+        if time.monotonic() - STARTED > args.budget_s:
+            report(f"{case}: not run (budget)")
+        elif case != "plain":
+            attempt(case, "plain")
+        elif not gdb or " imported" not in attempt(case, "under gdb"):  # no gdb, or gdb could not run it
+            attempt(case, "with a native backtrace handler" if handler else "plain")
 
     try:
         loaded = torch._inductor.aoti_load_package(str(path))
