@@ -319,8 +319,8 @@ def main() -> None:
              lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
         plain = result.get(f"{package_key}_no_cuda_graphs", {})
         failed_plain = any("error" in rows for rows in plain.values())
-        error = result.get(package_key, {}).get(name, {})
-        if DEVICE == "cuda" and "error" in error and not failed_plain and "LoadCrash" not in error["error"]:
+        outcome = result.get(package_key, {}).get(name, [])  # its rows, or {"error": ...}
+        if DEVICE == "cuda" and "error" in outcome and not failed_plain and "LoadCrash" not in outcome["error"]:
             # then the plain calls, unless they failed as well for an earlier model or loading itself crashed
             step("package", f"{package_key}_no_cuda_graphs", name,
                  lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
