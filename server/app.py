@@ -92,14 +92,14 @@ class Service:
         if remaining <= 0:
             raise DeadlineExceededError(f"no answer within {self.settings.timeout_ms:.0f} ms (reading and decoding "
                                         "the request took all of it)")
-        late = f"no answer within {self.settings.timeout_ms:.0f} ms"
         try:
             answer = await self.batcher.submit(images, remaining)
+            # an answer ready in time whose coroutine resumed late (a busy event loop) is late all the same
+            in_time = time.perf_counter() - arrived <= self.settings.timeout_ms / 1000
         except DeadlineExceededError:
-            raise DeadlineExceededError(late) from None
-        if time.perf_counter() - arrived > self.settings.timeout_ms / 1000:
-            # ready in time, but this coroutine resumed late (a busy event loop): the deadline holds all the same
-            raise DeadlineExceededError(late)
+            in_time = False
+        if not in_time:
+            raise DeadlineExceededError(f"no answer within {self.settings.timeout_ms:.0f} ms") from None
         return answer
 
 
