@@ -23,6 +23,7 @@ meanwhile (sampled with ps: a compiler shows here) and the end of its output. Ev
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -158,8 +159,6 @@ def native_handler(workdir: Path) -> Path | None:
 
 
 def main() -> None:
-    import os
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
