@@ -4,9 +4,12 @@ Compiles one small model (a 64-wide Linear + GELU, dynamic batch) with AOTInduct
 package and the libraries its shared object resolves to (ldd), then loads it in fresh Python processes, one case
 each, in this order while --budget-s lasts:
 
-  plain           torch._inductor.aoti_load_package, as the server does; under gdb when gdb is present and can
-                  run it (the native stack of a crash), else with a SIGSEGV handler compiled here and preloaded
-                  (glibc backtrace(): the libraries and exported functions on the stack)
+  plain           torch._inductor.aoti_load_package, as the server does; under a debugger (gdb, else cuda-gdb:
+                  the device image has only the latter) when one is present and can run it (the native stack of a
+                  crash, the faulting instruction and its library), else with a SIGSEGV handler compiled here and
+                  preloaded (glibc backtrace(): the libraries and exported functions on the stack)
+  ld-debug        as plain, with the dynamic loader reporting (LD_DEBUG=libs) every library it initialises
+                  after torch's import: what loading the package's shared object pulls in, and from where
   runner          the package unzipped by Python and its shared object loaded by
                   torch._C._aoti.AOTIModelContainerRunnerCuda/Cpu, without the package loader
   inductor-first  a tiny torch.compile'd function run on the device first (Inductor and Triton initialised)
@@ -14,8 +17,11 @@ each, in this order while --budget-s lasts:
   device-0        aoti_load_package(..., device_index=0) instead of the current device (CUDA only)
   same-process    in this process, which compiled the package
 
-Each case prints its exit status (under gdb, gdb's), the seconds to its crash or answer, the processes it started
-meanwhile (sampled with ps: a compiler shows here) and the end of its output. Everything also goes to --out.
+Each case prints its exit status (under a debugger, the debugger's), the seconds to its crash or answer, the
+processes it started meanwhile (sampled with ps: a compiler shows here) and the end of its output; the cases that go
+through aoti_load_package first time PyTorch's device check (the package loader's first step, which compiles and
+runs C++ programs to find the CPU's vector extensions: about 15 s a process with torch 2.11 on two cores), so that
+the time to a crash is the loader's own. Everything also goes to --out.
 
     python benchmarks/aoti_load_probe.py --out probe.txt [--device cuda] [--budget-s 400]
 """
@@ -67,6 +73,8 @@ if case == "runner":
     say("runner created")
     out = runner.run([torch.randn(3, 64, device=device)])
 else:
+    from torch._inductor.codecache import get_device_information
+    say(f"device check: {get_device_information(device)}")
     m = torch._inductor.aoti_load_package(path, device_index=0 if case == "device-0" else -1)
     say("package loaded")
     out = [m(torch.randn(3, 64, device=device))]
@@ -169,9 +177,9 @@ def main() -> None:
     report = Report(args.out)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
-    gdb = shutil.which("gdb")
+    debugger = shutil.which("gdb") or shutil.which("cuda-gdb")
     report(f"torch {torch.__version__}, {sys.executable}, "
-           f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, gdb: {gdb}")
+           f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, debugger: {debugger}")
 
     path = args.workdir / "small.pt2"
     dtype = torch.float16 if args.device == "cuda" else torch.float32
@@ -195,28 +203,39 @@ def main() -> None:
     def attempt(case: str, how: str) -> str:
         argv = [sys.executable, "-c", CHILD, str(path), args.device, case]
         env = dict(os.environ)
-        if how == "under gdb":
-            argv = [gdb, "-batch", "-return-child-result", "-ex", "run", "-ex", "bt 40", "--args", *argv]
+        if how == "under a debugger":
+            argv = [debugger, "-batch", "-return-child-result", "-ex", "run", "-ex", "bt 40", "-ex", "info symbol $pc",
+                    "-ex", "x/3i $pc", "--args", *argv]
         elif how == "with a native backtrace handler":
             env["LD_PRELOAD"] = str(handler)
+        elif how == "with LD_DEBUG=libs":
+            env["LD_DEBUG"] = "libs"
         left = args.budget_s + 60 - (time.monotonic() - STARTED)
         rc, seconds, commands, output = run_child(argv, env, timeout_s=min(180.0, left))
         lines = [line[:400] for line in output.splitlines()
                  if "FutureWarning" not in line and "return cls.__new__" not in line]
-        if how == "under gdb":  # the child's own lines, the signal and the frames
-            lines = [line for line in lines if line.startswith(("#", "[ ", "Program", "Traceback")) or "SIG" in line
-                     or "Error" in line or "ptrace" in line]
+        if how == "under a debugger":  # the child's own lines, the signal, the frames and the instruction
+            lines = [line for line in lines if line.startswith(("#", "[ ", "Program", "Traceback", "=>"))
+                     or any(mark in line for mark in ("SIG", "Error", "ptrace", " in section "))]
+        elif how == "with LD_DEBUG=libs":  # the child's own lines, and the libraries it initialised after torch's
+            after = next((i for i, line in enumerate(lines) if " imported" in line), len(lines))  # import
+            pid = next((line.split(":")[0].strip() for line in lines if "calling init:" in line), "")
+            lines = [line for i, line in enumerate(lines) if line.startswith(("[", "Fatal", "  File")) or (
+                i > after and "calling init:" in line and line.split(":")[0].strip() == pid)]
         report(f"{case} ({how}): exit {rc} after {seconds:.0f} s; processes below it: {sorted(commands) or 'none'}")
         report("\n".join("    " + line for line in lines[-70:]))
         return output
 
-    cases = ["plain", "runner", "inductor-first"] + (["libcuda-global", "device-0"] if args.device == "cuda" else [])
+    cases = ["plain", "runner", "ld-debug", "inductor-first"] + (["libcuda-global", "device-0"]
+                                                                 if args.device == "cuda" else [])
     for case in cases:
         if time.monotonic() - STARTED > args.budget_s:
             report(f"{case}: not run (budget)")
+        elif case == "ld-debug":  # the child loads as in plain
+            attempt(case, "with LD_DEBUG=libs")
         elif case != "plain":
             attempt(case, "plain")
-        elif not gdb or " imported" not in attempt(case, "under gdb"):  # no gdb, or gdb could not run it
+        elif not debugger or " imported" not in attempt(case, "under a debugger"):  # none, or it could not run it
             attempt(case, "with a native backtrace handler" if handler else "plain")
 
     try:

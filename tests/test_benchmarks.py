@@ -65,7 +65,7 @@ def test_aoti_load_probe_dry_run_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = out.read_text()
     assert "wrapper.so" in report and "ldd " in report
-    for case in ("plain", "runner", "inductor-first"):
+    for case in ("plain", "runner", "ld-debug", "inductor-first"):
         assert f"{case} (" in report
-    assert report.count("ran: output (3, 10)") == 3, report[-3000:]
+    assert report.count("ran: output (3, 10)") == 4, report[-3000:]
     assert "same-process: loaded and ran, output (3, 10)" in report
