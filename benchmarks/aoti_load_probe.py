@@ -21,7 +21,8 @@ Each case prints its exit status (under a debugger, the debugger's), the seconds
 processes it started meanwhile (sampled with ps: a compiler shows here) and the end of its output; the cases that go
 through aoti_load_package first time PyTorch's device check (the package loader's first step, which compiles and
 runs C++ programs to find the CPU's vector extensions: about 15 s a process with torch 2.11 on two cores), so that
-the time to a crash is the loader's own. Everything also goes to --out.
+the time to a crash is the loader's own. Everything also goes to --out, and the package beside it
+(OUT-small.pt2), so that its shared object can be examined on another machine.
 
     python benchmarks/aoti_load_probe.py --out probe.txt [--device cuda] [--budget-s 400]
 """
@@ -188,7 +189,8 @@ def main() -> None:
         program = torch.export.export(model, (torch.randn(8, 64, device=args.device),),
                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    report(f"compiled {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    kept = shutil.copy(path, args.out.with_name(f"{args.out.stem}-small.pt2"))  # for readelf/nm elsewhere
+    report(f"compiled {path} ({path.stat().st_size / 1e6:.1f} MB), a copy at {kept}")
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             report(f"  {info.filename} {info.file_size}")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 from tests.conftest import OFFLINE_ENV, ROOT
 
@@ -65,6 +66,8 @@ def test_aoti_load_probe_dry_run_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = out.read_text()
     assert "wrapper.so" in report and "ldd " in report
+    with zipfile.ZipFile(tmp_path / "probe-small.pt2") as kept:  # the package, for examining elsewhere
+        assert any(name.endswith("wrapper.so") for name in kept.namelist())
     for case in ("plain", "runner", "ld-debug", "inductor-first"):
         assert f"{case} (" in report
     assert report.count("ran: output (3, 10)") == 4, report[-3000:]
