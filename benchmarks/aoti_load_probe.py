@@ -2,29 +2,30 @@
 
 Compiles one small model (a 64-wide Linear + GELU, dynamic batch) with AOTInductor for the device, lists the
 package and the libraries its shared object resolves to (ldd), then loads it in fresh Python processes, one case
-each, in this order while --budget-s lasts:
+each, in this order while --budget-s lasts (--cases picks some):
 
   plain           torch._inductor.aoti_load_package, as the server does; under a debugger (gdb, else cuda-gdb:
                   the device image has only the latter) when one is present and can run it (the native stack of a
                   crash, the faulting instruction and its library), else with a SIGSEGV handler compiled here and
                   preloaded (glibc backtrace(): the libraries and exported functions on the stack)
-  ld-debug        as plain, with the dynamic loader reporting (LD_DEBUG=libs) every library it initialises
-                  after torch's import: what loading the package's shared object pulls in, and from where
   runner          the package unzipped by Python and its shared object loaded by
                   torch._C._aoti.AOTIModelContainerRunnerCuda/Cpu, without the package loader
+  ld-debug        as plain, with the dynamic loader reporting (LD_DEBUG=libs) every library it initialises
+                  after torch's import: what loading the package's shared object pulls in, and from where
   inductor-first  a tiny torch.compile'd function run on the device first (Inductor and Triton initialised)
   libcuda-global  the CUDA driver library loaded with RTLD_GLOBAL first (CUDA only)
   device-0        aoti_load_package(..., device_index=0) instead of the current device (CUDA only)
-  same-process    in this process, which compiled the package
+and last in this process, which compiled the package (same-process).
 
 Each case prints its exit status (under a debugger, the debugger's), the seconds to its crash or answer, the
-processes it started meanwhile (sampled with ps: a compiler shows here) and the end of its output; the cases that go
-through aoti_load_package first time PyTorch's device check (the package loader's first step, which compiles and
-runs C++ programs to find the CPU's vector extensions: about 15 s a process with torch 2.11 on two cores), so that
-the time to a crash is the loader's own. Everything also goes to --out, and the package beside it
-(OUT-small.pt2), so that its shared object can be examined on another machine.
+processes it started meanwhile (sampled with ps: a compiler shows here) and the end of its output; the cases that
+go through aoti_load_package first time PyTorch's device check (the package loader's first step, which compiles
+and runs C++ programs to find the CPU's vector extensions: about 15 s a process with torch 2.11 on two cores), so
+that the time to a crash is the loader's own. Everything also goes to --out, and the package beside it
+(OUT-small.pt2), so that its shared object can be examined on another machine. The last line sums up, e.g.
+`summary: plain=failed runner=ran ld-debug=failed same-process=ran` (benchmarks/device_run.sh reads it).
 
-    python benchmarks/aoti_load_probe.py --out probe.txt [--device cuda] [--budget-s 400]
+    python benchmarks/aoti_load_probe.py --out probe.txt [--device cuda] [--budget-s 400] [--cases plain,runner]
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ __attribute__((constructor)) static void install(void) {
 """
 
 
+CASES = ("plain", "runner", "ld-debug", "inductor-first", "libcuda-global", "device-0")
+CUDA_ONLY = ("libcuda-global", "device-0")
+
+
 class Small(nn.Module):
     def __init__(self, dtype: torch.dtype):
         super().__init__()
@@ -174,6 +179,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=400,
                         help="start no new case after this many seconds; none runs more than 60 s past it")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/aoti-probe"))
+    parser.add_argument("--cases", default=",".join(CASES), help="which, in this order (CUDA-only ones are "
+                        "skipped on the CPU)")
     args = parser.parse_args()
     report = Report(args.out)
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -226,13 +233,16 @@ def main() -> None:
                 i > after and "calling init:" in line and line.split(":")[0].strip() == pid)]
         report(f"{case} ({how}): exit {rc} after {seconds:.0f} s; processes below it: {sorted(commands) or 'none'}")
         report("\n".join("    " + line for line in lines[-70:]))
+        outcomes[case] = "ran" if "] ran: output" in output else "failed"
         return output
 
-    cases = ["plain", "runner", "ld-debug", "inductor-first"] + (["libcuda-global", "device-0"]
-                                                                 if args.device == "cuda" else [])
-    for case in cases:
+    outcomes: dict[str, str] = {}  # case -> ran / failed / not run
+    for case in args.cases.split(","):
+        if case in CUDA_ONLY and args.device != "cuda":
+            continue
         if time.monotonic() - STARTED > args.budget_s:
             report(f"{case}: not run (budget)")
+            outcomes[case] = "not-run"
         elif case == "ld-debug":  # the child loads as in plain
             attempt(case, "with LD_DEBUG=libs")
         elif case != "plain":
@@ -244,8 +254,11 @@ def main() -> None:
         loaded = torch._inductor.aoti_load_package(str(path))
         out = loaded(torch.randn(3, 64, device=args.device))
         report(f"same-process: loaded and ran, output {tuple(out.shape)}")
+        outcomes["same-process"] = "ran"
     except Exception as e:
         report(f"same-process: {type(e).__name__}: {e}")
+        outcomes["same-process"] = "failed"
+    report("summary: " + " ".join(f"{case}={outcome}" for case, outcome in outcomes.items()))
 
 
 if __name__ == "__main__":

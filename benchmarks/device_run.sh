@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Everything a GPU session checks, in one command, results under $OUT (default ./device-results), six files (the
+# Everything a GPU session checks, in one command, results under $OUT (default ./device-results), eight files (the
 # device machine returns at most eight):
+#   probe.txt, probe-small.pt2
+#                       benchmarks/aoti_load_probe.py (whether and how PyTorch loads an AOTInductor package in a
+#                       fresh process; the native stack of a crash), started first, in the background, within
+#                       PROBE_S (default 150: no new case after it; PROBE_CASES picks its cases), while the kernel
+#                       tests run
 #   kernel_tests.txt    the card, its driver, torch and triton; then the suite's GPU tests:
 #                       tests/models/test_window_attention.py (the kernel at full size in fp16/bf16, and its
-#                       ahead-of-time PTX launched through the CUDA driver exactly as TensorRT launches it); the CUDA
-#                       torch package (fp16, fused kernel, CUDA graphs); the tensorrt backend's CUDA buffers and
-#                       copies (cuda-bindings)
-#   gpu_swin-*.json     benchmarks/gpu_swin.py, one process per model so that a crash costs only that model's
-#                       remaining steps: kernel correctness and attention alone (first), then per model eager,
-#                       torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16), vitserve's
-#                       torch artifact (-swin, -vit, -deit); last, the artifact with
-#                       --max-autotune for Swin-T and ViT-B/16 while the time lasts (-autotune)
-#   gpu_swin.log        their output, one after the other
+#                       ahead-of-time PTX launched through the CUDA driver exactly as TensorRT launches it); the
+#                       tensorrt backend's CUDA buffers and copies (cuda-bindings); last, if the probe's package
+#                       loaded and time is left, the CUDA torch package (fp16, fused kernel, CUDA graphs)
+#   gpu_swin-*.json     benchmarks/gpu_swin.py after the probe has ended, one process per model so that a crash costs
+#                       only that model's remaining steps: kernel correctness and attention alone (first), then per
+#                       model eager, torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16),
+#                       vitserve's torch artifact (-swin, -vit, -deit); last, Inductor's GEMM autotuning for
+#                       Swin-T and ViT-B/16 while the time lasts (-autotune). The artifact steps run only where the
+#                       probe's package loaded in a fresh process (its summary line: plain=ran): where PyTorch
+#                       crashes loading any CUDA package, they would cost minutes to show that crash again
+#   gpu_swin.log        the probe's and the benchmarks' output, one after the other
 # A crash in native code prints the Python stack of every thread (PYTHONFAULTHANDLER).
-# TOTAL_S (default 560) bounds the whole script: the tests get at most TESTS_TIMEOUT (default 150) of it, the
-# benchmarks the rest; each starts no new step in its last 60 seconds.
+# TOTAL_S (default 560) bounds the whole script; each benchmark process starts no new step in its last 60 seconds.
+# DRY_RUN=1: the same steps on the CPU with the small swin_digits model in place of each of the three, small
+# batches, and pytest only collecting the GPU tests: a check of this script (the test suite runs it).
 # Where vitserve is not installed, the repository is laid out as the installed package under a temporary folder
 # (vitserve.models / .export / .server are models/, export/, server/ in the repository).
 #
@@ -34,27 +42,52 @@ else
     export PYTHONPATH="$shim"
     cd "$shim"
 fi
+if [[ ${DRY_RUN:-0} == 1 ]]; then
+    device=cpu swin=swin_digits vit=swin_digits deit=swin_digits sizes=(--batches 1,4 --compile-batches 4)
+    collect=(--collect-only)
+else
+    device=cuda swin=swin_tiny_patch4_window7_224 vit=vit_base_patch16_224 deit=deit_small_patch16_224 sizes=()
+    collect=()
+fi
+left() { echo $(( ${TOTAL_S:-560} - (SECONDS - started) )); }
+echo "== probe" > "$out/gpu_swin.log"
+probe_cases=${PROBE_CASES:-plain,runner,ld-debug,inductor-first,libcuda-global,device-0}
+timeout $(( ${PROBE_S:-150} + 150 )) python benchmarks/aoti_load_probe.py --device "$device" --out "$out/probe.txt" \
+    --budget-s "${PROBE_S:-150}" --cases "$probe_cases" > /dev/null 2>> "$out/gpu_swin.log" &
+probe=$!
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/kernel_tests.txt" 2>&1
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     >> "$out/kernel_tests.txt" 2>&1
-gpu_tests() {  # pytest on the given tests, within TESTS_TIMEOUT of the script's start; its own process, so that
-    local left=$(( ${TESTS_TIMEOUT:-150} - (SECONDS - started) ))  # a crash in one set leaves the other's results
-    timeout "$left" python -m pytest -q -rA --tb=short -p no:logging -p no:cacheprovider "$@" \
+gpu_tests() {  # gpu_tests SECONDS TESTS...: pytest in a process of its own (a crash leaves the other's results)
+    timeout "$1" python -m pytest -q -rA --tb=short -p no:logging -p no:cacheprovider "${collect[@]}" "${@:2}" \
         >> "$out/kernel_tests.txt" 2>&1
-    echo "GPU tests $*: exit $? after $((SECONDS - started)) s" | tee -a "$out/kernel_tests.txt"
+    echo "GPU tests ${*:2}: exit $? after $((SECONDS - started)) s" | tee -a "$out/kernel_tests.txt"
 }
-gpu_tests tests/models/test_window_attention.py tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu
-gpu_tests tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs
+gpu_tests 150 tests/models/test_window_attention.py \
+    tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu
+wait "$probe"
+echo "probe: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
+if grep -q "summary: .*plain=ran" "$out/probe.txt" 2>/dev/null; then
+    loads=1 package=",package" profile=",profile" autotune=",deploy-autotune,autotune"
+else
+    loads=0 package="" profile="" autotune=",deploy-autotune"
+    echo "the probe's package did not load in a fresh process: the torch artifact's steps are left out" \
+        | tee -a "$out/gpu_swin.log"
+fi
 bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of TOTAL_S
-    local name=$1 left=$(( ${TOTAL_S:-560} - (SECONDS - started) ))
+    local name=$1 left
+    left=$(left)
     shift
     echo "== $name" >> "$out/gpu_swin.log"
     if (( left < 30 )); then echo "$name: not run, ${left} s left" | tee -a "$out/gpu_swin.log"; return; fi
-    timeout "$left" python benchmarks/gpu_swin.py --out "$out/gpu_swin-$name.json" --budget-s $((left - 60)) "$@" \
-        >> "$out/gpu_swin.log" 2>&1
+    timeout "$left" python benchmarks/gpu_swin.py --device "$device" "${sizes[@]}" --out "$out/gpu_swin-$name.json" \
+        --budget-s $((left - 60)) "$@" >> "$out/gpu_swin.log" 2>&1
     echo "$name: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
 }
-bench swin --models swin_tiny_patch4_window7_224 --sections correctness,attention,eager,compile,deploy,package,profile
-bench vit --models vit_base_patch16_224 --sections eager,compile,deploy,package --compile-batches 256
-bench deit --models deit_small_patch16_224 --sections eager,compile,package --compile-batches 256
-bench autotune --models swin_tiny_patch4_window7_224,vit_base_patch16_224 --sections autotune
+bench swin --models "$swin" --sections "correctness,attention,eager,compile,deploy$package$profile"
+bench vit --models "$vit" --sections "eager,compile,deploy$package"
+bench deit --models "$deit" --sections "eager,compile$package"
+bench autotune --models "$swin,$vit" --sections "${autotune#,}"
+if (( loads && $(left) > 120 )); then
+    gpu_tests $(( $(left) - 10 )) tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs
+fi

@@ -18,9 +18,9 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                the fused kernel in either layout (split: q, k, v copied apart and the output back; packed: none);
   compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
                CUDA graphs);
-  deploy       torch.compile (reduce-overhead: CUDA graphs) at --compile-batches of the form the torch artifact
-               exports (Swin: window order, packed fused kernel): the artifact's kernels compiled just in time,
-               what the artifact should reach;
+  deploy       torch.compile (reduce-overhead: CUDA graphs) at the largest and smallest of --compile-batches
+               of the form the torch artifact exports (Swin: window order, packed fused kernel): the artifact's
+               kernels compiled just in time, what the artifact should reach;
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
                Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend;
                CUDA-graph replay alone, and whole calls from numpy (host-to-device copy and back, as the server
@@ -29,7 +29,10 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
 and last, for Swin-T and ViT-B/16:
+  deploy-autotune  the deploy form under torch.compile(mode="max-autotune") at the largest compile batch;
   autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning).
+Once PyTorch has crashed loading one model's package (it then would for any), package and autotune are not run
+for the models after it.
 Random weights; CUDA events around whole forward passes; median of the timed iterations. --batches (default
 1,64,256) sets the batch sizes, the artifact's buckets and the attention-alone batch (the largest).
 """
@@ -267,10 +270,11 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420, help="start no new step after this many seconds")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a dry run of every step")
     parser.add_argument("--batches", default="1,64,256")
-    parser.add_argument("--compile-batches", default="256,1")
+    parser.add_argument("--compile-batches", default="256,64,1")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
                         "(CUDA graphs)")
-    parser.add_argument("--sections", default="correctness,attention,eager,compile,deploy,package,profile,autotune")
+    parser.add_argument("--sections", default="correctness,attention,eager,compile,deploy,package,profile,"
+                        "deploy-autotune,autotune")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitserve-gpu-artifacts"))
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
@@ -308,13 +312,23 @@ def main() -> None:
     step("correctness", "kernel_correctness", None, kernel_correctness)
     step("attention", f"attention_stage1_b{max(batches)}_ms", None, lambda: attention_alone(max(batches)))
     package_key = f"torch_artifact_{precision}"
+
+    def load_crashed() -> bool:  # PyTorch crashed loading an earlier model's package: it would for any package
+        return any("LoadCrash" in str(rows) for rows in result.get(package_key, {}).values())
+
     for name in models:  # per model: eager, torch.compile, the artifact -- a run cut short keeps whole models
         profile_batch = max(batches) if "profile" in sections and name == models[0] else None
         step("eager", f"eager_{precision}", name, lambda n=name: throughput(variants(n), input_size(n), batches))
         step("compile", f"compiled_{precision}_{args.compile_mode}", name,
              lambda n=name: compiled(n, compile_batches, args.compile_mode))
-        step("deploy", f"deploy_compiled_{precision}_reduce-overhead", name,
-             lambda n=name: compiled(n, compile_batches, "reduce-overhead", deploy=True))
+        step("deploy", f"deploy_compiled_{precision}_reduce-overhead", name,  # the batches the goals name
+             lambda n=name: compiled(n, sorted({max(compile_batches), min(compile_batches)}, reverse=True),
+                                     "reduce-overhead", deploy=True))
+        if "package" in sections and load_crashed():
+            sections -= {"package", "autotune"}
+            why = f"package and autotune from {name} on: PyTorch crashed loading an earlier model's package"
+            result.setdefault("not_run", []).append(why)
+            log(f"not run: {why}")
         step("package", package_key, name,
              lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
         plain = result.get(f"{package_key}_no_cuda_graphs", {})
@@ -325,7 +339,14 @@ def main() -> None:
             step("package", f"{package_key}_no_cuda_graphs", name,
                  lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
                                                                 cuda_graphs=False))
-    for name in models[:2]:  # then, while the budget lasts: the artifact with Inductor's GEMM autotuning
+    for name in models[:2]:  # then, while the budget lasts: Inductor's GEMM autotuning (its Triton GEMMs fuse
+        # the bias, GELU and residual adds the library GEMMs leave to separate kernels), in the deploy form at the
+        # largest batch, and in the artifact
+        step("deploy-autotune", f"deploy_compiled_{precision}_max-autotune", name,
+             lambda n=name: compiled(n, [max(compile_batches)], "max-autotune", deploy=True))
+        if "autotune" in sections and load_crashed():
+            sections.discard("autotune")
+            result.setdefault("not_run", []).append("autotune: PyTorch crashed loading a package")
         step("autotune", f"{package_key}_max_autotune", name,
              lambda n=name: torch_artifact(n, batches, args.workdir / "max_autotune", max_autotune=True))
     log("done")

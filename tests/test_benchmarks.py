@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 from tests.conftest import OFFLINE_ENV, ROOT
 
@@ -28,7 +29,7 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     out = tmp_path / "dry.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "gpu_swin.py"), "--device", "cpu", "--models", "swin_digits",
                "--batches", "1,4", "--compile-batches", "4", "--workdir", str(tmp_path / "work"), "--out", str(out),
-               "--sections", "correctness,attention,eager,compile,deploy,package,profile"]
+               "--sections", "correctness,attention,eager,compile,deploy,package,profile,deploy-autotune"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -46,6 +47,9 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     deploy = result["deploy_compiled_bf16_reduce-overhead"]["swin_digits"]
     assert [(row["runner"], row["batch"]) for row in deploy] == [
         ("vitserve deploy form + torch.compile (reduce-overhead)", 4)]
+    tuned = result["deploy_compiled_bf16_max-autotune"]["swin_digits"]
+    assert [(row["runner"], row["batch"]) for row in tuned] == [
+        ("vitserve deploy form + torch.compile (max-autotune)", 4)]
 
     export, *rows = result["torch_artifact_bf16"]["swin_digits"]
     assert export["runner"] == "export" and export["min_cosine"] >= 0.99 and export["cuda_graphs"] is False
@@ -72,3 +76,30 @@ def test_aoti_load_probe_dry_run_on_the_cpu(tmp_path):
         assert f"{case} (" in report
     assert report.count("ran: output (3, 10)") == 4, report[-3000:]
     assert "same-process: loaded and ran, output (3, 10)" in report
+    assert report.rstrip().endswith("summary: plain=ran runner=ran ld-debug=ran inductor-first=ran same-process=ran")
+
+
+def test_device_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/device_run.sh (the one command a lent GPU runs) with DRY_RUN=1: the probe in the background
+    beside the kernel tests (only collected here), then the benchmark processes, whose artifact steps follow the
+    probe's verdict, all within TOTAL_S, and at most the eight files the device machine returns."""
+    out = tmp_path / "out"
+    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), "TOTAL_S": "200", "PROBE_S": "100",
+           "PROBE_CASES": "plain",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(path.name for path in out.iterdir())
+    assert len(files) <= 8 and {"probe.txt", "probe-small.pt2", "kernel_tests.txt", "gpu_swin.log",
+                                "gpu_swin-swin.json"} <= set(files), files
+    assert "summary: plain=ran" in (out / "probe.txt").read_text()
+    tests = (out / "kernel_tests.txt").read_text()
+    assert "collected" in tests and "test_window_attention.py tests/server/test_tensorrt_engine.py" in tests
+    swin = json.loads((out / "gpu_swin-swin.json").read_text())
+    assert "torch_artifact_bf16" in swin, swin  # the probe's package loaded, so the artifact steps ran
+    assert not list(_errors(swin)), list(_errors(swin))
+    log = (out / "gpu_swin.log").read_text()
+    assert "probe: exit 0" in log and "swin: exit 0" in log
+    for name in ("vit", "deit", "autotune"):  # each ran, or was not started once TOTAL_S was nearly spent
+        assert f"{name}: exit " in log or f"{name}: not run" in log, log[-3000:]
