@@ -16,8 +16,9 @@
 #                       model eager, torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16),
 #                       vitserve's torch artifact (-swin, -vit, -deit); last, Inductor's GEMM autotuning for
 #                       Swin-T and ViT-B/16 while the time lasts (-autotune). The artifact steps run only where the
-#                       probe's package loaded in a fresh process (its summary line: plain=ran): where PyTorch
-#                       crashes loading any CUDA package, they would cost minutes to show that crash again
+#                       probe's package loaded in a fresh process, by PyTorch's package loader or by the container
+#                       runner the export falls back to (its summary line: plain=ran or runner=ran): where neither
+#                       loads any CUDA package, they would cost minutes to show that crash again
 #   gpu_swin.log        the probe's and the benchmarks' output, one after the other
 # A crash in native code prints the Python stack of every thread (PYTHONFAULTHANDLER).
 # TOTAL_S (default 560) bounds the whole script; each benchmark process starts no new step in its last 60 seconds.
@@ -67,11 +68,12 @@ gpu_tests 150 tests/models/test_window_attention.py \
     tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu
 wait "$probe"
 echo "probe: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
-if grep -q "summary: .*plain=ran" "$out/probe.txt" 2>/dev/null; then
+if grep -qE "summary: .*(plain|runner)=ran" "$out/probe.txt" 2>/dev/null; then
     loads=1 package=",package" profile=",profile" autotune=",deploy-autotune,autotune"
 else
     loads=0 package="" profile="" autotune=",deploy-autotune"
-    echo "the probe's package did not load in a fresh process: the torch artifact's steps are left out" \
+    echo "the probe's package loaded in a fresh process neither by PyTorch's package loader nor by the container" \
+        "runner: the torch artifact's steps are left out" \
         | tee -a "$out/gpu_swin.log"
 fi
 bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of TOTAL_S

@@ -22,8 +22,9 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                of the form the torch artifact exports (Swin: window order, packed fused kernel): the artifact's
                kernels compiled just in time, what the artifact should reach;
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
-               Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend;
-               CUDA-graph replay alone, and whole calls from numpy (host-to-device copy and back, as the server
+               Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend
+               (as the export recorded: PyTorch's package loader, or where that fails the container runner, plain
+               calls); CUDA-graph replay alone, and whole calls from numpy (host-to-device copy and back, as the server
                runs them); if that export fails, the same with --no-cuda-graphs (plain package calls; not
                tried again for later models once it failed too, nor when PyTorch crashed loading the package);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
@@ -209,7 +210,8 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
     backend = TorchBackend(artifact)
     manifest = backend.manifest
     rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"], "max_autotune": max_autotune,
-             "cuda_graphs": backend.cuda_graphs, "min_cosine": manifest.verification["min_cosine"],
+             "loader": backend.loader, "cuda_graphs": backend.cuda_graphs,
+             "min_cosine": manifest.verification["min_cosine"],
              "max_abs_diff": manifest.verification["max_abs_diff"]}]
     on_device = "graph replay" if backend.cuda_graphs else "plain call (no CUDA graphs)"
     for batch in batches:

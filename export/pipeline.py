@@ -159,6 +159,11 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
     report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
                             max_batch=options.max_batch, buckets=buckets,
                             fused=package["fused_window_attention_blocks"] > 0)
+    package["loader"] = report["loader"]  # the way it passed is the way the server loads it
+    if report["loader"] == "runner":
+        package["cuda_graphs"] = False
+        progress(f"  PyTorch's package loader failed ({report['package_loader_failure']}); verified and served "
+                 "through AOTInductor's container runner, plain calls")
     progress(f"  max |diff| {report['max_abs_diff']:.2e}, min cosine {report['min_cosine']:.6f}, "
              f"top-1 agreement {report['top1_agreement']:.0%}")
     stats = {"file_bytes": (tmp / PACKAGE_NAME).stat().st_size}

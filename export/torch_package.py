@@ -11,7 +11,9 @@ the logits), with max |difference| and top-1 agreement reported, through the sam
 graphs) that serves it: `TorchBackend`, which the server imports only when `--backend torch` is chosen. The
 package runs for that in a fresh Python process (`python -m vitserve.export.torch_package`), as it will in the
 server: not in the process that compiled it, and a crash of PyTorch's runtime becomes an export error with the
-crash's stack.
+crash's stack. Where PyTorch's package loader fails or crashes before the package is loaded, the package is tried
+once more through AOTInductor's container runner on its unpacked shared object (`ContainerRunner`, plain calls);
+the manifest records which loader passed (`package.loader`), and the server loads it the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import shutil
 import sys
+import tempfile
 import threading
 import time
+import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,8 @@ from vitserve.errors import ArtifactError, ExportError, VerificationError
 log = logging.getLogger(__name__)
 
 PACKAGE_NAME = "model.pt2"
+LOADERS = ("package", "runner")  # torch._inductor.aoti_load_package, or ContainerRunner
+LOADED = "vitserve: package loaded"  # the verification child's line once its PackageRunner is built
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -109,23 +117,67 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
             "compile_seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
 
 
+class ContainerRunner:
+    """The package's compiled model run by AOTInductor's container runner (`torch._C._aoti`) without PyTorch's
+    package loader: the package's model folder unpacked into a temporary folder that lives as long as this object
+    (the shared object, the kernels it loads on its first call, and the description of the calls it makes back into
+    PyTorch, such as the fused window-attention op), the shared object loaded as the package loader would load it.
+    The weights must be inside the shared object (AOTInductor's default); a package that keeps them apart is
+    refused. The runner's model pool queries a CUDA event on each call, and PyTorch's Python API gives it no
+    single-threaded mode: no CUDA graphs. (N, ...) tensor -> (N, classes) tensor."""
+
+    def __init__(self, path: Path, device: torch.device):
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="vitserve-aoti-"))
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                apart = [n for n in names if n.endswith(".blob") or "data/weights/" in n or "data/constants/" in n]
+                if apart:
+                    raise ArtifactError(f"{path} keeps its weights outside its compiled model ({apart[0]}); "
+                                        "AOTInductor's container runner cannot load it")
+                archive.extractall(folder, [n for n in names if "data/aotinductor/model/" in n])
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ArtifactError(f"{path} is not a readable AOTInductor package: {e}") from e
+        objects = sorted(folder.rglob("*.so"))
+        if len(objects) != 1:
+            raise ArtifactError(f"{path}: expected one compiled model (.so) in the package, found {len(objects)}")
+        so = objects[0]
+        if device.type == "cuda":
+            self.runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, str(device), str(so.parent))
+        else:
+            self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(so), 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner.run([x])[0]
+
+
 class PackageRunner:
     """A loaded package, run on batches padded up to the smallest batch bucket that holds them. On CUDA (unless
     `cuda_graphs` is False: plain calls of the package) each bucket gets a CUDA graph the first time it runs (the
     server warms every batch size it can form at start-up, so all are captured before /readyz turns 200); later
-    batches copy into the bucket's static input, replay the graph and read its static output.
+    batches copy into the bucket's static input, replay the graph and read its static output. `loader`: "package"
+    (PyTorch's package loader) or "runner" (ContainerRunner: plain calls, whatever `cuda_graphs` says).
     (N, C, H, W) float32 -> (N, classes) float32."""
 
     def __init__(self, path: Path, device: str, buckets: list[int], input_shape: tuple[int, ...],
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, loader: str = "package"):
+        if loader not in LOADERS:
+            raise ArtifactError(f"unknown package loader {loader!r}; this vitserve knows {', '.join(LOADERS)}")
         self.device = torch.device(device)
         self.buckets = sorted(buckets)
         self.input_shape = tuple(input_shape)
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.loader = loader
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and loader == "package"
         try:
-            # single-threaded: without the model pool's CUDA event queries, which a graph capture forbids (this
-            # runner's lock already lets one call in at a time)
-            self.model = torch._inductor.aoti_load_package(str(path), run_single_threaded=self.cuda_graphs)
+            if loader == "runner":
+                self.model = ContainerRunner(path, self.device)
+            else:
+                # single-threaded: without the model pool's CUDA event queries, which a graph capture forbids
+                # (this runner's lock already lets one call in at a time)
+                self.model = torch._inductor.aoti_load_package(str(path), run_single_threaded=self.cuda_graphs)
+        except ArtifactError:
+            raise
         except Exception as e:  # torch raises RuntimeError for packages from another version or machine
             raise ArtifactError(f"PyTorch cannot load {path}: {e}") from e
         self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static input, static output)
@@ -189,8 +241,10 @@ class TorchBackend(PackageRunner):
         if package.get("fused_window_attention_blocks"):
             import vitserve.models.window_attention  # noqa: F401  (registers the kernel the package calls)
         super().__init__(self.directory / self.manifest.model_file, built_for, package["batch_buckets"],
-                         self.manifest.input.shape[1:], cuda_graphs=package.get("cuda_graphs", True))
+                         self.manifest.input.shape[1:], cuda_graphs=package.get("cuda_graphs", True),
+                         loader=package.get("loader", "package"))
         self.description = (f"torch AOTInductor {built_for} {package['dtype']}"
+                            f"{', container runner' if self.loader == 'runner' else ''}"
                             f"{', CUDA graphs' if self.cuda_graphs else ''} (buckets {self.buckets})")
 
 
@@ -198,18 +252,30 @@ def verify_package(path: Path, reference: nn.Module, preprocess, options: TorchO
                    max_batch: int, buckets: tuple[int, ...], fused: bool) -> dict[str, Any]:
     """The package against the fp32 reference on the export's verification inputs, the package run by
     PackageRunner in a child process (`fused`: it calls the fused window-attention op, which the child registers);
-    VerificationError below the gate (verify.precision_gate), ExportError if the child fails or crashes."""
-    from vitserve.export.verify import check_outputs, outputs_in_child, precision_gate, verification_inputs
+    VerificationError below the gate (verify.precision_gate), ExportError if the child fails or crashes. If PyTorch's
+    package loader fails or crashes before the package is loaded, a second child loads it with the container
+    runner; the report's `loader` says which loader passed (and `package_loader_failure` why the first did not)."""
+    from vitserve.export.verify import ChildFailed, check_outputs, outputs_in_child, precision_gate, verification_inputs
 
     photo_names, inputs = verification_inputs(preprocess)
     args = [str(path), "--device", options.device, "--buckets", ",".join(map(str, buckets)),
             "--input-shape", ",".join(map(str, preprocess.input_size)), "--max-batch", str(max_batch)]
     args += (["--fused"] if fused else []) + ([] if options.cuda_graphs else ["--no-cuda-graphs"])
-    outputs = outputs_in_child("vitserve.export.torch_package", args,
-                               {name: x.numpy() for name, x in inputs.items()},
-                               what="PyTorch running the package")
+    arrays = {name: x.numpy() for name, x in inputs.items()}
     report: dict[str, Any] = {"runtime": f"torch {torch.__version__} aotinductor {options.device} {options.dtype}",
-                              "photos": photo_names}
+                              "photos": photo_names, "loader": "package"}
+    try:
+        outputs = outputs_in_child("vitserve.export.torch_package", args, arrays, what="PyTorch running the package")
+    except ChildFailed as failed:
+        if LOADED in failed.output:  # it loaded: what failed was not the loader
+            raise
+        log.warning("%s; trying AOTInductor's container runner instead of PyTorch's package loader", failed.summary)
+        try:
+            outputs = outputs_in_child("vitserve.export.torch_package", [*args, "--loader", "runner"], arrays,
+                                       what="AOTInductor's container runner running the package")
+        except ChildFailed as second:
+            raise ExportError(f"{failed}\n\nLoaded by AOTInductor's container runner instead: {second}") from second
+        report.update(loader="runner", package_loader_failure=failed.summary)
     report.update(check_outputs(outputs, reference, inputs))
     failed = precision_gate(report, options.dtype, atol)
     if failed:
@@ -232,11 +298,14 @@ def _verification_child(argv: list[str]) -> None:
     parser.add_argument("--max-batch", type=int, required=True)
     parser.add_argument("--fused", action="store_true", help="the package calls the fused window-attention op")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="plain calls, as served with --no-cuda-graphs")
+    parser.add_argument("--loader", choices=LOADERS, default="package")
     args = parser.parse_args(argv)
     if args.fused:
         import vitserve.models.window_attention  # noqa: F401  (registers the op the package calls)
     runner = PackageRunner(args.package, args.device, [int(b) for b in args.buckets.split(",")],
-                           tuple(int(d) for d in args.input_shape.split(",")), cuda_graphs=not args.no_cuda_graphs)
+                           tuple(int(d) for d in args.input_shape.split(",")), cuda_graphs=not args.no_cuda_graphs,
+                           loader=args.loader)
+    print(LOADED, file=sys.stderr, flush=True)
     run = in_chunks(runner, args.max_batch)
     with np.load(args.inputs) as inputs:
         np.savez(args.outputs, **{name: run(inputs[name]) for name in inputs.files})

@@ -139,14 +139,23 @@ def check_outputs(outputs: dict[str, np.ndarray], reference: nn.Module,
 CHILD_OUTPUT_TAIL = 6000  # characters of a failed child's stderr that its error carries (a faulthandler stack)
 
 
+class ChildFailed(ExportError):
+    """outputs_in_child's child failed, crashed or did not finish: `summary` says which, `output` is all it wrote
+    to stderr (the error's message carries only its end)."""
+
+    def __init__(self, summary: str, output: str):
+        super().__init__(f"{summary}; its last output:\n{output[-CHILD_OUTPUT_TAIL:].rstrip()}")
+        self.summary, self.output = summary, output
+
+
 def outputs_in_child(module: str, args: list[str], inputs: dict[str, np.ndarray], *, what: str,
                      timeout_s: float = 1800) -> dict[str, np.ndarray]:
     """Runs `python -X faulthandler -m module INPUTS.npz OUTPUTS.npz *args` in a fresh process and returns the
     arrays it saved. For runtimes that load native code (an AOTInductor package): the artifact is checked in a
     process like the server's, not in the one that built it, and a crash of the runtime becomes an ExportError that
     carries the crash's Python stack (faulthandler) instead of killing the exporter; a child still running after
-    `timeout_s` is stopped with SIGABRT, so that the error shows where it was stuck. `what` names the child in
-    errors ("PyTorch running the package")."""
+    `timeout_s` is stopped with SIGABRT, so that the error shows where it was stuck (ChildFailed). `what` names the
+    child in errors ("PyTorch running the package")."""
     with tempfile.TemporaryDirectory(prefix="vitserve-verify-") as tmp:
         inputs_file, outputs_file = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
         np.savez(inputs_file, **inputs)
@@ -164,7 +173,7 @@ def outputs_in_child(module: str, args: list[str], inputs: dict[str, np.ndarray]
                        f"{what} failed (exit status {child.returncode})" if child.returncode > 0 else None)
         log.debug("%s: %s", what, stderr[-CHILD_OUTPUT_TAIL:])
         if failure:
-            raise ExportError(f"{failure}; its last output:\n{stderr[-CHILD_OUTPUT_TAIL:].rstrip()}")
+            raise ChildFailed(failure, stderr)
         with np.load(outputs_file) as saved:
             return {name: saved[name] for name in saved.files}
 

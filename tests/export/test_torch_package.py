@@ -4,6 +4,9 @@ backend. The CPU package is compiled and served here; the CUDA one (fp16, fused 
 from __future__ import annotations
 
 import json
+import shutil
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,13 @@ import torch
 from tests.conftest import ROOT, run_cli
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.torch_package import PackageRunner, TorchOptions, check_options, verify_package
+from vitserve.export.torch_package import (
+    ContainerRunner,
+    PackageRunner,
+    TorchOptions,
+    check_options,
+    verify_package,
+)
 from vitserve.export.triton import write_triton_repo
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
@@ -60,8 +69,66 @@ def test_verification_runs_the_package_in_a_child_process(cpu_package, tmp_path)
     broken = tmp_path / "model.pt2"
     broken.write_bytes((cpu_package / "model.pt2").read_bytes()[:4096])
     with pytest.raises(ExportError, match=r"PyTorch running the package failed \(exit status 1\)(.|\n)*"
-                                          r"ArtifactError: PyTorch cannot load"):
+                                          r"ArtifactError: PyTorch cannot load(.|\n)*"
+                                          r"container runner instead: (.|\n)*not a readable AOTInductor package"):
         verify_package(broken, other, spec.preprocess, **verify)
+
+
+def _with_archive_version(package: Path, out: Path, version: bytes) -> Path:
+    """A copy of `package` whose archive_version entry says `version` (the compiled model untouched)."""
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, version if info.filename.endswith("/archive_version") else src.read(info.filename))
+    return out
+
+
+def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
+    """When PyTorch's package loader fails before it has loaded the package (here: it refuses the archive's
+    version entry; on the H100 it crashed), verification loads the compiled model with AOTInductor's container
+    runner instead, and the report says so; the runner gives the package loader's answers."""
+    spec = SPECS["swin_digits"]
+    refused = _with_archive_version(cpu_package / "model.pt2", tmp_path / "model.pt2", b"999")
+    with pytest.raises(ArtifactError, match="archive version 999"):
+        PackageRunner(refused, "cpu", [1, 4, 16], (3, 32, 32))
+    report = verify_package(refused, build_model(spec).model.eval(), spec.preprocess,
+                            TorchOptions(device="cpu", dtype="fp32"), atol=1e-4, max_batch=16, buckets=(1, 4, 16),
+                            fused=False)
+    assert report["passed"] and report["loader"] == "runner"
+    assert "PyTorch running the package failed (exit status 1)" in report["package_loader_failure"]
+
+    runner = PackageRunner(refused, "cpu", [1, 4, 16], (3, 32, 32), loader="runner")
+    loaded = PackageRunner(cpu_package / "model.pt2", "cpu", [1, 4, 16], (3, 32, 32))
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32)
+    assert np.abs(runner(x) - loaded(x)).max() < 1e-5
+    folder = runner.model.folder  # the unpacked model lives as long as its runner
+    assert folder.is_dir()
+    del runner
+    assert not folder.exists()
+
+
+def test_torch_backend_loads_the_way_the_manifest_says(cpu_package, tmp_path):
+    copy = tmp_path / "artifact"
+    shutil.copytree(cpu_package, copy)
+    manifest = json.loads((copy / "vitserve.json").read_text())
+    manifest["package"]["loader"] = "runner"
+    (copy / "vitserve.json").write_text(json.dumps(manifest))
+    backend = load_backend(copy, "torch")
+    assert backend.loader == "runner" and "container runner" in backend.description
+    x = _pixels(backend.manifest)
+    assert np.abs(backend(x) - load_backend(cpu_package, "torch")(x)).max() < 1e-5
+    manifest["package"]["loader"] = "jit"
+    (copy / "vitserve.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="unknown package loader 'jit'"):
+        load_backend(copy, "torch")
+
+
+def test_container_runner_refuses_weights_kept_apart(cpu_package, tmp_path):
+    apart = tmp_path / "model.pt2"
+    shutil.copy(cpu_package / "model.pt2", apart)
+    with zipfile.ZipFile(apart, "a") as archive:  # the layout of a package whose weights are not in its model
+        archive.writestr("model/data/weights/weight_0", b"\0" * 64)
+    with pytest.raises(ArtifactError, match="keeps its weights outside its compiled model"):
+        ContainerRunner(apart, torch.device("cpu"))
 
 
 def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_artifact):
@@ -164,9 +231,11 @@ def test_fused_op_inside_an_aotinductor_package(tmp_path):
         assert any("window_attention_packed" in str(node.target) for node in program.graph.nodes)
         path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"))
         package = torch._inductor.aoti_load_package(path, run_single_threaded=True)
+        runner = ContainerRunner(Path(path), torch.device("cpu"))  # calls back into the op just as well
         for n in (1, 3, 8):
             x = torch.randn(n, 3, 32, 32)
             assert (package(x) - built.model(x)).abs().max() < 1e-4
+            assert (runner(x) - built.model(x)).abs().max() < 1e-4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
