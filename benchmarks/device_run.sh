@@ -51,10 +51,11 @@ else
     collect=()
 fi
 left() { echo $(( ${TOTAL_S:-560} - (SECONDS - started) )); }
+work=$(mktemp -d)  # the probe's package and the exported artifacts
 echo "== probe" > "$out/gpu_swin.log"
 probe_cases=${PROBE_CASES:-plain,runner,ld-debug,inductor-first,libcuda-global,device-0}
 timeout $(( ${PROBE_S:-150} + 150 )) python benchmarks/aoti_load_probe.py --device "$device" --out "$out/probe.txt" \
-    --budget-s "${PROBE_S:-150}" --cases "$probe_cases" > /dev/null 2>> "$out/gpu_swin.log" &
+    --budget-s "${PROBE_S:-150}" --cases "$probe_cases" --workdir "$work/probe" > /dev/null 2>> "$out/gpu_swin.log" &
 probe=$!
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/kernel_tests.txt" 2>&1
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
@@ -83,7 +84,7 @@ bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of
     echo "== $name" >> "$out/gpu_swin.log"
     if (( left < 30 )); then echo "$name: not run, ${left} s left" | tee -a "$out/gpu_swin.log"; return; fi
     timeout "$left" python benchmarks/gpu_swin.py --device "$device" "${sizes[@]}" --out "$out/gpu_swin-$name.json" \
-        --budget-s $((left - 60)) "$@" >> "$out/gpu_swin.log" 2>&1
+        --workdir "$work/artifacts" --budget-s $((left - 60)) "$@" >> "$out/gpu_swin.log" 2>&1
     echo "$name: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
 }
 bench swin --models "$swin" --sections "correctness,attention,eager,compile,deploy$package$profile"

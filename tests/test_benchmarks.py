@@ -84,7 +84,7 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     beside the kernel tests (only collected here), then the benchmark processes, whose artifact steps follow the
     probe's verdict, all within TOTAL_S, and at most the eight files the device machine returns."""
     out = tmp_path / "out"
-    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), "TOTAL_S": "200", "PROBE_S": "100",
+    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), "TOTAL_S": "240", "PROBE_S": "100",
            "PROBE_CASES": "plain",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
