@@ -52,6 +52,7 @@ else
 fi
 left() { echo $(( ${TOTAL_S:-560} - (SECONDS - started) )); }
 work=$(mktemp -d)  # the probe's package and the exported artifacts
+trap 'rm -rf "$work" "${shim:-}"' EXIT
 echo "== probe" > "$out/gpu_swin.log"
 probe_cases=${PROBE_CASES:-plain,runner,ld-debug,inductor-first,libcuda-global,device-0}
 timeout $(( ${PROBE_S:-150} + 150 )) python benchmarks/aoti_load_probe.py --device "$device" --out "$out/probe.txt" \
