@@ -4,8 +4,8 @@
 #   probe.txt, probe-small.pt2
 #                       benchmarks/aoti_load_probe.py (whether and how PyTorch loads an AOTInductor package in a
 #                       fresh process; the native stack of a crash), started first, in the background, within
-#                       PROBE_S (default 150: no new case after it; PROBE_CASES picks its cases), while the kernel
-#                       tests run
+#                       PROBE_S (default 150: no new case after it; PROBE_CASES picks its cases, default all),
+#                       while the kernel tests run
 #   kernel_tests.txt    the card, its driver, torch and triton; then the suite's GPU tests:
 #                       tests/models/test_window_attention.py (the kernel at full size in fp16/bf16, and its
 #                       ahead-of-time PTX launched through the CUDA driver exactly as TensorRT launches it); the
@@ -54,9 +54,9 @@ left() { echo $(( ${TOTAL_S:-560} - (SECONDS - started) )); }
 work=$(mktemp -d)  # the probe's package and the exported artifacts
 trap 'rm -rf "$work" "${shim:-}"' EXIT
 echo "== probe" > "$out/gpu_swin.log"
-probe_cases=${PROBE_CASES:-plain,runner,ld-debug,inductor-first,libcuda-global,device-0}
 timeout $(( ${PROBE_S:-150} + 150 )) python benchmarks/aoti_load_probe.py --device "$device" --out "$out/probe.txt" \
-    --budget-s "${PROBE_S:-150}" --cases "$probe_cases" --workdir "$work/probe" > /dev/null 2>> "$out/gpu_swin.log" &
+    --budget-s "${PROBE_S:-150}" ${PROBE_CASES:+--cases "$PROBE_CASES"} --workdir "$work/probe" \
+    > /dev/null 2>> "$out/gpu_swin.log" &
 probe=$!
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/kernel_tests.txt" 2>&1
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
