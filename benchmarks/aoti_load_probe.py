@@ -1,7 +1,9 @@
 """Where and why PyTorch fails to load an AOTInductor package in a fresh process, and what avoids it.
 
-Compiles one small model (a 64-wide Linear + GELU, dynamic batch) with AOTInductor for the device, lists the
-package and the libraries its shared object resolves to (ldd), then loads it in fresh Python processes, one case
+Compiles one small model (a 64-wide Linear + GELU, dynamic batch) with AOTInductor for the device, linked as
+vitserve's export links it (the shared libstdc++ asked for where the C++ compiler would copy libstdc++ into the
+shared object: export/toolchain.py; --as-torch-links compiles as PyTorch alone does), lists the package and the
+libraries its shared object resolves to (ldd), then loads it in fresh Python processes, one case
 each, in this order while --budget-s lasts (--cases picks some):
 
   plain           torch._inductor.aoti_load_package, as the server does; under a debugger (gdb, else cuda-gdb:
@@ -42,6 +44,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from vitserve.export import toolchain
 
 STARTED = time.monotonic()
 
@@ -181,6 +185,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/aoti-probe"))
     parser.add_argument("--cases", default=",".join(CASES), help="which, in this order (CUDA-only ones are "
                         "skipped on the CPU)")
+    parser.add_argument("--as-torch-links", action="store_true", help="compile as PyTorch alone links: without "
+                        "the shared libstdc++ that vitserve's export asks for where the compiler copies it in")
     args = parser.parse_args()
     report = Report(args.out)
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -195,9 +201,12 @@ def main() -> None:
     with torch.no_grad():
         program = torch.export.export(model, (torch.randn(8, 64, device=args.device),),
                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        link = {} if args.as_torch_links else toolchain.inductor_configs()
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=link)
     kept = shutil.copy(path, args.out.with_name(f"{args.out.stem}-small.pt2"))  # for readelf/nm elsewhere
-    report(f"compiled {path} ({path.stat().st_size / 1e6:.1f} MB), a copy at {kept}")
+    report(f"compiled {path} ({path.stat().st_size / 1e6:.1f} MB), a copy at {kept}; compiler "
+           f"{toolchain.compiler()} links libstdc++ statically: "
+           f"{toolchain.links_libstdcxx_statically(toolchain.compiler())}, asked for the shared one: {bool(link)}")
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             report(f"  {info.filename} {info.file_size}")

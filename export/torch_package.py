@@ -38,12 +38,14 @@ from torch import nn
 
 from vitserve.artifact import read_manifest_for
 from vitserve.errors import ArtifactError, ExportError, VerificationError
+from vitserve.export import toolchain
 
 log = logging.getLogger(__name__)
 
 PACKAGE_NAME = "model.pt2"
 LOADERS = ("package", "runner")  # torch._inductor.aoti_load_package, or ContainerRunner
 LOADED = "vitserve: package loaded"  # the verification child's line once its PackageRunner is built
+MODEL_FOLDER = "data/aotinductor/model/"  # inside the package: the compiled model and its kernels
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -106,15 +108,32 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
     # size hint), so it is the largest, the batch that throughput depends on.
     example = torch.randn(max_batch, *input_size, device=device)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
+    link = toolchain.inductor_configs()  # the shared libstdc++ where the compiler would copy it in
     configs = {"max_autotune": True} if options.max_autotune else {}
     started = time.perf_counter()
     with torch.no_grad():
         program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: batch},))
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs | link)
+    if link:
+        check_shared_libstdcxx(path)
     return {"format": "aotinductor", "device": options.device, "dtype": options.dtype,
             "max_autotune": options.max_autotune, "cuda_graphs": device.type == "cuda" and options.cuda_graphs,
-            "fused_window_attention_blocks": fused,
+            "fused_window_attention_blocks": fused, "libstdcxx_linked_explicitly": bool(link),
             "compile_seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
+
+
+def check_shared_libstdcxx(path: Path) -> None:
+    """ExportError unless the package's shared object needs the shared libstdc++ (see export/toolchain.py)."""
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(".so") and MODEL_FOLDER in name:
+                needed = toolchain.needed_libraries(archive.read(name))
+                if toolchain.LIBSTDCXX not in needed:
+                    raise ExportError(
+                        f"the C++ compiler ({toolchain.compiler()}) links libstdc++ into shared objects statically, "
+                        f"and {name} still does not need {toolchain.LIBSTDCXX} after asking for it (it needs "
+                        f"{', '.join(needed)}): PyTorch would crash loading it. Point $CXX at a compiler that links "
+                        "libstdc++ as a shared library.")
 
 
 class ContainerRunner:
@@ -136,7 +155,7 @@ class ContainerRunner:
                 if apart:
                     raise ArtifactError(f"{path} keeps its weights outside its compiled model ({apart[0]}); "
                                         "AOTInductor's container runner cannot load it")
-                archive.extractall(folder, [n for n in names if "data/aotinductor/model/" in n])
+                archive.extractall(folder, [n for n in names if MODEL_FOLDER in n])
         except (zipfile.BadZipFile, OSError) as e:
             raise ArtifactError(f"{path} is not a readable AOTInductor package: {e}") from e
         objects = sorted(folder.rglob("*.so"))
