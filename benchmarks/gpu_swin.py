@@ -19,8 +19,9 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
   compile      torch.compile of timm's model at --compile-batches, --compile-mode (default; reduce-overhead for
                CUDA graphs);
   deploy       torch.compile (reduce-overhead: CUDA graphs) at the largest and smallest of --compile-batches
-               of the form the torch artifact exports (Swin: window order, packed fused kernel): the artifact's
-               kernels compiled just in time, what the artifact should reach;
+               of the form the torch artifact exports (Swin: window order, packed fused kernel; others: timm's
+               model, its scaled_dot_product_attention kept): the artifact's kernels compiled just in time, what
+               the artifact should reach;
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
                Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend
                (as the export recorded: PyTorch's package loader, or where that fails the container runner, plain
@@ -253,7 +254,7 @@ def compiled(name: str, batches: list[int], mode: str, deploy: bool = False) -> 
     packed fused kernel, other models as they are."""
     model = timm_model(name)  # not variants(): only the model compiled here
     if deploy:
-        model, _ = deploy_copy(model)
+        model, _ = deploy_copy(model, explicit=False)  # as the artifact: timm's fused attention where it has one
         use_fused_kernel(model)  # no-op for models without window attention
     model = model.to(device=DEVICE, dtype=DTYPE)
     label = f"{'vitserve deploy form' if deploy else 'timm'} + torch.compile ({mode})"

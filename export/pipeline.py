@@ -73,7 +73,7 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        deploy, rewrite = deploy_copy(built.model, rewrite=options.rewrite)
+        deploy, rewrite = deploy_copy(built.model, rewrite=options.rewrite, explicit=options.format != "torch")
         if options.rewrite:
             progress(f"rewrite: {rewrite or 'none for this architecture'}")
         else:

@@ -30,15 +30,18 @@ def explicit_attention(model: nn.Module) -> int:
     return count
 
 
-def deploy_copy(model: nn.Module, rewrite: bool = True) -> tuple[nn.Module, str | None]:
+def deploy_copy(model: nn.Module, rewrite: bool = True, explicit: bool = True) -> tuple[nn.Module, str | None]:
     """A copy of `model` prepared for export, and the name of the rewrite applied (None: no rewrite).
 
-    The copy always uses explicit attention; with `rewrite`, families listed in REWRITES also get their
-    export-friendly form. The original model is never modified: it stays the reference the export is
-    verified against.
+    With `explicit` (for ONNX) the copy uses explicit attention; without it (torch.export: AOTInductor keeps
+    scaled_dot_product_attention as one fused attention kernel, where the explicit form writes the whole attention
+    matrix to memory and reads it back) timm's attention stays as it is. With `rewrite`, families listed in
+    REWRITES also get their export-friendly form. The original model is never modified: it stays the reference
+    the export is verified against.
     """
     deploy = copy.deepcopy(model).eval()
-    explicit_attention(deploy)
+    if explicit:
+        explicit_attention(deploy)
     entry = REWRITES.get(type(model).__module__)
     if not rewrite or entry is None:
         return deploy, None

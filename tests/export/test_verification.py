@@ -20,8 +20,8 @@ from vitserve.models.registry import SPECS
 def _broken_deploy_copy(break_fn):
     original = rewrite_module.deploy_copy
 
-    def deploy_copy(model, rewrite=True):
-        deploy, name = original(model, rewrite)
+    def deploy_copy(model, rewrite=True, explicit=True):
+        deploy, name = original(model, rewrite, explicit)
         break_fn(deploy)
         return deploy, name
 
