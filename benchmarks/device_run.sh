@@ -22,6 +22,10 @@
 #   gpu_swin.log        the probe's and the benchmarks' output, one after the other
 # A crash in native code prints the Python stack of every thread (PYTHONFAULTHANDLER).
 # TOTAL_S (default 560) bounds the whole script; each benchmark process starts no new step in its last 60 seconds.
+# A run can be narrowed to what is still unmeasured: PROBE=0 (no probe; the artifact steps run, the export's own
+# verification decides whether a package loads), KERNEL_TESTS=0, SWIN_SECTIONS / VIT_SECTIONS / DEIT_SECTIONS /
+# AUTOTUNE_SECTIONS (gpu_swin.py --sections for that process; empty: the process is not started) and
+# GPU_SWIN_ARGS (more options for every gpu_swin.py process, e.g. --compile-batches 256,1).
 # DRY_RUN=1: the same steps on the CPU with the small swin_digits model in place of each of the three, small
 # batches, and pytest only collecting the GPU tests: a check of this script (the test suite runs it).
 # Where vitserve is not installed, the repository is laid out as the installed package under a temporary folder
@@ -39,7 +43,7 @@ else
     shim=$(mktemp -d)
     cp -r "$root/vitserve" "$shim/"
     for d in models export server; do cp -r "$root/$d" "$shim/vitserve/$d"; done
-    cp -r "$root/tests" "$root/benchmarks" "$shim/"
+    cp -r "$root/tests" "$root/benchmarks" "$root/examples" "$shim/"
     export PYTHONPATH="$shim"
     cd "$shim"
 fi
@@ -54,10 +58,12 @@ left() { echo $(( ${TOTAL_S:-560} - (SECONDS - started) )); }
 work=$(mktemp -d)  # the probe's package and the exported artifacts
 trap 'rm -rf "$work" "${shim:-}"' EXIT
 echo "== probe" > "$out/gpu_swin.log"
-timeout $(( ${PROBE_S:-150} + 150 )) python benchmarks/aoti_load_probe.py --device "$device" --out "$out/probe.txt" \
-    --budget-s "${PROBE_S:-150}" ${PROBE_CASES:+--cases "$PROBE_CASES"} --workdir "$work/probe" \
-    > /dev/null 2>> "$out/gpu_swin.log" &
-probe=$!
+if [[ ${PROBE:-1} == 1 ]]; then
+    timeout $(( ${PROBE_S:-150} + 150 )) python benchmarks/aoti_load_probe.py --device "$device" \
+        --out "$out/probe.txt" --budget-s "${PROBE_S:-150}" ${PROBE_CASES:+--cases "$PROBE_CASES"} \
+        --workdir "$work/probe" > /dev/null 2>> "$out/gpu_swin.log" &
+    probe=$!
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/kernel_tests.txt" 2>&1
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     >> "$out/kernel_tests.txt" 2>&1
@@ -66,11 +72,17 @@ gpu_tests() {  # gpu_tests SECONDS TESTS...: pytest in a process of its own (a c
         >> "$out/kernel_tests.txt" 2>&1
     echo "GPU tests ${*:2}: exit $? after $((SECONDS - started)) s" | tee -a "$out/kernel_tests.txt"
 }
-gpu_tests 150 tests/models/test_window_attention.py \
-    tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu
-wait "$probe"
-echo "probe: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
-if grep -qE "summary: .*(plain|runner)=ran" "$out/probe.txt" 2>/dev/null; then
+if [[ ${KERNEL_TESTS:-1} == 1 ]]; then
+    gpu_tests 150 tests/models/test_window_attention.py \
+        tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu
+fi
+if [[ ${PROBE:-1} == 1 ]]; then
+    wait "$probe"
+    echo "probe: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
+else
+    echo "probe: not run (PROBE=0): the artifact steps run" >> "$out/gpu_swin.log"
+fi
+if [[ ${PROBE:-1} == 0 ]] || grep -qE "summary: .*(plain|runner)=ran" "$out/probe.txt" 2>/dev/null; then
     loads=1 package=",package" profile=",profile" autotune=",deploy-autotune,autotune"
 else
     loads=0 package="" profile="" autotune=",deploy-autotune"
@@ -83,15 +95,17 @@ bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of
     left=$(left)
     shift
     echo "== $name" >> "$out/gpu_swin.log"
+    if [[ -z ${!#} ]]; then echo "$name: not run, no sections" | tee -a "$out/gpu_swin.log"; return; fi
     if (( left < 30 )); then echo "$name: not run, ${left} s left" | tee -a "$out/gpu_swin.log"; return; fi
+    # shellcheck disable=SC2086  # GPU_SWIN_ARGS: options for every gpu_swin.py process, split on spaces
     timeout "$left" python benchmarks/gpu_swin.py --device "$device" "${sizes[@]}" --out "$out/gpu_swin-$name.json" \
-        --workdir "$work/artifacts" --budget-s $((left - 60)) "$@" >> "$out/gpu_swin.log" 2>&1
+        --workdir "$work/artifacts" --budget-s $((left - 60)) "$@" ${GPU_SWIN_ARGS:-} >> "$out/gpu_swin.log" 2>&1
     echo "$name: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
 }
-bench swin --models "$swin" --sections "correctness,attention,eager,compile,deploy$package$profile"
-bench vit --models "$vit" --sections "eager,compile,deploy$package"
-bench deit --models "$deit" --sections "eager,compile$package"
-bench autotune --models "$swin,$vit" --sections "${autotune#,}"
+bench swin --models "$swin" --sections "${SWIN_SECTIONS-correctness,attention,eager,compile,deploy$package$profile}"
+bench vit --models "$vit" --sections "${VIT_SECTIONS-eager,compile,deploy$package}"
+bench deit --models "$deit" --sections "${DEIT_SECTIONS-eager,compile$package}"
+bench autotune --models "$swin,$vit" --sections "${AUTOTUNE_SECTIONS-${autotune#,}}"
 if (( loads && $(left) > 120 )); then
     gpu_tests $(( $(left) - 10 )) tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs
 fi

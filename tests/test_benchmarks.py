@@ -103,3 +103,27 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     assert "probe: exit 0" in log and "swin: exit 0" in log
     for name in ("vit", "deit", "autotune"):  # each ran, or was not started once TOTAL_S was nearly spent
         assert f"{name}: exit " in log or f"{name}: not run" in log, log[-3000:]
+
+
+def test_device_script_narrowed_run(tmp_path):
+    """device_run.sh narrowed to what a session still has to measure: no probe (the artifact steps run), no kernel
+    tests, chosen sections per benchmark process (none: the process is not started) and options for all of them."""
+    out = tmp_path / "out"
+    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), "TOTAL_S": "300", "PROBE": "0",
+           "KERNEL_TESTS": "0", "SWIN_SECTIONS": "compile,package", "VIT_SECTIONS": "", "DEIT_SECTIONS": "",
+           "AUTOTUNE_SECTIONS": "", "GPU_SWIN_ARGS": "--compile-batches 1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package test last, as time is left
+    assert not (out / "probe.txt").exists() and "test_window_attention" not in tests
+    assert "test_cuda_fp16_package_with_cuda_graphs: exit 0" in tests
+    swin = json.loads((out / "gpu_swin-swin.json").read_text())
+    assert set(swin) >= {"compiled_bf16_default", "torch_artifact_bf16"} and "eager_bf16" not in swin, swin
+    assert [row["batch"] for row in swin["compiled_bf16_default"]["swin_digits"]] == [1]  # GPU_SWIN_ARGS
+    assert not list(_errors(swin)), list(_errors(swin))
+    log = (out / "gpu_swin.log").read_text()
+    assert "probe: not run" in log and "swin: exit 0" in log
+    for name in ("vit", "deit", "autotune"):
+        assert f"{name}: not run, no sections" in log, log[-3000:]
