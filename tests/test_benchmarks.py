@@ -110,7 +110,7 @@ def test_device_script_narrowed_run(tmp_path):
     tests, chosen sections per benchmark process (none: the process is not started) and options for all of them."""
     out = tmp_path / "out"
     env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), "TOTAL_S": "300", "PROBE": "0",
-           "KERNEL_TESTS": "0", "SWIN_SECTIONS": "compile,package", "VIT_SECTIONS": "", "DEIT_SECTIONS": "",
+           "KERNEL_TESTS": "0", "SWIN_SECTIONS": "compile", "VIT_SECTIONS": "", "DEIT_SECTIONS": "",
            "AUTOTUNE_SECTIONS": "", "GPU_SWIN_ARGS": "--compile-batches 1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
@@ -120,7 +120,7 @@ def test_device_script_narrowed_run(tmp_path):
     assert not (out / "probe.txt").exists() and "test_window_attention" not in tests
     assert "test_cuda_fp16_package_with_cuda_graphs: exit 0" in tests
     swin = json.loads((out / "gpu_swin-swin.json").read_text())
-    assert set(swin) >= {"compiled_bf16_default", "torch_artifact_bf16"} and "eager_bf16" not in swin, swin
+    assert "compiled_bf16_default" in swin and "eager_bf16" not in swin, swin
     assert [row["batch"] for row in swin["compiled_bf16_default"]["swin_digits"]] == [1]  # GPU_SWIN_ARGS
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()

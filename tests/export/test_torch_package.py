@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import ROOT, run_cli
 from vitserve.errors import ArtifactError, ExportError, VerificationError
+from vitserve.export import toolchain
 from vitserve.export.pipeline import ExportOptions, export_artifact
 from vitserve.export.torch_package import (
     ContainerRunner,
@@ -229,7 +230,8 @@ def test_fused_op_inside_an_aotinductor_package(tmp_path):
     with torch.no_grad():
         program = torch.export.export(deploy, (torch.randn(8, 3, 32, 32),), dynamic_shapes=({0: batch},))
         assert any("window_attention_packed" in str(node.target) for node in program.graph.nodes)
-        path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"))
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"),
+                                                        inductor_configs=toolchain.inductor_configs())  # as exported
         package = torch._inductor.aoti_load_package(path, run_single_threaded=True)
         runner = ContainerRunner(Path(path), torch.device("cpu"))  # calls back into the op just as well
         for n in (1, 3, 8):
