@@ -79,17 +79,22 @@ def test_aoti_load_probe_dry_run_on_the_cpu(tmp_path):
     assert report.rstrip().endswith("summary: plain=ran runner=ran ld-debug=ran inductor-first=ran same-process=ran")
 
 
-def test_device_script_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/device_run.sh (the one command a lent GPU runs) with DRY_RUN=1: the probe in the background
-    beside the kernel tests (only collected here), then the benchmark processes, whose artifact steps follow the
-    probe's verdict, all within TOTAL_S, and at most the eight files the device machine returns."""
+def _device_run_dry(tmp_path: Path, **settings: str) -> Path:
+    """benchmarks/device_run.sh with DRY_RUN=1 and `settings` in its environment; the folder of its results."""
     out = tmp_path / "out"
-    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), "TOTAL_S": "240", "PROBE_S": "100",
-           "PROBE_CASES": "plain",
+    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), **settings,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def test_device_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/device_run.sh (the one command a lent GPU runs) with DRY_RUN=1: the probe in the background
+    beside the kernel tests (only collected here), then the benchmark processes, whose artifact steps follow the
+    probe's verdict, all within TOTAL_S, and at most the eight files the device machine returns."""
+    out = _device_run_dry(tmp_path, TOTAL_S="240", PROBE_S="100", PROBE_CASES="plain")
     files = sorted(path.name for path in out.iterdir())
     assert len(files) <= 8 and {"probe.txt", "probe-small.pt2", "kernel_tests.txt", "gpu_swin.log",
                                 "gpu_swin-swin.json"} <= set(files), files
@@ -108,14 +113,9 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
 def test_device_script_narrowed_run(tmp_path):
     """device_run.sh narrowed to what a session still has to measure: no probe (the artifact steps run), no kernel
     tests, chosen sections per benchmark process (none: the process is not started) and options for all of them."""
-    out = tmp_path / "out"
-    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), "TOTAL_S": "300", "PROBE": "0",
-           "KERNEL_TESTS": "0", "SWIN_SECTIONS": "compile", "VIT_SECTIONS": "", "DEIT_SECTIONS": "",
-           "AUTOTUNE_SECTIONS": "", "GPU_SWIN_ARGS": "--compile-batches 1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = _device_run_dry(tmp_path, TOTAL_S="300", PROBE="0", KERNEL_TESTS="0", SWIN_SECTIONS="compile",
+                          VIT_SECTIONS="", DEIT_SECTIONS="", AUTOTUNE_SECTIONS="",
+                          GPU_SWIN_ARGS="--compile-batches 1")
     tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package test last, as time is left
     assert not (out / "probe.txt").exists() and "test_window_attention" not in tests
     assert "test_cuda_fp16_package_with_cuda_graphs: exit 0" in tests

@@ -36,6 +36,7 @@ def static_gxx(tmp_path_factory) -> str:
 
 
 def _shared_object(cxx: str, folder: Path) -> bytes:
+    folder.mkdir()
     source, shared = folder / "x.cpp", folder / "x.so"
     source.write_text(toolchain.PROBE_SOURCE)
     subprocess.run([cxx, "-shared", "-fPIC", str(source), "-o", str(shared)], check=True)
@@ -43,7 +44,6 @@ def _shared_object(cxx: str, folder: Path) -> bytes:
 
 
 def test_needed_libraries_of_a_shared_object(tmp_path, static_gxx):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     needed = toolchain.needed_libraries(_shared_object("g++", tmp_path / "a"))
     assert toolchain.LIBSTDCXX in needed
     if shutil.which("readelf"):  # binutils' reading of the same object, entry by entry
@@ -62,7 +62,7 @@ def test_a_compiler_that_copies_libstdcxx_in_is_found(static_gxx):
 
 
 # Compiles a small CPU package with compile_package (as the export does) under $CXX, optionally without the
-# toolchain's settings, and prints what the manifest would record.
+# toolchain's settings; keeps an input and the model's answer beside it; prints what the manifest would record.
 COMPILE = """
 import json, sys
 from pathlib import Path
@@ -71,21 +71,19 @@ from vitserve.export import toolchain
 from vitserve.export.torch_package import TorchOptions, compile_package
 if sys.argv[2] == "as-torch-links":
     toolchain.inductor_configs = lambda: {}
-torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10), torch.nn.GELU()).eval()
 record = compile_package(model, (3, 4, 4), Path(sys.argv[1]), TorchOptions(device="cpu", dtype="fp32"), 4)
-torch.save(model.state_dict(), sys.argv[1] + ".weights")
+x = torch.randn(3, 3, 4, 4)
+with torch.no_grad():
+    torch.save((x, model(x)), sys.argv[1] + ".expected")
 print(json.dumps(record))
 """
-# Loads the package in a fresh process, as the server does, and compares it with the model.
+# Loads the package in a fresh process, as the server does, and compares its answer with the model's.
 LOAD = """
 import sys, torch
-torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10), torch.nn.GELU()).eval()
-model.load_state_dict(torch.load(sys.argv[1] + ".weights"))
+x, expected = torch.load(sys.argv[1] + ".expected")
 runner = torch._inductor.aoti_load_package(sys.argv[1])
-x = torch.randn(3, 3, 4, 4)
-print("max diff", (runner(x) - model(x)).abs().max().item())
+print("max diff", (runner(x) - expected).abs().max().item())
 """
 
 
@@ -119,7 +117,6 @@ def test_a_package_object_without_the_shared_libstdcxx_is_an_export_error(tmp_pa
     from vitserve.export.torch_package import MODEL_FOLDER, check_shared_libstdcxx
 
     for name, cxx in (("shared", "g++"), ("static", static_gxx)):
-        (tmp_path / name).mkdir()
         with zipfile.ZipFile(tmp_path / f"{name}.pt2", "w") as archive:
             archive.writestr(f"model/{MODEL_FOLDER}model.so", _shared_object(cxx, tmp_path / name))
     check_shared_libstdcxx(tmp_path / "shared.pt2")
