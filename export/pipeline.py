@@ -61,11 +61,13 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
         raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
     if options.format not in ("onnx", "openvino", "torch", "tensorrt"):
         raise ExportError(f"unknown --format {options.format!r}; choose onnx, openvino, torch or tensorrt")
+    torch_options = options.torch_options or TorchOptions()
+    if options.format == "tensorrt" and torch_options.dtype == "fp8":
+        raise ExportError("--dtype fp8 applies to --format torch; a TensorRT engine is built in fp16, bf16 or fp32")
     if options.format == "tensorrt":
         from vitserve.export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    torch_options = options.torch_options or TorchOptions()
     buckets = check_options(torch_options, options.max_batch) if options.format in ("torch", "tensorrt") else None
     out = Path(options.out)
     check_output_dir(out)
@@ -155,6 +157,10 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
     package = compile_package(deploy, spec.preprocess.input_size, tmp / PACKAGE_NAME, torch_options,
                               options.max_batch)
     package["batch_buckets"] = list(buckets)
+    if package["fp8_linear_layers"]:
+        progress(f"  {package['fp8_linear_layers']} Linear layers in fp8"
+                 + ("; on the CPU PyTorch emulates fp8, slower than bf16: this package shows fp8's accuracy, not "
+                    "its speed" if torch_options.device == "cpu" else ""))
     progress(f"  {package['compile_seconds']:.0f}s; verifying against the fp32 PyTorch model")
     report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
                             max_batch=options.max_batch, buckets=buckets,

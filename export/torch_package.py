@@ -39,6 +39,7 @@ from torch import nn
 from vitserve.artifact import read_manifest_for
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export import toolchain
+from vitserve.models import fp8
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ LOADERS = ("package", "runner")  # torch._inductor.aoti_load_package, or Contain
 LOADED = "vitserve: package loaded"  # the verification child's line once its PackageRunner is built
 MODEL_FOLDER = "data/aotinductor/model/"  # inside the package: the compiled model and its kernels
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# --dtype -> the precision the model computes in; fp8: the blocks' Linear layers in fp8 (models/fp8.py), the rest bf16
+COMPUTE = DTYPES | {"fp8": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class TorchOptions:
     device: str = "cuda"  # cuda or cpu
-    dtype: str = "fp16"  # fp16, bf16 or fp32
+    dtype: str = "fp16"  # fp16, bf16, fp32, or fp8 (fp8 matrix products, bf16 elsewhere)
     batch_buckets: tuple[int, ...] = ()  # default: 1, 8, 32 and max_batch, within max_batch
     max_autotune: bool = False  # Inductor benchmarks GEMM kernels (its own, with fused epilogues, and the library's)
     cuda_graphs: bool = True  # CUDA: verified and served with a CUDA graph per bucket; False: plain calls
@@ -66,11 +69,18 @@ def check_options(options: TorchOptions, max_batch: int) -> tuple[int, ...]:
     """The batch buckets to use; ExportError for a device, precision or bucket that cannot work here."""
     if options.device not in ("cuda", "cpu"):
         raise ExportError(f"unknown --device {options.device!r}; choose cuda or cpu")
-    if options.dtype not in DTYPES:
-        raise ExportError(f"unknown --dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if options.dtype not in COMPUTE:
+        raise ExportError(f"unknown --dtype {options.dtype!r}; choose one of {', '.join(COMPUTE)}")
     if options.device == "cuda" and not torch.cuda.is_available():
         raise ExportError("--format torch --device cuda needs a CUDA GPU, and none is visible; "
                           "use --device cpu (fp32 or bf16), or export on the GPU machine")
+    if options.device == "cuda" and options.dtype == "fp8":
+        capability = torch.cuda.get_device_capability()
+        if capability < fp8.MIN_CAPABILITY:
+            raise ExportError(f"--dtype fp8 needs fp8 tensor cores (compute capability "
+                              f"{'.'.join(map(str, fp8.MIN_CAPABILITY))} or later: L4, L40, H100, H200); "
+                              f"{torch.cuda.get_device_name()} has {'.'.join(map(str, capability))}. "
+                              "Use --dtype fp16 or bf16")
     if options.device == "cpu" and not options.cuda_graphs:
         raise ExportError("--no-cuda-graphs applies to --device cuda (a CPU package never uses CUDA graphs)")
     if options.device == "cpu" and options.dtype == "fp16":
@@ -100,9 +110,13 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
     """Writes the AOTInductor package to `path`; returns what the manifest records about it."""
     from vitserve.models.windows import use_fused_kernel
 
-    device, dtype = torch.device(options.device), DTYPES[options.dtype]
+    device, dtype = torch.device(options.device), COMPUTE[options.dtype]
     model = copy.deepcopy(deploy).to(device=device, dtype=dtype).eval()
     fused = use_fused_kernel(model) if device.type == "cuda" else 0
+    fp8_layers = fp8.use_fp8(model) if options.dtype == "fp8" else 0  # after .to(dtype), which would undo it
+    if options.dtype == "fp8" and not fp8_layers:
+        raise ExportError("--dtype fp8: this model has no Linear layer fp8 can compute (sizes in multiples of "
+                          f"{fp8.ALIGNMENT}, the classifier apart); use --dtype bf16")
     wrapped = Float32Boundary(model, dtype).eval()
     # The batch dimension stays dynamic; the example's batch is the size Inductor tunes its kernels for (its
     # size hint), so it is the largest, the batch that throughput depends on.
@@ -118,7 +132,8 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
         check_shared_libstdcxx(path)
     return {"format": "aotinductor", "device": options.device, "dtype": options.dtype,
             "max_autotune": options.max_autotune, "cuda_graphs": device.type == "cuda" and options.cuda_graphs,
-            "fused_window_attention_blocks": fused, "libstdcxx_linked_explicitly": bool(link),
+            "fused_window_attention_blocks": fused, "fp8_linear_layers": fp8_layers,
+            "libstdcxx_linked_explicitly": bool(link),
             "compile_seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
 
 

@@ -295,9 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "package for --backend torch; tensorrt: a TensorRT engine with the window-attention plugin")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="--format torch: compile for this "
                    "device (default cuda)")
-    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="--format torch: precision (default fp16 on "
-                   "cuda, fp32 on cpu); --format tensorrt: the engine's precision (default fp16; LayerNorm and the "
-                   "attention's softmax stay float32)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp8"], help="--format torch: precision (default "
+                   "fp16 on cuda, fp32 on cpu; fp8: the blocks' matrix products in fp8, the rest bf16, for GPUs with "
+                   "fp8 tensor cores, on the CPU only to check accuracy); --format tensorrt: the engine's precision "
+                   "(fp16, bf16 or fp32, default fp16; LayerNorm and the attention's softmax stay float32)")
     p.add_argument("--batch-buckets", type=_int_list, metavar="N,N,...", help="--format torch: batch sizes the "
                    "server warms and captures CUDA graphs for; --format tensorrt: one optimization profile each "
                    "(default 1,8,32 and --max-batch)")

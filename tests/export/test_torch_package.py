@@ -215,6 +215,35 @@ def test_cli_max_autotune_package(tmp_path):
     assert manifest["package"]["max_autotune"] is True and manifest["verification"]["passed"]
 
 
+def test_cli_fp8_package_checks_accuracy_on_the_cpu(tmp_path):
+    """--dtype fp8: the blocks' Linear layers compute in fp8 (models/fp8.py) inside the package, which calls
+    torch._scaled_mm for each; verified against the fp32 model by its own cosine gate; served by the torch
+    backend. On the CPU, where PyTorch emulates fp8, this is the accuracy check a GPU export would pass."""
+    out = tmp_path / "fp8"
+    result = run_cli("export", "swin_digits", "--format", "torch", "--device", "cpu", "--dtype", "fp8",
+                     "--max-batch", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "26 Linear layers in fp8; on the CPU PyTorch emulates fp8" in result.stderr
+    manifest = json.loads((out / "vitserve.json").read_text())
+    assert manifest["package"]["dtype"] == "fp8" and manifest["package"]["fp8_linear_layers"] == 26
+    report = manifest["verification"]
+    assert report["passed"] and report["min_cosine_required"] == 0.98 and report["top1_agreement"] == 1.0
+    assert report["max_abs_diff"] > 1e-3  # not float32 arithmetic after all
+    with zipfile.ZipFile(out / "model.pt2") as archive:
+        wrapper = next(archive.read(n) for n in archive.namelist() if n.endswith("wrapper.cpp"))
+    assert b"_scaled_mm" in wrapper
+    result = run_cli("classify", str(out), str(EXAMPLES[3]), "--backend", "torch", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["results"][0]["top_k"][0]["label"] == "3"
+
+
+def test_fp8_is_for_the_torch_format_only(tmp_path):
+    options = ExportOptions(out=tmp_path / "trt", format="tensorrt", torch_options=TorchOptions(dtype="fp8"))
+    with pytest.raises(ExportError, match="--dtype fp8 applies to --format torch"):
+        export_artifact(build_model(SPECS["swin_digits"]), options, progress=lambda m: None)
+    assert not (tmp_path / "trt").exists()
+
+
 def test_fused_op_inside_an_aotinductor_package(tmp_path):
     """The CUDA package's deploy form calls the fused op (`vitserve::window_attention_packed`); AOTInductor keeps it
     as one call into PyTorch's dispatcher. Here on the CPU, where the op runs its reference implementation: the
