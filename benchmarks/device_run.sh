@@ -14,8 +14,9 @@
 #   gpu_swin-*.json     benchmarks/gpu_swin.py after the probe has ended, one process per model so that a crash costs
 #                       only that model's remaining steps: kernel correctness and attention alone (first), then per
 #                       model eager, torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16),
-#                       vitserve's torch artifact (-swin, -vit, -deit); last, Inductor's GEMM autotuning for
-#                       Swin-T and ViT-B/16 while the time lasts (-autotune). The artifact steps run only where the
+#                       vitserve's torch artifact (-swin, -vit, -deit); last, while the time lasts, what the GEMMs
+#                       can still give, ViT-B/16 first, then Swin-T (-gemm): fp8 GEMMs (the deploy form compiled,
+#                       then the --dtype fp8 artifact) and Inductor's GEMM autotuning. The artifact steps run only where the
 #                       probe's package loaded in a fresh process, by PyTorch's package loader or by the container
 #                       runner the export falls back to (its summary line: plain=ran or runner=ran): where neither
 #                       loads any CUDA package, they would cost minutes to show that crash again
@@ -24,7 +25,7 @@
 # TOTAL_S (default 560) bounds the whole script; each benchmark process starts no new step in its last 60 seconds.
 # A run can be narrowed to what is still unmeasured: PROBE=0 (no probe; the artifact steps run, the export's own
 # verification decides whether a package loads), KERNEL_TESTS=0, SWIN_SECTIONS / VIT_SECTIONS / DEIT_SECTIONS /
-# AUTOTUNE_SECTIONS (gpu_swin.py --sections for that process; empty: the process is not started) and
+# GEMM_SECTIONS (gpu_swin.py --sections for that process; empty: the process is not started) and
 # GPU_SWIN_ARGS (more options for every gpu_swin.py process, e.g. --compile-batches 256,1).
 # DRY_RUN=1: the same steps on the CPU with the small swin_digits model in place of each of the three, small
 # batches, and pytest only collecting the GPU tests: a check of this script (the test suite runs it).
@@ -83,9 +84,9 @@ else
     echo "probe: not run (PROBE=0): the artifact steps run" >> "$out/gpu_swin.log"
 fi
 if [[ ${PROBE:-1} == 0 ]] || grep -qE "summary: .*(plain|runner)=ran" "$out/probe.txt" 2>/dev/null; then
-    loads=1 package=",package" profile=",profile" autotune=",deploy-autotune,autotune"
+    loads=1 package=",package" profile=",profile" gemm="fp8,fp8-package,deploy-autotune,autotune"
 else
-    loads=0 package="" profile="" autotune=",deploy-autotune"
+    loads=0 package="" profile="" gemm="fp8,deploy-autotune"
     echo "the probe's package loaded in a fresh process neither by PyTorch's package loader nor by the container" \
         "runner: the torch artifact's steps are left out" \
         | tee -a "$out/gpu_swin.log"
@@ -105,7 +106,7 @@ bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of
 bench swin --models "$swin" --sections "${SWIN_SECTIONS-correctness,attention,eager,compile,deploy$package$profile}"
 bench vit --models "$vit" --sections "${VIT_SECTIONS-eager,compile,deploy$package}"
 bench deit --models "$deit" --sections "${DEIT_SECTIONS-eager,compile$package}"
-bench autotune --models "$swin,$vit" --sections "${AUTOTUNE_SECTIONS-${autotune#,}}"
+bench gemm --models "$vit,$swin" --sections "${GEMM_SECTIONS-$gemm}"
 if (( loads && $(left) > 120 )); then
     gpu_tests $(( $(left) - 10 )) tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs
 fi

@@ -30,11 +30,15 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                tried again for later models once it failed too, nor when PyTorch crashed loading the package);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
-and last, for Swin-T and ViT-B/16:
+and last, for the first two models (what the GEMMs can still give):
+  fp8          the deploy form under torch.compile (reduce-overhead) in bf16 at the largest compile batch, and with
+               the blocks' Linear layers in fp8 (models/fp8.py; e4m3, per-row / per-channel scales; the rest bf16)
+               at the largest and smallest: fp8 tensor cores, GPUs of compute capability 8.9 and up;
+  fp8-package  the torch artifact exported with --dtype fp8, timed as under package;
   deploy-autotune  the deploy form under torch.compile(mode="max-autotune") at the largest compile batch;
   autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning).
-Once PyTorch has crashed loading one model's package (it then would for any), package and autotune are not run
-for the models after it.
+Once PyTorch has crashed loading one model's package (it then would for any), package, fp8-package and autotune
+are not run for the models after it.
 Random weights; CUDA events around whole forward passes; median of the timed iterations. --batches (default
 1,64,256) sets the batch sizes, the artifact's buckets and the attention-alone batch (the largest).
 """
@@ -56,6 +60,7 @@ import torch
 from torch.profiler import ProfilerActivity
 
 from vitserve.models.build import build_model
+from vitserve.models.fp8 import use_fp8
 from vitserve.models.registry import resolve
 from vitserve.models.rewrite import deploy_copy
 from vitserve.models.window_attention import reference, window_attention, window_attention_packed
@@ -65,6 +70,7 @@ STARTED = time.monotonic()
 DEVICE = "cuda"  # set once by main(): cuda, or cpu for a dry run
 DTYPE = torch.float16  # the models' and the attention's precision: fp16 on CUDA, bfloat16 on the CPU
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}  # fp8: fp8 GEMMs, bf16 elsewhere
 
 
 def device_ms(fn, iters: int = 20, warmup: int = 5) -> float:
@@ -190,15 +196,18 @@ class LoadCrash(RuntimeError):
 
 
 def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
-                   max_autotune: bool = False, cuda_graphs: bool = True) -> list[dict]:
-    """Exported by the CLI in a process of its own, as a user would, then loaded here like the server loads it."""
+                   max_autotune: bool = False, cuda_graphs: bool = True, dtype: str | None = None) -> list[dict]:
+    """Exported by the CLI in a process of its own, as a user would, then loaded here like the server loads it.
+    `dtype`: the export's --dtype (default the run's precision)."""
     import numpy as np
 
     from vitserve.export.torch_package import TorchBackend
 
-    artifact = workdir / f"{name}{'-autotune' if max_autotune else ''}{'' if cuda_graphs else '-no-graphs'}"
+    dtype = dtype or DTYPE_NAMES[DTYPE]
+    artifact = workdir / (f"{name}-{dtype}{'-autotune' if max_autotune else ''}"
+                          f"{'' if cuda_graphs else '-no-graphs'}")
     command = [sys.executable, "-m", "vitserve", "export", name, "--random-init", "--format", "torch",
-               "--device", DEVICE, "--dtype", DTYPE_NAMES[DTYPE], "--max-batch", str(max(batches)),
+               "--device", DEVICE, "--dtype", dtype, "--max-batch", str(max(batches)),
                "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
     command += (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
     exported = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -210,7 +219,8 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
         raise RuntimeError(f"vitserve export exited with {exported.returncode} (its output is in the log above)")
     backend = TorchBackend(artifact)
     manifest = backend.manifest
-    rows = [{"runner": "export", "compile_s": manifest.package["compile_seconds"], "max_autotune": max_autotune,
+    rows = [{"runner": "export", "dtype": dtype, "compile_s": manifest.package["compile_seconds"],
+             "max_autotune": max_autotune,
              "loader": backend.loader, "cuda_graphs": backend.cuda_graphs,
              "min_cosine": manifest.verification["min_cosine"],
              "max_abs_diff": manifest.verification["max_abs_diff"]}]
@@ -248,16 +258,20 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:5.0f} s] {message}", flush=True)
 
 
-def compiled(name: str, batches: list[int], mode: str, deploy: bool = False) -> list[dict]:
+def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dtype: str | None = None) -> list[dict]:
     """torch.compile, one compilation per batch size (static shapes, as a server would warm), of timm's model or
     (deploy) of the form vitserve's torch artifact exports on CUDA: for Swin the window-order rewrite with the
-    packed fused kernel, other models as they are."""
+    packed fused kernel, other models as they are. `dtype` (deploy form only; default the run's precision): fp16,
+    bf16, or fp8 (the blocks' Linear layers in fp8, the rest bf16, as `--dtype fp8` exports it)."""
     model = timm_model(name)  # not variants(): only the model compiled here
     if deploy:
         model, _ = deploy_copy(model, explicit=False)  # as the artifact: timm's fused attention where it has one
         use_fused_kernel(model)  # no-op for models without window attention
-    model = model.to(device=DEVICE, dtype=DTYPE)
-    label = f"{'vitserve deploy form' if deploy else 'timm'} + torch.compile ({mode})"
+    model = model.to(device=DEVICE, dtype=DTYPE if dtype is None else PRECISIONS[dtype])
+    if dtype == "fp8":
+        use_fp8(model)  # after .to(), which would turn the fp8 weights back into bf16
+    label = (f"{'vitserve deploy form' if deploy else 'timm'}{f', {dtype}' if dtype else ''} + "
+             f"torch.compile ({mode})")
     rows = []
     for batch in batches:
         torch._dynamo.reset()
@@ -277,7 +291,7 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead "
                         "(CUDA graphs)")
     parser.add_argument("--sections", default="correctness,attention,eager,compile,deploy,package,profile,"
-                        "deploy-autotune,autotune")
+                        "fp8,fp8-package,deploy-autotune,autotune")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitserve-gpu-artifacts"))
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
@@ -342,9 +356,19 @@ def main() -> None:
             step("package", f"{package_key}_no_cuda_graphs", name,
                  lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
                                                                 cuda_graphs=False))
-    for name in models[:2]:  # then, while the budget lasts: Inductor's GEMM autotuning (its Triton GEMMs fuse
-        # the bias, GELU and residual adds the library GEMMs leave to separate kernels), in the deploy form at the
-        # largest batch, and in the artifact
+    largest, smallest = max(compile_batches), min(compile_batches)
+    for name in models[:2]:  # then, while the budget lasts, what the GEMMs can still give: fp8 (the deploy form
+        # in bf16 and with fp8 GEMMs, compiled with CUDA graphs, at the largest and smallest compile batch, and the
+        # fp8 artifact); Inductor's GEMM autotuning (its Triton GEMMs fuse the bias, GELU and residual adds the
+        # library GEMMs leave to separate kernels), in the deploy form at the largest batch, and in the artifact
+        step("fp8", "fp8_compiled_reduce-overhead", name,
+             lambda n=name: compiled(n, [largest], "reduce-overhead", deploy=True, dtype="bf16")
+             + compiled(n, sorted({largest, smallest}, reverse=True), "reduce-overhead", deploy=True, dtype="fp8"))
+        if "fp8-package" in sections and load_crashed():
+            sections.discard("fp8-package")
+            result.setdefault("not_run", []).append("fp8-package: PyTorch crashed loading a package")
+        step("fp8-package", "torch_artifact_fp8", name,
+             lambda n=name: torch_artifact(n, batches, args.workdir / "fp8", dtype="fp8"))
         step("deploy-autotune", f"deploy_compiled_{precision}_max-autotune", name,
              lambda n=name: compiled(n, [max(compile_batches)], "max-autotune", deploy=True))
         if "autotune" in sections and load_crashed():

@@ -29,7 +29,7 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     out = tmp_path / "dry.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "gpu_swin.py"), "--device", "cpu", "--models", "swin_digits",
                "--batches", "1,4", "--compile-batches", "4", "--workdir", str(tmp_path / "work"), "--out", str(out),
-               "--sections", "correctness,attention,eager,compile,deploy,package,profile,deploy-autotune"]
+               "--sections", "correctness,attention,eager,compile,deploy,package,profile,fp8,deploy-autotune"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -47,6 +47,9 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     deploy = result["deploy_compiled_bf16_reduce-overhead"]["swin_digits"]
     assert [(row["runner"], row["batch"]) for row in deploy] == [
         ("vitserve deploy form + torch.compile (reduce-overhead)", 4)]
+    fp8 = result["fp8_compiled_reduce-overhead"]["swin_digits"]
+    assert [(row["runner"], row["batch"]) for row in fp8] == [
+        (f"vitserve deploy form, {dtype} + torch.compile (reduce-overhead)", 4) for dtype in ("bf16", "fp8")]
     tuned = result["deploy_compiled_bf16_max-autotune"]["swin_digits"]
     assert [(row["runner"], row["batch"]) for row in tuned] == [
         ("vitserve deploy form + torch.compile (max-autotune)", 4)]
@@ -106,7 +109,7 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()
     assert "probe: exit 0" in log and "swin: exit 0" in log
-    for name in ("vit", "deit", "autotune"):  # each ran, or was not started once TOTAL_S was nearly spent
+    for name in ("vit", "deit", "gemm"):  # each ran, or was not started once TOTAL_S was nearly spent
         assert f"{name}: exit " in log or f"{name}: not run" in log, log[-3000:]
 
 
@@ -114,7 +117,7 @@ def test_device_script_narrowed_run(tmp_path):
     """device_run.sh narrowed to what a session still has to measure: no probe (the artifact steps run), no kernel
     tests, chosen sections per benchmark process (none: the process is not started) and options for all of them."""
     out = _device_run_dry(tmp_path, TOTAL_S="300", PROBE="0", KERNEL_TESTS="0", SWIN_SECTIONS="compile",
-                          VIT_SECTIONS="", DEIT_SECTIONS="", AUTOTUNE_SECTIONS="",
+                          VIT_SECTIONS="", DEIT_SECTIONS="", GEMM_SECTIONS="",
                           GPU_SWIN_ARGS="--compile-batches 1")
     tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package test last, as time is left
     assert not (out / "probe.txt").exists() and "test_window_attention" not in tests
@@ -125,5 +128,5 @@ def test_device_script_narrowed_run(tmp_path):
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()
     assert "probe: not run" in log and "swin: exit 0" in log
-    for name in ("vit", "deit", "autotune"):
+    for name in ("vit", "deit", "gemm"):
         assert f"{name}: not run, no sections" in log, log[-3000:]
