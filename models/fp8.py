@@ -64,21 +64,30 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def eligible(linear: nn.Module, classifier: nn.Module | None) -> bool:
-    return (isinstance(linear, nn.Linear) and linear is not classifier
+def classifiers(model: nn.Module) -> list[nn.Module]:
+    """timm's `get_classifier()`: one module, or a tuple of them (distilled DeiT: the head and the distillation
+    head)."""
+    if not hasattr(model, "get_classifier"):
+        return []
+    heads = model.get_classifier()
+    return list(heads) if isinstance(heads, (tuple, list)) else [heads]
+
+
+def eligible(linear: nn.Module, kept: list[nn.Module]) -> bool:
+    return (isinstance(linear, nn.Linear) and not any(linear is k for k in kept)
             and linear.in_features % ALIGNMENT == 0 and linear.out_features % ALIGNMENT == 0)
 
 
 def use_fp8(model: nn.Module) -> int:
     """Replaces the model's Linear layers by Fp8Linear, in place; returns how many. Kept in their precision: the
-    classifier (timm's `get_classifier()`: its logits are the output, and it is one small product) and layers whose
+    classifiers (`classifiers()`: their logits are the output, and each is one small product) and layers whose
     sizes are not multiples of 16. Call it after the model has its device and precision (bfloat16): `.to(dtype)`
     would turn the e4m3 weights back into bfloat16."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    kept = classifiers(model)
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if eligible(child, classifier):
+            if eligible(child, kept):
                 setattr(parent, name, Fp8Linear(child))
                 count += 1
     return count

@@ -66,3 +66,11 @@ def test_use_fp8_switches_the_blocks_not_the_classifier():
     assert model.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn
     assert nn.functional.cosine_similarity(before, after, dim=1).min() > 0.98
     assert not torch.equal(before, after)  # it did change the arithmetic
+
+
+def test_every_classifier_head_stays():
+    """Distilled DeiT has two heads (timm's get_classifier() returns both); with 16 classes both would fit fp8's
+    sizes, and both stay."""
+    model = build_model(SPECS["deit_s_distilled"], random_init=True, num_classes=16).model.eval()
+    assert use_fp8(model) == 12 * 4
+    assert type(model.head) is nn.Linear and type(model.head_dist) is nn.Linear
