@@ -10,7 +10,7 @@
 #                       tests/models/test_window_attention.py (the kernel at full size in fp16/bf16, and its
 #                       ahead-of-time PTX launched through the CUDA driver exactly as TensorRT launches it); the
 #                       tensorrt backend's CUDA buffers and copies (cuda-bindings); last, if the probe's package
-#                       loaded and time is left, the CUDA torch package (fp16, fused kernel, CUDA graphs)
+#                       loaded and time is left, the CUDA torch packages (fp16, fused kernel, CUDA graphs; fp8)
 #   gpu_swin-*.json     benchmarks/gpu_swin.py after the probe has ended, one process per model so that a crash costs
 #                       only that model's remaining steps: kernel correctness and attention alone (first), then per
 #                       model eager, torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16),
@@ -108,5 +108,6 @@ bench vit --models "$vit" --sections "${VIT_SECTIONS-eager,compile,deploy$packag
 bench deit --models "$deit" --sections "${DEIT_SECTIONS-eager,compile$package}"
 bench gemm --models "$vit,$swin" --sections "${GEMM_SECTIONS-$gemm}"
 if (( loads && $(left) > 120 )); then
-    gpu_tests $(( $(left) - 10 )) tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs
+    gpu_tests $(( $(left) - 10 )) tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs \
+        tests/export/test_torch_package.py::test_cuda_fp8_package
 fi

@@ -320,3 +320,19 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     # the same package in plain calls, as exported with --no-cuda-graphs, gives the graphs' answers
     plain = PackageRunner(out / "model.pt2", "cuda", backend.buckets, backend.input_shape, cuda_graphs=False)
     assert not plain.cuda_graphs and np.abs(plain(x) - got).max() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or later)")
+def test_cuda_fp8_package(tmp_path, digits_artifact):
+    """--dtype fp8 on a GPU: cuBLAS's fp8 GEMMs inside the package beside the fused window-attention kernel,
+    verified with CUDA graphs, and the sample images classified as the fp32 ONNX artifact classifies them."""
+    out = tmp_path / "swin_digits-fp8"
+    options = ExportOptions(out=out, max_batch=16, format="torch",
+                            torch_options=TorchOptions(device="cuda", dtype="fp8"))
+    manifest = export_artifact(build_model(SPECS["swin_digits"]), options, progress=lambda m: None)
+    assert manifest.package["fp8_linear_layers"] == 26 and manifest.package["fused_window_attention_blocks"] > 0
+    assert manifest.verification["min_cosine"] >= 0.98 and manifest.verification["top1_agreement"] == 1.0
+    backend = load_backend(out, "torch")
+    x = _pixels(backend.manifest)
+    assert (backend(x).argmax(1) == OnnxRuntimeBackend(digits_artifact)(x).argmax(1)).all()
