@@ -59,6 +59,7 @@ import timm
 import torch
 from torch.profiler import ProfilerActivity
 
+from vitserve.export.torch_package import COMPUTE
 from vitserve.models.build import build_model
 from vitserve.models.fp8 import use_fp8
 from vitserve.models.registry import resolve
@@ -70,7 +71,6 @@ STARTED = time.monotonic()
 DEVICE = "cuda"  # set once by main(): cuda, or cpu for a dry run
 DTYPE = torch.float16  # the models' and the attention's precision: fp16 on CUDA, bfloat16 on the CPU
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}  # fp8: fp8 GEMMs, bf16 elsewhere
 
 
 def device_ms(fn, iters: int = 20, warmup: int = 5) -> float:
@@ -267,7 +267,7 @@ def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dty
     if deploy:
         model, _ = deploy_copy(model, explicit=False)  # as the artifact: timm's fused attention where it has one
         use_fused_kernel(model)  # no-op for models without window attention
-    model = model.to(device=DEVICE, dtype=DTYPE if dtype is None else PRECISIONS[dtype])
+    model = model.to(device=DEVICE, dtype=DTYPE if dtype is None else COMPUTE[dtype])
     if dtype == "fp8":
         use_fp8(model)  # after .to(), which would turn the fp8 weights back into bf16
     label = (f"{'vitserve deploy form' if deploy else 'timm'}{f', {dtype}' if dtype else ''} + "
@@ -303,6 +303,7 @@ def main() -> None:
     models = args.models.split(",")
     batches = [int(b) for b in args.batches.split(",")]
     compile_batches = [int(b) for b in args.compile_batches.split(",")]
+    largest, smallest = max(compile_batches), min(compile_batches)
     precision = DTYPE_NAMES[DTYPE]
 
     def step(section: str, key: str, name: str | None, fn) -> None:
@@ -330,8 +331,15 @@ def main() -> None:
     step("attention", f"attention_stage1_b{max(batches)}_ms", None, lambda: attention_alone(max(batches)))
     package_key = f"torch_artifact_{precision}"
 
-    def load_crashed() -> bool:  # PyTorch crashed loading an earlier model's package: it would for any package
-        return any("LoadCrash" in str(rows) for rows in result.get(package_key, {}).values())
+    def leave_out_once_crashed(names: set[str], when: str) -> None:
+        """Drops the chosen sections among `names` (they load a package) once PyTorch has crashed loading an
+        earlier model's package: it would for any package."""
+        dropped = sorted(names & sections)
+        if dropped and any("LoadCrash" in str(rows) for rows in result.get(package_key, {}).values()):
+            sections.difference_update(dropped)
+            why = f"{', '.join(dropped)} {when}: PyTorch crashed loading an earlier model's package"
+            result.setdefault("not_run", []).append(why)
+            log(f"not run: {why}")
 
     for name in models:  # per model: eager, torch.compile, the artifact -- a run cut short keeps whole models
         profile_batch = max(batches) if "profile" in sections and name == models[0] else None
@@ -339,13 +347,8 @@ def main() -> None:
         step("compile", f"compiled_{precision}_{args.compile_mode}", name,
              lambda n=name: compiled(n, compile_batches, args.compile_mode))
         step("deploy", f"deploy_compiled_{precision}_reduce-overhead", name,  # the batches the goals name
-             lambda n=name: compiled(n, sorted({max(compile_batches), min(compile_batches)}, reverse=True),
-                                     "reduce-overhead", deploy=True))
-        if "package" in sections and load_crashed():
-            sections -= {"package", "autotune"}
-            why = f"package and autotune from {name} on: PyTorch crashed loading an earlier model's package"
-            result.setdefault("not_run", []).append(why)
-            log(f"not run: {why}")
+             lambda n=name: compiled(n, sorted({largest, smallest}, reverse=True), "reduce-overhead", deploy=True))
+        leave_out_once_crashed({"package", "fp8-package", "autotune"}, f"from {name} on")
         step("package", package_key, name,
              lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p))
         plain = result.get(f"{package_key}_no_cuda_graphs", {})
@@ -356,7 +359,6 @@ def main() -> None:
             step("package", f"{package_key}_no_cuda_graphs", name,
                  lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
                                                                 cuda_graphs=False))
-    largest, smallest = max(compile_batches), min(compile_batches)
     for name in models[:2]:  # then, while the budget lasts, what the GEMMs can still give: fp8 (the deploy form
         # in bf16 and with fp8 GEMMs, compiled with CUDA graphs, at the largest and smallest compile batch, and the
         # fp8 artifact); Inductor's GEMM autotuning (its Triton GEMMs fuse the bias, GELU and residual adds the
@@ -364,16 +366,12 @@ def main() -> None:
         step("fp8", "fp8_compiled_reduce-overhead", name,
              lambda n=name: compiled(n, [largest], "reduce-overhead", deploy=True, dtype="bf16")
              + compiled(n, sorted({largest, smallest}, reverse=True), "reduce-overhead", deploy=True, dtype="fp8"))
-        if "fp8-package" in sections and load_crashed():
-            sections.discard("fp8-package")
-            result.setdefault("not_run", []).append("fp8-package: PyTorch crashed loading a package")
+        leave_out_once_crashed({"fp8-package"}, f"for {name}")
         step("fp8-package", "torch_artifact_fp8", name,
              lambda n=name: torch_artifact(n, batches, args.workdir / "fp8", dtype="fp8"))
         step("deploy-autotune", f"deploy_compiled_{precision}_max-autotune", name,
-             lambda n=name: compiled(n, [max(compile_batches)], "max-autotune", deploy=True))
-        if "autotune" in sections and load_crashed():
-            sections.discard("autotune")
-            result.setdefault("not_run", []).append("autotune: PyTorch crashed loading a package")
+             lambda n=name: compiled(n, [largest], "max-autotune", deploy=True))
+        leave_out_once_crashed({"autotune"}, f"for {name}")
         step("autotune", f"{package_key}_max_autotune", name,
              lambda n=name: torch_artifact(n, batches, args.workdir / "max_autotune", max_autotune=True))
     log("done")

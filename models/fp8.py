@@ -91,4 +91,3 @@ def use_fp8(model: nn.Module) -> int:
                 setattr(parent, name, Fp8Linear(child))
                 count += 1
     return count
-
