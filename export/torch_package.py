@@ -83,6 +83,11 @@ def check_options(options: TorchOptions, max_batch: int) -> tuple[int, ...]:
                               "Use --dtype fp16 or bf16")
     if options.device == "cpu" and not options.cuda_graphs:
         raise ExportError("--no-cuda-graphs applies to --device cuda (a CPU package never uses CUDA graphs)")
+    if options.device == "cpu" and options.max_autotune:
+        # seen with PyTorch 2.14: a batched product tuned between ATen and the C++ template kept the tuning batch's
+        # size for one operand in the compiled code, so the package failed at every other batch size
+        raise ExportError("--max-autotune applies to --device cuda: on the CPU, Inductor's GEMM autotuning under a "
+                          "dynamic batch can compile a package that fails at batch sizes other than the largest")
     if options.device == "cpu" and options.dtype == "fp16":
         raise ExportError("fp16 on the CPU is slow and inexact in PyTorch; use --dtype bf16 or fp32 with --device cpu")
     buckets = tuple(sorted(set(options.batch_buckets))) or default_buckets(max_batch)

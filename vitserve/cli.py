@@ -302,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-buckets", type=_int_list, metavar="N,N,...", help="--format torch: batch sizes the "
                    "server warms and captures CUDA graphs for; --format tensorrt: one optimization profile each "
                    "(default 1,8,32 and --max-batch)")
-    p.add_argument("--max-autotune", action="store_true", help="--format torch: let Inductor benchmark GEMM "
-                   "kernels, including its own with the following element-wise operations fused (longer compile)")
+    p.add_argument("--max-autotune", action="store_true", help="--format torch --device cuda: let Inductor "
+                   "benchmark GEMM kernels, including its own with the following element-wise operations fused "
+                   "(longer compile)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="--format torch --device cuda: verify and serve "
                    "the package with plain calls instead of a CUDA graph per bucket (if capturing one fails)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
