@@ -59,9 +59,8 @@ import timm
 import torch
 from torch.profiler import ProfilerActivity
 
-from vitserve.export.torch_package import COMPUTE
+from vitserve.export.torch_package import to_precision
 from vitserve.models.build import build_model
-from vitserve.models.fp8 import use_fp8
 from vitserve.models.registry import resolve
 from vitserve.models.rewrite import deploy_copy
 from vitserve.models.window_attention import reference, window_attention, window_attention_packed
@@ -267,9 +266,7 @@ def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dty
     if deploy:
         model, _ = deploy_copy(model, explicit=False)  # as the artifact: timm's fused attention where it has one
         use_fused_kernel(model)  # no-op for models without window attention
-    model = model.to(device=DEVICE, dtype=DTYPE if dtype is None else COMPUTE[dtype])
-    if dtype == "fp8":
-        use_fp8(model)  # after .to(), which would turn the fp8 weights back into bf16
+    to_precision(model, DEVICE, dtype or DTYPE_NAMES[DTYPE])  # as the torch artifact's export does
     label = (f"{'vitserve deploy form' if deploy else 'timm'}{f', {dtype}' if dtype else ''} + "
              f"torch.compile ({mode})")
     rows = []

@@ -110,15 +110,23 @@ class Float32Boundary(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
+def to_precision(model: nn.Module, device: torch.device | str, dtype: str) -> int:
+    """Moves `model`, in place, to `device` in the precision `--dtype dtype` computes in (COMPUTE); for fp8 then
+    replaces its eligible Linear layers by fp8 ones (models/fp8.py) -- after `.to()`, which would turn their e4m3
+    weights back into bfloat16. Returns how many layers are in fp8."""
+    model.to(device=device, dtype=COMPUTE[dtype])
+    return fp8.use_fp8(model) if dtype == "fp8" else 0
+
+
 def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: Path, options: TorchOptions,
                     max_batch: int) -> dict[str, Any]:
     """Writes the AOTInductor package to `path`; returns what the manifest records about it."""
     from vitserve.models.windows import use_fused_kernel
 
     device, dtype = torch.device(options.device), COMPUTE[options.dtype]
-    model = copy.deepcopy(deploy).to(device=device, dtype=dtype).eval()
+    model = copy.deepcopy(deploy).eval()
+    fp8_layers = to_precision(model, device, options.dtype)
     fused = use_fused_kernel(model) if device.type == "cuda" else 0
-    fp8_layers = fp8.use_fp8(model) if options.dtype == "fp8" else 0  # after .to(dtype), which would undo it
     if options.dtype == "fp8" and not fp8_layers:
         raise ExportError("--dtype fp8: this model has no Linear layer fp8 can compute (sizes in multiples of "
                           f"{fp8.ALIGNMENT}, the classifier apart); use --dtype bf16")
