@@ -86,6 +86,8 @@ SPECS: dict[str, ModelSpec] = {
         _imagenet("twins_svt_s", "twins_svt_small", "in1k", "Twins-SVT-S, 24M params"),
         _imagenet("twins_pcpvt_s", "twins_pcpvt_small", "in1k", "Twins-PCPVT-S, 24M params"),
         _imagenet("cait_xxs24", "cait_xxs24_224", "fb_dist_in1k", "CaiT-XXS24, 12M params", crop_pct=1.0),
+        _imagenet("tnt_s", "tnt_s_patch16_224", "in1k", "TNT-S, 24M params", inception=True),
+        _imagenet("mvitv2_t", "mvitv2_tiny", "fb_in1k", "MViT v2-T, 24M params"),
         ModelSpec(
             "swin_digits",
             "swin_tiny_patch4_window7_224",
