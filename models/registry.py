@@ -73,6 +73,7 @@ SPECS: dict[str, ModelSpec] = {
         _imagenet("swin_s", "swin_small_patch4_window7_224", "ms_in22k_ft_in1k", "Swin-S, 50M params"),
         _imagenet("swin_b", "swin_base_patch4_window7_224", "ms_in22k_ft_in1k", "Swin-B, 88M params"),
         _imagenet("swinv2_t", "swinv2_tiny_window8_256", "ms_in1k", "Swin V2-T, window 8, 256 px", size=256),
+        _imagenet("swinv2_cr_t", "swinv2_cr_tiny_ns_224", "sw_in1k", "Swin V2-T, timm's CR implementation, 224 px"),
         _imagenet("vit_b_16", "vit_base_patch16_224", "augreg2_in21k_ft_in1k", "ViT-B/16, 86M params",
                   inception=True),
         _imagenet("vit_s_16", "vit_small_patch16_224", "augreg_in21k_ft_in1k", "ViT-S/16, 22M params",

@@ -1,4 +1,4 @@
-"""Window-order execution of a Swin stage: the export-friendly form shared by Swin and Swin V2.
+"""Window-order execution of a Swin stage: the export-friendly form shared by Swin, Swin V2 and Swin V2 CR.
 
 timm runs every Swin block on a (B, H, W, C) map and, inside attention, does
 
@@ -15,7 +15,7 @@ shifted-window mask, both constants at a fixed input size, fold into one additiv
 What is left in the graph per block: LayerNorm, qkv MatMul, one Reshape + Transpose, two attention MatMuls, one Add
 of a constant, Softmax, the projection, the MLP, and one Gather. No roll, no pad, no mask construction.
 
-Padding: timm pads *after* its norm (Swin) or on the block input (Swin V2) with zeros, and those zero tokens take
+Padding: timm pads *after* its norm (Swin) or on the block input (Swin V2, V2 CR) with zeros, and those zero tokens take
 part in attention as keys. Our padding slots carry arbitrary (finite) values through LayerNorm and the MLP, so the
 block multiplies the attention input by a constant 0/1 mask to make them exactly zero where timm has zeros. Nothing
 ever reads a padding slot back into a real token except through that zeroed attention input.
@@ -130,7 +130,10 @@ class WindowOrderAttention(nn.Module):
 
 
 class WindowOrderBlock(nn.Module):
-    """A Swin (pre-norm) or Swin V2 (post-norm) block on a sequence in its own window order."""
+    """A Swin (pre-norm) or Swin V2 (post-norm) block on a sequence in its own window order.
+
+    `norm3` (Swin V2 CR's extra main-branch norm at the end of some blocks) is applied to the block's output.
+    """
 
     def __init__(
         self,
@@ -141,9 +144,10 @@ class WindowOrderBlock(nn.Module):
         order: torch.Tensor,
         resolution: tuple[int, int],
         post_norm: bool,
+        norm3: nn.Module | None = None,
     ):
         super().__init__()
-        self.norm1, self.attn, self.norm2, self.mlp = norm1, attn, norm2, mlp
+        self.norm1, self.attn, self.norm2, self.mlp, self.norm3 = norm1, attn, norm2, mlp, norm3
         self.post_norm = post_norm
         self.resolution = resolution
         has_pad = bool((order < 0).any())
@@ -156,9 +160,11 @@ class WindowOrderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.post_norm:
             x = x + self.norm1(self.attn(self._attn_input(x)))
-            return x + self.norm2(self.mlp(x))
-        x = x + self.attn(self._attn_input(self.norm1(x)))
-        return x + self.mlp(self.norm2(x))
+            x = x + self.norm2(self.mlp(x))
+        else:
+            x = x + self.attn(self._attn_input(self.norm1(x)))
+            x = x + self.mlp(self.norm2(x))
+        return x if self.norm3 is None else self.norm3(x)
 
     def probe_view(self, out: torch.Tensor) -> torch.Tensor:
         """This block's output in timm's layout (B, H, W, C), for block-by-block comparison."""
@@ -168,7 +174,7 @@ class WindowOrderBlock(nn.Module):
 
 
 class EvenPatchMerging(nn.Module):
-    """timm's PatchMerging (Swin and Swin V2) for a map of even height and width.
+    """timm's PatchMerging (Swin, Swin V2, Swin V2 CR) for a map of even height and width.
 
     timm pads by (H % 2, W % 2) unconditionally, which leaves a zero-size Pad in the graph; on an even map the
     2x2 merge needs no padding at all. (B, H, W, C) -> (B, H/2, W/2, C').
@@ -185,11 +191,14 @@ class EvenPatchMerging(nn.Module):
 
 
 class WindowOrderStage(nn.Module):
-    """A Swin stage: timm's downsample, then the blocks in window order. (B, H, W, C) in and out, like timm."""
+    """A Swin stage: timm's downsample, then the blocks in window order. (B, H, W, C) in and out, like timm's Swin
+    and Swin V2 stages; with `channels_first`, (B, C, H, W) in and out, like Swin V2 CR's."""
 
-    def __init__(self, downsample: nn.Module, blocks: list[WindowOrderBlock], orders: list[torch.Tensor]):
+    def __init__(self, downsample: nn.Module, blocks: list[WindowOrderBlock], orders: list[torch.Tensor],
+                 channels_first: bool = False):
         super().__init__()
         self.downsample = downsample
+        self.channels_first = channels_first
         self.blocks = nn.ModuleList(blocks)
         self.resolution = blocks[0].resolution
         raster = raster_order(self.resolution)
@@ -200,6 +209,8 @@ class WindowOrderStage(nn.Module):
             self.register_buffer(f"move{i}", move_index(src, dst))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:
+            x = x.permute(0, 2, 3, 1)
         x = self.downsample(x)
         B, C = x.shape[0], x.shape[-1]
         H, W = self.resolution
@@ -211,20 +222,23 @@ class WindowOrderStage(nn.Module):
             move = getattr(self, f"move{i}")
             if move is not None:
                 x = x.index_select(1, move)
-        return x.reshape(B, H, W, C)
+        x = x.reshape(B, H, W, C)
+        return x.permute(0, 3, 1, 2) if self.channels_first else x
 
 
 def rewrite_stages(
-    model: nn.Module, stage_type: type, merge_type: type, convert_block, merge_norm_first: bool
+    model: nn.Module, stage_type: type, merge_type: type, convert_block, merge_norm_first: bool,
+    stages: str = "layers", channels_first: bool = False,
 ) -> int:
-    """Replaces every `stage_type` in `model.layers` by a WindowOrderStage; returns how many were replaced.
+    """Replaces every `stage_type` in `model.<stages>` by a WindowOrderStage; returns how many were replaced.
 
     `convert_block(timm_block) -> (WindowOrderBlock, order)` knows one family's block; a `merge_type` downsample
-    on an even map becomes an EvenPatchMerging.
+    on an even map becomes an EvenPatchMerging. `channels_first`: the stages take and return (B, C, H, W).
     """
     count = 0
     previous: tuple[int, int] | None = None  # the map size entering this stage's downsample
-    for i, stage in enumerate(model.layers):
+    container = getattr(model, stages)
+    for i, stage in enumerate(container):
         if not isinstance(stage, stage_type):
             previous = None
             continue
@@ -232,8 +246,9 @@ def rewrite_stages(
         downsample = stage.downsample
         if isinstance(downsample, merge_type) and previous is not None and previous[0] % 2 == previous[1] % 2 == 0:
             downsample = EvenPatchMerging(downsample, merge_norm_first)
-        model.layers[i] = WindowOrderStage(downsample, [b for b, _ in converted], [o for _, o in converted])
-        previous = model.layers[i].resolution
+        container[i] = WindowOrderStage(downsample, [b for b, _ in converted], [o for _, o in converted],
+                                        channels_first)
+        previous = container[i].resolution
         count += 1
     return count
 
@@ -241,12 +256,12 @@ def rewrite_stages(
 def convert_timm_block(
     block: nn.Module, qkv: nn.Linear, bias: torch.Tensor, post_norm: bool, logit_scale: torch.Tensor | None = None
 ) -> tuple[WindowOrderBlock, torch.Tensor]:
-    """A timm Swin / Swin V2 block -> (WindowOrderBlock, its window order).
+    """A timm Swin / Swin V2 / Swin V2 CR block -> (WindowOrderBlock, its window order).
 
     The family-specific parts come in ready-made: `qkv` (one Linear for q, k and v), the position `bias`
-    (1, nH, N, N) and, for cosine attention, `logit_scale`. The shift mask is added to the bias here.
+    (1, nH, N, N) and, for cosine attention, `logit_scale` (nH, 1, 1). The shift mask is added to the bias here.
     """
-    resolution = tuple(block.input_resolution)
+    resolution = block_resolution(block)
     window, shift = tuple(block.window_size), tuple(block.shift_size)
     mask = block_attn_mask(block)  # nW, N, N (0 / -100) or None
     if mask is not None:
@@ -255,7 +270,9 @@ def convert_timm_block(
     num_windows = (Hp // window[0]) * (Wp // window[1])
     order = window_order(resolution, window, shift)
     attn = WindowOrderAttention(qkv, block.attn.proj, block.attn.num_heads, num_windows, bias, logit_scale)
-    return WindowOrderBlock(block.norm1, attn, block.norm2, block.mlp, order, resolution, post_norm), order
+    norm3 = getattr(block, "norm3", None)  # Swin V2 CR: a LayerNorm at the end of some blocks, else Identity
+    norm3 = None if isinstance(norm3, nn.Identity) else norm3
+    return WindowOrderBlock(block.norm1, attn, block.norm2, block.mlp, order, resolution, post_norm, norm3), order
 
 
 def use_fused_kernel(model: nn.Module, layout: str | None = "packed") -> int:
@@ -277,11 +294,17 @@ def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[i
     return (math.ceil(resolution[0] / window[0]) * window[0], math.ceil(resolution[1] / window[1]) * window[1])
 
 
+def block_resolution(block: nn.Module) -> tuple[int, int]:
+    """The (H, W) map a timm block runs on: `input_resolution` in Swin and Swin V2, `feat_size` in Swin V2 CR."""
+    return tuple(block.feat_size if hasattr(block, "feat_size") else block.input_resolution)
+
+
 def block_attn_mask(block: nn.Module) -> torch.Tensor | None:
-    """timm's shifted-window mask (nW, N, N) for a Swin / Swin V2 block at its fixed input size, or None."""
+    """timm's shifted-window mask (nW, N, N) for a Swin / Swin V2 / Swin V2 CR block at its fixed input size, or
+    None."""
     if not any(block.shift_size):
         return None
     if getattr(block, "dynamic_mask", False):
-        Hp, Wp = padded_size(tuple(block.input_resolution), tuple(block.window_size))
+        Hp, Wp = padded_size(block_resolution(block), tuple(block.window_size))
         return block.get_attn_mask(torch.zeros(1, Hp, Wp, 1, dtype=block.norm1.weight.dtype))
     return block.attn_mask

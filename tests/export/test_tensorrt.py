@@ -15,6 +15,7 @@ import timm
 import torch
 
 from tests.conftest import run_cli
+from tests.weights import perturb
 from vitserve.artifact import Profile, profile_for
 from vitserve.errors import ExportError
 from vitserve.export.onnx import INPUT_NAME
@@ -97,14 +98,16 @@ def test_swapped_plugin_inputs_break_it(digits_plugin, tmp_path):
     assert np.abs(got - _logits(model, x)).max() > 1e-2
 
 
-def _small_swin_v2():
-    return timm.create_model(
-        "swinv2_tiny_window8_256", pretrained=False, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4),
-        img_size=64, window_size=4, num_classes=5).eval()
+def _small_swin_v2(arch: str = "swinv2_tiny_window8_256"):
+    """Swin V2 (or Swin V2 CR) at 64 px with perturbed weights: timm's zero post-norms would hide the attention."""
+    return perturb(timm.create_model(
+        arch, pretrained=False, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4),
+        img_size=64, window_size=4, num_classes=5).eval())
 
 
-def test_swin_v2_uses_the_cosine_plugin(tmp_path):
-    model = _small_swin_v2()
+@pytest.mark.parametrize("arch", ["swinv2_tiny_window8_256", "swinv2_cr_tiny_224"])
+def test_swin_v2_uses_the_cosine_plugin(tmp_path, arch):
+    model = _small_swin_v2(arch)
     path = tmp_path / "v2.onnx"
     nodes = _plugin_onnx(model, (3, 64, 64), path)
     ops = Counter((n.domain, n.op_type) for n in onnx.load(str(path)).graph.node)

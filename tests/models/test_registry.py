@@ -9,7 +9,7 @@ from vitserve.errors import UnknownModelError
 from vitserve.models.registry import SPECS, list_specs, resolve
 
 REQUIRED = ["swin_t", "swin_s", "swin_b", "vit_b_16", "vit_s_16", "deit_t", "deit_s", "deit_b", "deit_s_distilled",
-            "swinv2_t", "pvt_v2_b0", "twins_svt_s", "twins_pcpvt_s", "cait_xxs24",
+            "swinv2_t", "swinv2_cr_t", "pvt_v2_b0", "twins_svt_s", "twins_pcpvt_s", "cait_xxs24",
             "tnt_s", "mvitv2_t"]
 
 

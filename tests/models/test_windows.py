@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition
 
+from tests.weights import perturb
 from vitserve.models.rewrite import deploy_copy
 from vitserve.models.windows import EvenPatchMerging, WindowOrderStage, move_index, raster_order, window_order
 
 SWIN = "swin_tiny_patch4_window7_224"
 SWINV2 = "swinv2_tiny_window8_256"
+SWINV2_CR = "swinv2_cr_tiny_224"  # timm's other Swin V2 implementation
 TINY = dict(embed_dim=32, depths=(2, 2, 2), num_heads=(2, 2, 4), num_classes=10)
 
 # (architecture, overrides, input H, W): shifted + padded windows, non-square maps and windows, full-map windows
@@ -27,21 +29,23 @@ CONFIGS = [
     pytest.param(SWIN, dict(TINY, img_size=56, patch_size=4, window_size=7), (56, 56), id="swin-divisible"),
     pytest.param(SWINV2, dict(TINY, img_size=40, patch_size=2, window_size=6), (40, 40), id="swinv2-pad-shift"),
     pytest.param(SWINV2, dict(TINY, img_size=64, patch_size=4, window_size=8), (64, 64), id="swinv2-divisible"),
+    # extra_norm_stage: the last block of every stage ends with an extra LayerNorm (norm3), as in the _ns models
+    pytest.param(SWINV2_CR, dict(TINY, img_size=40, patch_size=2, window_size=6, extra_norm_stage=True), (40, 40),
+                 id="swinv2cr-pad-shift"),
+    pytest.param(SWINV2_CR, dict(TINY, img_size=(36, 28), patch_size=2, window_size=(4, 5)), (36, 28),
+                 id="swinv2cr-nonsquare"),
 ]
+PERTURBED = CONFIGS[:1] + CONFIGS[3:4] + CONFIGS[5:6]  # one each of Swin, Swin V2, Swin V2 CR
 
 
 def _model(arch: str, overrides: dict) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model(arch, pretrained=False, **overrides).eval()
-    # Non-trivial position biases, logit scales, q/v biases and norms: timm initializes Swin V2's post-norms to
-    # zero (the attention branch would then contribute nothing) and biases to zero, which would hide mistakes.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(k in name for k in ("relative_position_bias_table", "logit_scale", "q_bias", "v_bias", "cpb")):
-                p.add_(torch.randn_like(p) * 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-    return model
+    return perturb(timm.create_model(arch, pretrained=False, **overrides).eval())  # see tests/weights.py
+
+
+def _stages(model: torch.nn.Module) -> torch.nn.Module:
+    """The stages of a Swin model: `layers` (Swin, Swin V2) or `stages` (Swin V2 CR)."""
+    return model.stages if hasattr(model, "stages") else model.layers
 
 
 def _rel_diff(model: torch.nn.Module, deploy: torch.nn.Module, x: torch.Tensor) -> float:
@@ -84,21 +88,21 @@ def test_rewrite_is_equivalent(arch, overrides, size):
     assert not any(isinstance(m, WindowOrderStage) for m in model.modules()), "the original must stay untouched"
 
 
-@pytest.mark.parametrize("arch,overrides,size", CONFIGS[:1] + CONFIGS[3:4])
+@pytest.mark.parametrize("arch,overrides,size", PERTURBED)
 def test_swapped_index_breaks_equivalence(arch, overrides, size):
     model = _model(arch, overrides)
     deploy, _ = deploy_copy(model)
-    stage = deploy.layers[0]
+    stage = _stages(deploy)[0]
     move = stage.move0 if stage.move0 is not None else stage.enter
     move[[0, 1]] = move[[1, 0]]
     assert _rel_diff(model, deploy, torch.randn(2, 3, *size)) > 1e-3
 
 
-@pytest.mark.parametrize("arch,overrides,size", CONFIGS[:1] + CONFIGS[3:4])
+@pytest.mark.parametrize("arch,overrides,size", PERTURBED)
 def test_changed_bias_breaks_equivalence(arch, overrides, size):
     model = _model(arch, overrides)
     deploy, _ = deploy_copy(model)
-    bias = deploy.layers[0].blocks[1].attn.bias
+    bias = _stages(deploy)[0].blocks[1].attn.bias
     bias.copy_(bias.transpose(-2, -1).clone())  # query/key swapped: the classic relative-position mistake
     assert _rel_diff(model, deploy, torch.randn(2, 3, *size)) > 1e-3
 
@@ -111,6 +115,17 @@ def test_padding_slots_are_zeroed_before_attention():
     assert block.pad_mask is not None and (block.pad_mask == 0).any()
     block.pad_mask = torch.ones_like(block.pad_mask)
     assert _rel_diff(model, deploy, torch.randn(2, 3, 32, 32)) > 1e-3
+
+
+def test_extra_norm_is_kept():
+    """Swin V2 CR: the rewritten block ends with timm's extra LayerNorm where timm's does; without it, it differs."""
+    arch, overrides, size = CONFIGS[5].values
+    model = _model(arch, overrides)
+    deploy, _ = deploy_copy(model)
+    last = _stages(deploy)[0].blocks[-1]
+    assert last.norm3 is not None and _stages(deploy)[0].blocks[0].norm3 is None
+    last.norm3 = None
+    assert _rel_diff(model, deploy, torch.randn(2, 3, *size)) > 1e-3
 
 
 def test_even_maps_merge_without_pad():
@@ -131,7 +146,7 @@ def test_full_map_window_stage_needs_no_gather():
 
 
 @pytest.mark.parametrize("layout", ["packed", "split"])
-@pytest.mark.parametrize("arch,overrides,size", CONFIGS[:1] + CONFIGS[3:4])
+@pytest.mark.parametrize("arch,overrides,size", PERTURBED)
 def test_fused_op_form_is_equivalent(arch, overrides, size, layout):
     """The deploy form with torch.ops.vitserve.window_attention[_packed] (their reference implementation on CPU)."""
     from vitserve.models.windows import use_fused_kernel
