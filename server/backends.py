@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitserve.artifact import Manifest, read_manifest_for
+from vitserve.artifact import Manifest, backend_for, read_manifest, read_manifest_for
 from vitserve.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,16 @@ BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 PRECISIONS = ("auto", "f32", "bf16")
 
 
-def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, threads: int | None = None,
+def resolve_backend(artifact_dir: str | Path, backend: str = "auto") -> str:
+    """`backend`, or for "auto" the one the artifact was exported for: onnxruntime for model.onnx, openvino for an
+    OpenVINO IR, torch for an AOTInductor package, tensorrt for an engine."""
+    return backend_for(read_manifest(artifact_dir)) if backend == "auto" else backend
+
+
+def load_backend(artifact_dir: str | Path, backend: str = "auto", *, threads: int | None = None,
                  device: str = "auto", precision: str = "auto"):
-    """The named backend on an artifact; ArtifactError when the backend cannot run it."""
+    """The named backend (or "auto": see resolve_backend) on an artifact; ArtifactError when it cannot run it."""
+    backend = resolve_backend(artifact_dir, backend)
     if backend == "onnxruntime":
         if precision not in ("auto", "f32"):
             raise ArtifactError(f"onnxruntime runs artifacts at their own precision; --precision {precision} "
@@ -73,7 +80,7 @@ def load_backend(artifact_dir: str | Path, backend: str = "onnxruntime", *, thre
         from vitserve.server.tensorrt_engine import TensorRTBackend  # TensorRT + cuda-bindings: only when chosen
 
         return TensorRTBackend(artifact_dir, threads=threads, device=device)
-    raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise ArtifactError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
 
 
 class OnnxRuntimeBackend:

@@ -23,7 +23,8 @@ class Settings(BaseSettings):
                            "beyond this many, 503 at once")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
     threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
-    backend: Literal["onnxruntime", "openvino", "torch", "tensorrt"] = "onnxruntime"
+    backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] = Field(
+        "auto", description="auto: the backend the artifact was exported for")
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("auto", description="onnxruntime's device; torch: "
                                                                "the package's own")
     precision: Literal["auto", "f32", "bf16"] = Field("auto", description="openvino: bf16 where the CPU has it")

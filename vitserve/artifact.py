@@ -135,6 +135,11 @@ class Manifest:
 MODEL_FORMATS = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch", ".engine": "tensorrt"}
 
 
+def backend_for(manifest: Manifest) -> str:
+    """The serving backend made for the artifact's model file (`--backend auto`)."""
+    return MODEL_FORMATS.get(Path(manifest.model_file).suffix, "onnxruntime")
+
+
 def read_manifest_for(directory: str | Path, backend: str, accepted: tuple[str, ...]) -> Manifest:
     """read_manifest, and an ArtifactError naming the backend to use when `backend` cannot run the artifact's model
     file (its suffix is not in `accepted`)."""
@@ -142,7 +147,7 @@ def read_manifest_for(directory: str | Path, backend: str, accepted: tuple[str, 
     suffix = Path(manifest.model_file).suffix
     if suffix not in accepted:
         raise ArtifactError(f"{directory} holds {manifest.model_file}, which the {backend} backend cannot run; "
-                            f"serve it with --backend {MODEL_FORMATS.get(suffix, 'onnxruntime')}")
+                            f"serve it with --backend {backend_for(manifest)} (or auto, the default)")
     return manifest
 
 

@@ -110,11 +110,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vitserve.artifact import read_labels
-    from vitserve.server.backends import load_backend, softmax, top_k
+    from vitserve.server.backends import load_backend, resolve_backend, softmax, top_k
     from vitserve.server.preprocess import decode_image, transform
 
-    device = "auto" if args.backend == "torch" else "cpu"  # a torch package runs where it was compiled for
-    backend = load_backend(args.artifact, args.backend, precision=args.precision, device=device)
+    name = resolve_backend(args.artifact, args.backend)
+    device = "cpu" if name == "onnxruntime" else "auto"  # a torch package or an engine runs where it was made for
+    backend = load_backend(args.artifact, name, precision=args.precision, device=device)
     manifest = backend.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
     batch = []
@@ -209,8 +210,9 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--max-queue": ("max_queue", int, "images waiting, and requests in progress; beyond, 503 (default 256)"),
     "--timeout-ms": ("timeout_ms", float, "answer within this or 504 (default 10000)"),
     "--threads": ("threads", int, "inference threads (default: all cores)"),
-    "--backend": ("backend", str, "onnxruntime, openvino; torch or tensorrt for --format torch / tensorrt "
-                  "artifacts (default onnxruntime)"),
+    "--backend": ("backend", str, "auto (default: the one the artifact was exported for: onnxruntime for ONNX, "
+                  "openvino for an OpenVINO IR, torch / tensorrt for --format torch / tensorrt), onnxruntime, "
+                  "openvino, torch or tensorrt"),
     "--device": ("device", str, "onnxruntime: auto, cpu, cuda or tensorrt (default auto); torch: the package's"),
     "--precision": ("precision", str, "openvino: auto, f32 or bf16 (default auto: bf16 where the CPU has it)"),
     "--max-body-mb": ("max_body_mb", float, "largest request body (default 32)"),
@@ -337,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"])
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "torch", "tensorrt"],
+                   help="default auto: the backend the artifact was exported for")
     p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"], help="openvino only")
     p.set_defaults(func=cmd_classify)
 

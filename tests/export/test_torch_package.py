@@ -173,9 +173,12 @@ def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
 
 
 def test_cli_classify_with_the_torch_backend(cpu_package):
-    result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--backend", "torch", "--json")
+    """No --backend: auto runs a torch package with the torch backend."""
+    result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["results"][0]["top_k"][0]["label"] == "3"
+    result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--backend", "onnxruntime")
+    assert result.returncode == 1 and "serve it with --backend torch (or auto, the default)" in result.stderr
 
 
 @pytest.mark.parametrize("options,message", [

@@ -76,6 +76,18 @@ def test_export_openvino_ir_serves_only_on_openvino(tmp_path, pixels):
     assert (logits.argmax(1) == np.arange(10)).all()
     with pytest.raises(ArtifactError, match="--backend openvino"):
         OnnxRuntimeBackend(out)
+    # auto (the default of `vitserve serve` and `classify`): the backend the artifact was exported for
+    assert isinstance(load_backend(out, precision="f32"), OpenVINOBackend)
+    with TestClient(create_app(Settings(artifact=out, precision="f32"))) as client:
+        body = (ROOT / "examples" / "digit_5.png").read_bytes()
+        answer = client.post("/classify?top_k=1", content=body, headers={"content-type": "image/png"}).json()
+        assert answer["results"][0]["predictions"][0]["label"] == "5"
+        assert client.app.state.service.backend.description == "openvino CPU f32"
+
+
+def test_auto_backend_of_an_onnx_artifact_is_onnxruntime(digits_artifact):
+    assert isinstance(load_backend(digits_artifact), OnnxRuntimeBackend)
+    assert Settings(artifact=digits_artifact).backend == "auto"
 
 
 def test_gpu_provider_fallback_is_refused_when_asked_for(caplog):
