@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vitserve.artifact import read_manifest
+from vitserve.artifact import backend_for, can_run, read_manifest
 from vitserve.errors import ArtifactError
 from vitserve.server.backends import cpu_supports_bf16, load_backend
 
@@ -45,22 +45,33 @@ def eager_runner(artifact: Path, threads: int | None) -> Callable[[np.ndarray], 
     return run
 
 
-def extra_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[[np.ndarray], Any]]:
-    """Another artifact of the same model (an int8 one from `vitserve quantize`), in the backend it was made for."""
+def artifact_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[[np.ndarray], Any]]:
+    """An artifact in the backend it was made for (`--backend auto`): an int8 one from `vitserve quantize`, an
+    OpenVINO IR, a torch package (on the device it was compiled for)."""
     manifest = read_manifest(artifact)
-    quantized = bool(manifest.quantization)
-    backend = "openvino" if manifest.model_file.endswith(".xml") else manifest.quantization.get("backend",
-                                                                                               "onnxruntime")
-    label = f"{backend} {'int8' if quantized else 'f32'} ({artifact.name})"
-    return label, load_backend(artifact, backend, threads=threads, device="cpu")
+    backend = backend_for(manifest)
+    model = load_backend(artifact, backend, threads=threads, device="cpu" if backend == "onnxruntime" else "auto")
+    if manifest.quantization:
+        precision = "int8"
+    elif backend == "openvino":
+        precision = model.precision
+    else:
+        precision = manifest.package.get("dtype", "f32")
+    return f"{backend} {precision} ({artifact.name})", model
 
 
 def runners_for(artifact: Path, backends: list[str], precisions: list[str], threads: int | None,
                 eager: bool, also: list[Path] = ()) -> dict[str, Callable[[np.ndarray], Any]]:
+    """timm eager, the artifact in each of `backends` x `precisions` that can run it (in the backend it was made
+    for when none of them can: a torch package), and each `also` artifact in its own backend."""
     runners: dict[str, Callable[[np.ndarray], Any]] = {}
     if eager:
         runners["timm eager (PyTorch)"] = eager_runner(artifact, threads)
-    for backend in backends:
+    manifest = read_manifest(artifact)
+    if not any(can_run(backend, manifest) for backend in backends):
+        label, model = artifact_runner(artifact, threads)
+        runners[label] = model
+    for backend in (b for b in backends if can_run(b, manifest)):  # onnxruntime cannot run an OpenVINO IR
         for precision in precisions:
             if backend == "onnxruntime" and precision != "f32":
                 continue  # onnxruntime runs the artifact at its own precision
@@ -68,13 +79,13 @@ def runners_for(artifact: Path, backends: list[str], precisions: list[str], thre
                 continue
             model = load_backend(artifact, backend, threads=threads, device="cpu", precision=precision)
             runners[f"{backend} {precision}"] = model
-    shape = read_manifest(artifact).input.shape
+    shape = manifest.input.shape
     for extra in also:
         extra_shape = read_manifest(extra).input.shape
         if extra_shape != shape:
             raise ArtifactError(f"{extra} takes input {extra_shape}, {artifact} {shape}: "
                                 "--also needs artifacts of the same model")
-        label, model = extra_runner(Path(extra), threads)
+        label, model = artifact_runner(Path(extra), threads)
         runners[label] = model
     return runners
 

@@ -275,7 +275,7 @@ class TorchBackend(PackageRunner):
 
     def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "auto"):
         self.directory = Path(artifact_dir)
-        self.manifest = read_manifest_for(self.directory, "torch", (".pt2",))
+        self.manifest = read_manifest_for(self.directory, "torch")
         package = self.manifest.package
         built_for = package["device"]
         if device not in ("auto", built_for):

@@ -92,7 +92,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         self.directory = Path(artifact_dir)
-        self.manifest: Manifest = read_manifest_for(self.directory, "onnxruntime", (".onnx",))
+        self.manifest: Manifest = read_manifest_for(self.directory, "onnxruntime")
         wanted = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         if threads:
@@ -143,7 +143,7 @@ class OpenVINOBackend:
             raise ArtifactError("the openvino backend needs the `openvino` package: pip install "
                                 "'vitserve[openvino]'") from e
         self.directory = Path(artifact_dir)
-        self.manifest: Manifest = read_manifest_for(self.directory, "openvino", (".onnx", ".xml"))
+        self.manifest: Manifest = read_manifest_for(self.directory, "openvino")
         self.precision = resolve_precision(precision)
         config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

@@ -142,7 +142,7 @@ class TensorRTBackend:
 
     def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "auto"):
         self.directory = Path(artifact_dir)
-        self.manifest = read_manifest_for(self.directory, "tensorrt", (".engine",))
+        self.manifest = read_manifest_for(self.directory, "tensorrt")
         if device not in ("auto", "cuda", "tensorrt"):
             raise ArtifactError(f"a TensorRT engine runs on an NVIDIA GPU; --device {device} does not apply")
         package = self.manifest.package

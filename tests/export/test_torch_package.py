@@ -181,6 +181,19 @@ def test_cli_classify_with_the_torch_backend(cpu_package):
     assert result.returncode == 1 and "serve it with --backend torch (or auto, the default)" in result.stderr
 
 
+def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_artifact):
+    """`vitserve bench PACKAGE`, and a package beside the ONNX artifact (`--also`): the torch backend runs it."""
+    from vitserve.export.bench import runners_for
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    label = "torch fp32 (swin_digits-torch)"
+    runners = runners_for(cpu_package, ["onnxruntime", "openvino"], ["f32"], threads=1, eager=False)
+    assert list(runners) == [label] and runners[label](x).shape == (2, 10)
+    runners = runners_for(digits_artifact, ["onnxruntime"], ["f32"], threads=1, eager=False, also=[cpu_package])
+    assert list(runners) == ["onnxruntime f32", label]
+    assert np.abs(runners["onnxruntime f32"](x) - runners[label](x)).max() < 1e-4
+
+
 @pytest.mark.parametrize("options,message", [
     (TorchOptions(device="cpu", dtype="fp16"), "fp16 on the CPU"),
     (TorchOptions(device="cpu", dtype="fp32", batch_buckets=(0, 8)), "within 1..--max-batch 32"),

@@ -76,6 +76,10 @@ def test_export_openvino_ir_serves_only_on_openvino(tmp_path, pixels):
     assert (logits.argmax(1) == np.arange(10)).all()
     with pytest.raises(ArtifactError, match="--backend openvino"):
         OnnxRuntimeBackend(out)
+    # `vitserve bench` leaves out the backends that cannot run the IR
+    from vitserve.export.bench import runners_for
+
+    assert list(runners_for(out, ["onnxruntime", "openvino"], ["f32"], threads=1, eager=False)) == ["openvino f32"]
     # auto (the default of `vitserve serve` and `classify`): the backend the artifact was exported for
     assert isinstance(load_backend(out, precision="f32"), OpenVINOBackend)
     with TestClient(create_app(Settings(artifact=out, precision="f32"))) as client:
