@@ -1,6 +1,7 @@
 """Inference backends: an artifact in, logits out. No torch here.
 
-Every backend is a callable (N, C, H, W) float32 -> (N, classes) logits with a `manifest` and a `description`.
+Every backend is a callable (N, C, H, W) float32 -> (N, classes) logits with a `manifest`, a `description` and
+its `name` (as in --backend).
 onnxruntime runs `model.onnx`; OpenVINO (optional extra `openvino`) runs `model.onnx` or an OpenVINO IR
 (`model.xml`, written by `vitserve export --format openvino` and by OpenVINO quantization).
 """

@@ -101,7 +101,7 @@ def ready(request: Request) -> JSONResponse:
 @router.get("/models/{name}/versions/{version}")
 def model_metadata(name: str, service: ServiceDep, version: str | None = None) -> dict:
     _check_model(service, name, version)
-    return v2.model_metadata(service.manifest)
+    return v2.model_metadata(service.manifest, service.backend.name)
 
 
 @router.get("/models/{name}/ready")

@@ -41,11 +41,17 @@ class InferRequest:
         return len(self.pixel_values) if self.pixel_values is not None else len(self.images or [])
 
 
-def model_metadata(manifest: Manifest) -> dict[str, Any]:
+# The V2 metadata's "platform" for each serving backend, in Triton's names where Triton has one
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "tensorrt": "tensorrt_plan",
+             "torch": "pytorch_aotinductor"}
+
+
+def model_metadata(manifest: Manifest, backend: str) -> dict[str, Any]:
+    """`backend`: the name of the serving backend (onnxruntime, openvino, torch, tensorrt)."""
     return {
         "name": manifest.name,
         "versions": ["1"],
-        "platform": "onnxruntime_onnx",
+        "platform": PLATFORMS.get(backend, backend),
         "inputs": [
             {"name": manifest.input.name, "datatype": "FP32", "shape": list(manifest.input.shape)},
             {"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [-1]},

@@ -277,6 +277,7 @@ def test_v2_metadata_and_health(client):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     meta = client.get("/v2/models/swin_digits").json()
+    assert meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"][0] == {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, 32, 32]}
     assert meta["outputs"][0] == {"name": "logits", "datatype": "FP32", "shape": [-1, 10]}
     assert client.get("/v2/models/swin_digits/versions/1").json() == meta

@@ -87,6 +87,7 @@ def test_export_openvino_ir_serves_only_on_openvino(tmp_path, pixels):
         answer = client.post("/classify?top_k=1", content=body, headers={"content-type": "image/png"}).json()
         assert answer["results"][0]["predictions"][0]["label"] == "5"
         assert client.app.state.service.backend.description == "openvino CPU f32"
+        assert client.get("/v2/models/swin_digits").json()["platform"] == "openvino"
 
 
 def test_auto_backend_of_an_onnx_artifact_is_onnxruntime(digits_artifact):
