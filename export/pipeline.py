@@ -113,7 +113,7 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             rewrite=rewrite,
             opset=options.opset if options.format != "torch" else None,
             package=package,
-            weights={**built.weights, **({"timm_kwargs": _plain(spec.timm_kwargs)} if spec.timm_kwargs else {})},
+            weights={**built.weights, **({"timm_kwargs": _plain(built.timm_kwargs)} if built.timm_kwargs else {})},
             graph=stats,
             verification=report,
             versions=_versions(),

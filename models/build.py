@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vitserve.artifact import read_labels
-from vitserve.errors import LabelsError, WeightsUnavailableError
+from vitserve.errors import LabelsError, WeightsError, WeightsUnavailableError
 from vitserve.models import weights as w
 from vitserve.models.registry import IMAGENET_LABELS, ModelSpec
 
@@ -24,6 +24,7 @@ class BuiltModel:
     model: nn.Module
     labels: list[str]
     weights: dict[str, Any]  # source, path, sha256 -> the manifest
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # the architecture overrides timm was given
 
     @property
     def num_classes(self) -> int:
@@ -43,42 +44,69 @@ def build_model(
     Weights, in order: `weights` (a checkpoint file), `random_init`, the spec's bundled weights, pretrained
     weights from the hub. Raises WeightsUnavailableError offline when only the hub would do.
     """
-    import timm
-
     labels_given = read_labels_file(labels_file) if labels_file else None
     if num_classes is None:
         num_classes = len(labels_given) if labels_given else spec.num_classes
-    kwargs = dict(spec.timm_kwargs, num_classes=num_classes)
+    kwargs = architecture_kwargs(spec)
 
     if weights is not None:
-        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        model = create(spec.timm_name, kwargs, num_classes)
         path = Path(weights)
         w.fit_state_dict(model, w.read_state_dict(path), str(path))
         info = {"source": "file", "path": str(path), "sha256": w.sha256(path)}
     elif random_init:
-        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        model = create(spec.timm_name, kwargs, num_classes)
         info = {"source": "random-init"}
     elif spec.bundled_weights is not None:
-        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        model = create(spec.timm_name, kwargs, num_classes)
         w.fit_state_dict(model, w.read_state_dict(spec.bundled_weights), spec.bundled_weights.name)
         info = {"source": "bundled", "path": spec.bundled_weights.name, "sha256": w.sha256(spec.bundled_weights)}
     else:
-        model, info = _pretrained(spec, kwargs)
+        model, info = _pretrained(spec, kwargs, num_classes)
     model.eval()
     labels = labels_given or default_labels(spec, num_classes)
     if len(labels) != num_classes:
         raise LabelsError(f"{labels_file} has {len(labels)} labels but the model has {num_classes} classes")
-    return BuiltModel(spec, model, labels, info)
+    return BuiltModel(spec, model, labels, info, kwargs)
 
 
-def _pretrained(spec: ModelSpec, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def architecture_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """The spec's timm overrides that its architecture takes: without an `img_size` argument (PVT v2), a model
+    runs at any input size as it is, and `img_size` (from --img-size) is left out."""
     import timm
 
-    hub_id = timm.models.get_pretrained_cfg(spec.hub_name).hf_hub_id
+    kwargs = dict(spec.timm_kwargs)
+    if "img_size" in kwargs:
+        try:
+            with torch.device("meta"):  # no memory, no initialization: only whether the arguments are taken
+                timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            kwargs.pop("img_size")
+    return kwargs
+
+
+def create(timm_name: str, kwargs: dict[str, Any], num_classes: int, pretrained: bool = False) -> nn.Module:
+    import timm
+
+    return timm.create_model(timm_name, pretrained=pretrained, **dict(kwargs, num_classes=num_classes))
+
+
+def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(spec.hub_name)
+    trained = cfg.input_size[-1]
+    if kwargs.get("img_size", trained) != trained:  # timm would interpolate the weights to it: another model
+        raise WeightsError(f"the pretrained weights of {spec.hub_name} were trained at {trained} x {trained} "
+                           f"pixels; --img-size {kwargs['img_size']} is for a checkpoint of your own (--weights) "
+                           "trained at that size, or --random-init")
+    hub_id = cfg.hf_hub_id
     if w.hub_reachable():
         log.info("downloading pretrained weights %s", spec.hub_name)
         try:
-            model = timm.create_model(spec.hub_name, pretrained=True, **kwargs)
+            model = create(spec.hub_name, kwargs, num_classes, pretrained=True)
         except Exception as e:  # noqa: BLE001 - the hub client raises many kinds; all mean "no weights"
             raise WeightsUnavailableError(f"downloading pretrained weights for {spec.hub_name} failed: {e}") from e
         return model, {"source": "pretrained", "hub_id": hub_id}
@@ -86,7 +114,7 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any]) -> tuple[nn.Module, dic
     if cached is None:
         raise w.offline_error(spec.hub_name)
     log.info("model hub not reachable; using cached weights %s", cached)
-    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    model = create(spec.timm_name, kwargs, num_classes)
     w.fit_state_dict(model, w.read_state_dict(cached), str(cached))
     return model, {"source": "pretrained", "hub_id": hub_id, "sha256": w.sha256(cached)}
 

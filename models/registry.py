@@ -8,7 +8,7 @@ imported when a name is not an alias.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,15 @@ SPECS: dict[str, ModelSpec] = {
         ),
     ]
 }
+
+
+def at_input_size(spec: ModelSpec, size: int) -> ModelSpec:
+    """`spec` for square `size` x `size` inputs (`--img-size`, a checkpoint fine-tuned at another resolution): the
+    eval crop, and timm's `img_size` for the architecture (position embeddings, attention masks)."""
+    if size < 1:
+        raise ValueError(f"input size {size} must be positive")
+    preprocess = replace(spec.preprocess, input_size=(spec.preprocess.input_size[0], size, size))
+    return replace(spec, preprocess=preprocess, timm_kwargs={**spec.timm_kwargs, "img_size": size})
 
 
 def list_specs() -> list[ModelSpec]:

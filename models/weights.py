@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import socket
 import sys
 from pathlib import Path
@@ -93,8 +94,9 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source
     if filter_fn is not None:
         # timm's per-family converter: maps the original repos' key layouts (Swin, DeiT, ...) to timm's and
         # leaves timm-format dicts as they are. A dict it cannot handle is compared as given.
+        given = state_dict
         try:
-            state_dict = filter_fn(state_dict, model)
+            state_dict = filter_fn(given, model)
         except Exception:  # noqa: BLE001 - any failure just means "not that layout"
             pass
     expected = model.state_dict()
@@ -106,6 +108,8 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source
         if k in state_dict and state_dict[k].shape != expected[k].shape
     ]
     if not (missing or unexpected or mismatched):
+        if filter_fn is not None:
+            _refuse_resampling(model, given, state_dict, source)
         model.load_state_dict(state_dict, strict=True)
         return
     lines = [f"the checkpoint {source} does not fit {model.__class__.__name__}:"]
@@ -123,6 +127,53 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source
     else:
         lines.append("Check that the model name matches the architecture the checkpoint was trained with.")
     raise CheckpointMismatchError("\n".join(lines))
+
+
+def _refuse_resampling(model: nn.Module, given: dict[str, torch.Tensor], converted: dict[str, torch.Tensor],
+                       source: str) -> None:
+    """timm's converters also interpolate position embeddings and relative-position tables to the model's input
+    size and window, so that a checkpoint trained at 384 px loads into a 224 px model. That is another model than
+    the one trained; the export would verify against it and never notice. CheckpointMismatchError instead, naming
+    the size or window the checkpoint was trained with. (Layout changes keep the element count and pass.)"""
+    resized = [(k, tuple(given[k].shape), tuple(v.shape)) for k, v in converted.items()
+               if k in given and given[k].numel() != v.numel()]
+    if not resized:
+        return
+    lines = [f"the checkpoint {source} was trained at another input size or window than this "
+             f"{model.__class__.__name__}: loading it would interpolate " + ", ".join(
+                 f"{k} {a} -> {b}" for k, a, b in resized[:SHOWN_KEYS]) + ", and the export would not be the model "
+             "you trained."]
+    size = _trained_input_size(model, resized)
+    if size is not None:
+        lines.append(f"It was trained at {size} x {size} pixels: pass --img-size {size}.")
+    window = _trained_window(resized)
+    if window is not None:
+        lines.append(f"It was trained with {window} x {window} windows: export the timm architecture with that "
+                     f"window (e.g. ..._window{window}_...), with --img-size if needed.")
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def _trained_input_size(model: nn.Module, resized: list[tuple[str, tuple, tuple]]) -> int | None:
+    """From a ViT-style `pos_embed` (1, tokens, C): the square input size whose patch grid has that many tokens."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    for key, shape, _ in resized:
+        if key.rsplit(".", 1)[-1] != "pos_embed" or len(shape) != 3 or patch is None:
+            continue
+        for prefix in (getattr(model, "num_prefix_tokens", 0), 0):  # class / distillation tokens may have none
+            grid = math.isqrt(max(shape[1] - prefix, 0))
+            if grid and grid * grid == shape[1] - prefix:
+                return grid * patch[0]
+    return None
+
+
+def _trained_window(resized: list[tuple[str, tuple, tuple]]) -> int | None:
+    """From a Swin `relative_position_bias_table` ((2w - 1)^2, heads): the window w."""
+    for key, shape, _ in resized:
+        if key.endswith("relative_position_bias_table"):
+            side = math.isqrt(shape[0])
+            if side * side == shape[0] and side % 2 == 1:
+                return (side + 1) // 2
+    return None
 
 
 def _some(keys: list[str]) -> str:

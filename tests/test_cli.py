@@ -79,6 +79,26 @@ def test_fine_tuned_checkpoint_with_labels(tmp_path):
                            "3"), "has 2 labels but the model has 3 classes")
 
 
+def test_img_size(tmp_path):
+    """A checkpoint fine-tuned at 48 px: refused without --img-size (timm would interpolate it), exported with it."""
+    import timm
+    from safetensors.torch import save_file
+
+    from vitserve.models.registry import DIGITS_TIMM_KWARGS
+
+    ckpt = tmp_path / "ft48.safetensors"
+    save_file(timm.create_model("swin_tiny_patch4_window7_224", **dict(DIGITS_TIMM_KWARGS, img_size=48)).state_dict(),
+              str(ckpt))
+    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(ckpt)), "another input size or window")
+    out = tmp_path / "ft48"
+    result = run_cli("export", "swin_digits", "--weights", str(ckpt), "--img-size", "48", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "vitserve.json").read_text())
+    assert manifest["input"]["shape"] == [-1, 3, 48, 48] and manifest["preprocess"]["input_size"] == [3, 48, 48]
+    assert manifest["weights"]["timm_kwargs"]["img_size"] == 48
+    _fails_cleanly(run_cli("export", "swin_digits", "--img-size", "0"), "must be at least 1", code=2)
+
+
 def test_out_dir_that_is_not_an_artifact(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     _fails_cleanly(run_cli("export", "swin_digits", "--out", str(tmp_path)), "is not a vitserve artifact")

@@ -51,9 +51,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitserve.models.registry import resolve
+    from vitserve.models.registry import at_input_size, resolve
 
     spec = resolve(args.model)  # unknown names fail before torch is imported
+    if args.img_size:
+        spec = at_input_size(spec, args.img_size)
     from vitserve.export.pipeline import ExportOptions, export_artifact
     from vitserve.models.build import build_model
 
@@ -192,6 +194,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _choice_list(choices: tuple[str, ...]):
     def parse(text: str) -> list[str]:
         values = text.split(",")
@@ -286,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--random-init", action="store_true", help="random weights (testing the pipeline only)")
     p.add_argument("--num-classes", type=int, metavar="N", help="classifier size of a fine-tuned checkpoint")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (fine-tuned models)")
+    p.add_argument("--img-size", type=_positive_int, metavar="N", help="square input size a checkpoint was "
+                   "trained or fine-tuned at, if not the model's (its eval crop and timm's img_size)")
     p.add_argument("--out", metavar="DIR", help=f"artifact directory (default {DEFAULT_ARTIFACTS_DIR}/MODEL)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                    help=f"largest batch the graph accepts (default {DEFAULT_MAX_BATCH})")

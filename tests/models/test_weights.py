@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavailableError
 from vitserve.models.build import build_model
-from vitserve.models.registry import DIGITS_TIMM_KWARGS, SPECS, resolve
+from vitserve.models.registry import DIGITS_TIMM_KWARGS, SPECS, at_input_size, resolve
 from vitserve.models.weights import fit_state_dict, read_state_dict
 
 
@@ -111,3 +111,47 @@ def test_hub_probe_fails_fast_when_unreachable(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     assert hub_reachable() is False
+
+
+@pytest.fixture(scope="module")
+def deit_288(tmp_path_factory):
+    """A DeiT-Ti checkpoint fine-tuned at 288 px with 7 classes (its pos_embed has 18 x 18 + 1 tokens)."""
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("deit") / "deit288.safetensors"
+    save_file(timm.create_model("deit_tiny_patch16_224", img_size=288, num_classes=7).state_dict(), str(path))
+    return path
+
+
+def test_checkpoint_of_another_input_size_is_refused(deit_288):
+    """timm's converter would interpolate its position embeddings to 224 px: another model than the one trained."""
+    with pytest.raises(CheckpointMismatchError, match=r"pos_embed \(1, 325, 192\) -> \(1, 197, 192\)") as e:
+        build_model(SPECS["deit_t"], weights=deit_288, num_classes=7)
+    assert "pass --img-size 288" in str(e.value)
+
+
+def test_img_size_builds_the_trained_model(deit_288):
+    built = build_model(at_input_size(SPECS["deit_t"], 288), weights=deit_288, num_classes=7)
+    assert _same(built.model.state_dict(), read_state_dict(deit_288))
+    assert built.timm_kwargs == {"img_size": 288} and built.spec.preprocess.input_size == (3, 288, 288)
+    assert built.model(torch.randn(1, 3, 288, 288)).shape == (1, 7)
+
+
+def test_checkpoint_of_another_window_is_refused(tmp_path):
+    path = tmp_path / "window4.safetensors"
+    save_file(timm.create_model("swin_tiny_patch4_window7_224", **dict(DIGITS_TIMM_KWARGS, window_size=4))
+              .state_dict(), str(path))
+    with pytest.raises(CheckpointMismatchError, match="relative_position_bias_table") as e:
+        build_model(SPECS["swin_digits"], weights=path)
+    assert "trained with 4 x 4 windows" in str(e.value)
+
+
+def test_img_size_for_an_architecture_without_it():
+    """PVT v2 has no img_size argument: it runs at any input size, and only the eval crop changes."""
+    built = build_model(at_input_size(SPECS["pvt_v2_b0"], 256), random_init=True)
+    assert built.timm_kwargs == {} and built.spec.preprocess.input_size == (3, 256, 256)
+    assert built.model(torch.randn(1, 3, 256, 256)).shape == (1, 1000)
+
+
+def test_img_size_is_not_for_pretrained_weights():
+    with pytest.raises(WeightsError, match="trained at 224 x 224 pixels; --img-size 288 is for a checkpoint"):
+        build_model(at_input_size(SPECS["deit_t"], 288))
