@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vitserve.artifact import read_labels
-from vitserve.errors import LabelsError, WeightsError, WeightsUnavailableError
+from vitserve.errors import ExportError, LabelsError, WeightsError, WeightsUnavailableError
 from vitserve.models import weights as w
 from vitserve.models.registry import IMAGENET_LABELS, ModelSpec
 
@@ -72,18 +72,24 @@ def build_model(
 
 def architecture_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """The spec's timm overrides that its architecture takes: without an `img_size` argument (PVT v2), a model
-    runs at any input size as it is, and `img_size` (from --img-size) is left out."""
+    runs at any input size as it is, and `img_size` (from --img-size) is left out; a `window_size` (from
+    --window-size) for a model without windows is an error."""
     import timm
 
     kwargs = dict(spec.timm_kwargs)
-    if "img_size" in kwargs:
+    for name in ("window_size", "img_size"):
+        if name not in kwargs:
+            continue
         try:
             with torch.device("meta"):  # no memory, no initialization: only whether the arguments are taken
                 timm.create_model(spec.timm_name, pretrained=False, **kwargs)
         except TypeError as e:
-            if "img_size" not in str(e):
+            if name not in str(e):
                 raise
-            kwargs.pop("img_size")
+            if name == "window_size":
+                raise ExportError(f"{spec.timm_name} has no attention windows: --window-size applies to the Swin "
+                                  "families") from None
+            kwargs.pop(name)
     return kwargs
 
 
@@ -98,10 +104,14 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tu
 
     cfg = timm.models.get_pretrained_cfg(spec.hub_name)
     trained = cfg.input_size[-1]
-    if kwargs.get("img_size", trained) != trained:  # timm would interpolate the weights to it: another model
+    # timm would interpolate the weights to another size or window: another model than the one trained
+    if kwargs.get("img_size", trained) != trained:
         raise WeightsError(f"the pretrained weights of {spec.hub_name} were trained at {trained} x {trained} "
                            f"pixels; --img-size {kwargs['img_size']} is for a checkpoint of your own (--weights) "
                            "trained at that size, or --random-init")
+    if "window_size" in kwargs:
+        raise WeightsError(f"the pretrained weights of {spec.hub_name} were trained with its own window; "
+                           "--window-size is for a checkpoint of your own (--weights) or --random-init")
     hub_id = cfg.hf_hub_id
     if w.hub_reachable():
         log.info("downloading pretrained weights %s", spec.hub_name)

@@ -103,13 +103,18 @@ SPECS: dict[str, ModelSpec] = {
 }
 
 
-def at_input_size(spec: ModelSpec, size: int) -> ModelSpec:
-    """`spec` for square `size` x `size` inputs (`--img-size`, a checkpoint fine-tuned at another resolution): the
-    eval crop, and timm's `img_size` for the architecture (position embeddings, attention masks)."""
-    if size < 1:
-        raise ValueError(f"input size {size} must be positive")
-    preprocess = replace(spec.preprocess, input_size=(spec.preprocess.input_size[0], size, size))
-    return replace(spec, preprocess=preprocess, timm_kwargs={**spec.timm_kwargs, "img_size": size})
+def with_overrides(spec: ModelSpec, *, img_size: int | None = None, window_size: int | None = None) -> ModelSpec:
+    """`spec` for a checkpoint trained or fine-tuned at another resolution or window (`--img-size`,
+    `--window-size`): square `img_size` inputs (the eval crop, and timm's `img_size`: position embeddings, window
+    masks), `window_size` x `window_size` windows (Swin families)."""
+    kwargs = dict(spec.timm_kwargs)
+    preprocess = spec.preprocess
+    if img_size is not None:
+        preprocess = replace(preprocess, input_size=(preprocess.input_size[0], img_size, img_size))
+        kwargs["img_size"] = img_size
+    if window_size is not None:
+        kwargs["window_size"] = window_size
+    return replace(spec, preprocess=preprocess, timm_kwargs=kwargs)
 
 
 def list_specs() -> list[ModelSpec]:

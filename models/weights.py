@@ -148,8 +148,8 @@ def _refuse_resampling(model: nn.Module, given: dict[str, torch.Tensor], convert
         lines.append(f"It was trained at {size} x {size} pixels: pass --img-size {size}.")
     window = _trained_window(resized)
     if window is not None:
-        lines.append(f"It was trained with {window} x {window} windows: export the timm architecture with that "
-                     f"window (e.g. ..._window{window}_...), with --img-size if needed.")
+        lines.append(f"It was trained with {window} x {window} windows: pass --window-size {window} (and "
+                     "--img-size if it was trained at another size too).")
     raise CheckpointMismatchError("\n".join(lines))
 
 

@@ -51,11 +51,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitserve.models.registry import at_input_size, resolve
+    from vitserve.models.registry import resolve, with_overrides
 
     spec = resolve(args.model)  # unknown names fail before torch is imported
-    if args.img_size:
-        spec = at_input_size(spec, args.img_size)
+    if args.img_size or args.window_size:
+        spec = with_overrides(spec, img_size=args.img_size, window_size=args.window_size)
     from vitserve.export.pipeline import ExportOptions, export_artifact
     from vitserve.models.build import build_model
 
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (fine-tuned models)")
     p.add_argument("--img-size", type=_positive_int, metavar="N", help="square input size a checkpoint was "
                    "trained or fine-tuned at, if not the model's (its eval crop and timm's img_size)")
+    p.add_argument("--window-size", type=_positive_int, metavar="N", help="Swin families: the window a checkpoint "
+                   "was trained or fine-tuned with, if not the model's")
     p.add_argument("--out", metavar="DIR", help=f"artifact directory (default {DEFAULT_ARTIFACTS_DIR}/MODEL)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                    help=f"largest batch the graph accepts (default {DEFAULT_MAX_BATCH})")

@@ -9,9 +9,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavailableError
+from vitserve.errors import CheckpointMismatchError, ExportError, WeightsError, WeightsUnavailableError
 from vitserve.models.build import build_model
-from vitserve.models.registry import DIGITS_TIMM_KWARGS, SPECS, at_input_size, resolve
+from vitserve.models.registry import DIGITS_TIMM_KWARGS, SPECS, resolve, with_overrides
 from vitserve.models.weights import fit_state_dict, read_state_dict
 
 
@@ -130,7 +130,7 @@ def test_checkpoint_of_another_input_size_is_refused(deit_288):
 
 
 def test_img_size_builds_the_trained_model(deit_288):
-    built = build_model(at_input_size(SPECS["deit_t"], 288), weights=deit_288, num_classes=7)
+    built = build_model(with_overrides(SPECS["deit_t"], img_size=288), weights=deit_288, num_classes=7)
     assert _same(built.model.state_dict(), read_state_dict(deit_288))
     assert built.timm_kwargs == {"img_size": 288} and built.spec.preprocess.input_size == (3, 288, 288)
     assert built.model(torch.randn(1, 3, 288, 288)).shape == (1, 7)
@@ -142,16 +142,25 @@ def test_checkpoint_of_another_window_is_refused(tmp_path):
               .state_dict(), str(path))
     with pytest.raises(CheckpointMismatchError, match="relative_position_bias_table") as e:
         build_model(SPECS["swin_digits"], weights=path)
-    assert "trained with 4 x 4 windows" in str(e.value)
+    assert "trained with 4 x 4 windows: pass --window-size 4" in str(e.value)
+    built = build_model(with_overrides(SPECS["swin_digits"], window_size=4), weights=path)
+    assert _same(built.model.state_dict(), read_state_dict(path)) and built.timm_kwargs["window_size"] == 4
+
+
+def test_window_size_for_a_model_without_windows():
+    with pytest.raises(ExportError, match="no attention windows"):
+        build_model(with_overrides(SPECS["deit_t"], window_size=8), random_init=True)
 
 
 def test_img_size_for_an_architecture_without_it():
     """PVT v2 has no img_size argument: it runs at any input size, and only the eval crop changes."""
-    built = build_model(at_input_size(SPECS["pvt_v2_b0"], 256), random_init=True)
+    built = build_model(with_overrides(SPECS["pvt_v2_b0"], img_size=256), random_init=True)
     assert built.timm_kwargs == {} and built.spec.preprocess.input_size == (3, 256, 256)
     assert built.model(torch.randn(1, 3, 256, 256)).shape == (1, 1000)
 
 
-def test_img_size_is_not_for_pretrained_weights():
+def test_overrides_are_not_for_pretrained_weights():
     with pytest.raises(WeightsError, match="trained at 224 x 224 pixels; --img-size 288 is for a checkpoint"):
-        build_model(at_input_size(SPECS["deit_t"], 288))
+        build_model(with_overrides(SPECS["deit_t"], img_size=288))
+    with pytest.raises(WeightsError, match="--window-size is for a checkpoint"):
+        build_model(with_overrides(SPECS["swin_t"], window_size=12))
