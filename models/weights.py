@@ -134,9 +134,12 @@ def _refuse_resampling(model: nn.Module, given: dict[str, torch.Tensor], convert
     """timm's converters also interpolate position embeddings and relative-position tables to the model's input
     size and window, so that a checkpoint trained at 384 px loads into a 224 px model. That is another model than
     the one trained; the export would verify against it and never notice. CheckpointMismatchError instead, naming
-    the size or window the checkpoint was trained with. (Layout changes keep the element count and pass.)"""
+    the size or window the checkpoint was trained with. A resized tensor is a new one with another element count
+    than the given tensor of its name; renamed keys (Swin's original layout moves every downsample to the next
+    stage) keep their tensor objects, and layout changes their element count."""
+    untouched = {id(t) for t in given.values()}
     resized = [(k, tuple(given[k].shape), tuple(v.shape)) for k, v in converted.items()
-               if k in given and given[k].numel() != v.numel()]
+               if id(v) not in untouched and k in given and given[k].numel() != v.numel()]
     if not resized:
         return
     lines = [f"the checkpoint {source} was trained at another input size or window than this "

@@ -164,3 +164,16 @@ def test_overrides_are_not_for_pretrained_weights():
         build_model(with_overrides(SPECS["deit_t"], img_size=288))
     with pytest.raises(WeightsError, match="--window-size is for a checkpoint"):
         build_model(with_overrides(SPECS["swin_t"], window_size=12))
+
+
+def test_checkpoint_of_the_original_swin_repository(tmp_path, state_dict):
+    """Microsoft's layout: each stage ends with its downsample (timm's next stage starts with it), `head` is one
+    Linear. timm's converter renames the keys; the tensors keep their sizes and nothing is interpolated."""
+    import re
+
+    original = {re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", k)
+                .replace("head.fc.", "head."): v for k, v in state_dict.items()}
+    assert "layers.0.downsample.reduction.weight" in original and "head.weight" in original
+    path = tmp_path / "swin_original.pth"
+    torch.save({"model": original}, path)
+    assert _same(build_model(SPECS["swin_digits"], weights=path).model.state_dict(), state_dict)
