@@ -77,19 +77,19 @@ def architecture_kwargs(spec: ModelSpec) -> dict[str, Any]:
     import timm
 
     kwargs = dict(spec.timm_kwargs)
-    for name in ("window_size", "img_size"):
-        if name not in kwargs:
-            continue
+    while "img_size" in kwargs or "window_size" in kwargs:
         try:
             with torch.device("meta"):  # no memory, no initialization: only whether the arguments are taken
                 timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-        except TypeError as e:
-            if name not in str(e):
-                raise
-            if name == "window_size":
+            break
+        except TypeError as e:  # the argument the architecture refused is named in the message
+            if "img_size" in kwargs and "'img_size'" in str(e):
+                kwargs.pop("img_size")
+            elif "window_size" in kwargs and "'window_size'" in str(e):
                 raise ExportError(f"{spec.timm_name} has no attention windows: --window-size applies to the Swin "
                                   "families") from None
-            kwargs.pop(name)
+            else:
+                raise
     return kwargs
 
 

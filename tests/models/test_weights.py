@@ -150,6 +150,8 @@ def test_checkpoint_of_another_window_is_refused(tmp_path):
 def test_window_size_for_a_model_without_windows():
     with pytest.raises(ExportError, match="no attention windows"):
         build_model(with_overrides(SPECS["deit_t"], window_size=8), random_init=True)
+    with pytest.raises(ExportError, match="no attention windows"):  # PVT v2 takes neither argument
+        build_model(with_overrides(SPECS["pvt_v2_b0"], img_size=256, window_size=8), random_init=True)
 
 
 def test_img_size_for_an_architecture_without_it():
