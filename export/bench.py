@@ -19,7 +19,7 @@ import numpy as np
 
 from vitserve.artifact import backend_for, can_run, read_manifest
 from vitserve.errors import ArtifactError
-from vitserve.server.backends import cpu_supports_bf16, load_backend
+from vitserve.server.backends import cpu_supports_bf16, load_backend, local_device
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -50,7 +50,7 @@ def artifact_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[
     OpenVINO IR, a torch package (on the device it was compiled for)."""
     manifest = read_manifest(artifact)
     backend = backend_for(manifest)
-    model = load_backend(artifact, backend, threads=threads, device="cpu" if backend == "onnxruntime" else "auto")
+    model = load_backend(artifact, backend, threads=threads, device=local_device(backend))
     if manifest.quantization:
         precision = "int8"
     elif backend == "openvino":

@@ -59,6 +59,12 @@ def resolve_backend(artifact_dir: str | Path, backend: str = "auto") -> str:
     return backend_for(read_manifest(artifact_dir)) if backend == "auto" else backend
 
 
+def local_device(backend: str) -> str:
+    """The --device for running an artifact on this machine outside the server (classify, bench): the CPU for
+    onnxruntime, whatever GPU its provider might find; a torch package or an engine where it was made for."""
+    return "cpu" if backend == "onnxruntime" else "auto"
+
+
 def load_backend(artifact_dir: str | Path, backend: str = "auto", *, threads: int | None = None,
                  device: str = "auto", precision: str = "auto"):
     """The named backend (or "auto": see resolve_backend) on an artifact; ArtifactError when it cannot run it."""

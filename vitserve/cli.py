@@ -112,12 +112,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vitserve.artifact import read_labels
-    from vitserve.server.backends import load_backend, resolve_backend, softmax, top_k
+    from vitserve.server.backends import load_backend, local_device, resolve_backend, softmax, top_k
     from vitserve.server.preprocess import decode_image, transform
 
     name = resolve_backend(args.artifact, args.backend)
-    device = "cpu" if name == "onnxruntime" else "auto"  # a torch package or an engine runs where it was made for
-    backend = load_backend(args.artifact, name, precision=args.precision, device=device)
+    backend = load_backend(args.artifact, name, precision=args.precision, device=local_device(name))
     manifest = backend.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
     batch = []
