@@ -91,7 +91,9 @@ def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     out = got.reshape(len(got), -1).astype(np.float64)
     diff = np.abs(ref - out)
-    cosine = (ref * out).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    both_zero = (np.abs(ref).max(1) == 0) & (np.abs(out).max(1) == 0)  # the same answer, with no direction
+    cosine = np.where(both_zero, 1.0, (ref * out).sum(1) / np.maximum(norms, 1e-300))
     return {
         "batch": len(ref),
         "max_abs_diff": float(diff.max()),
@@ -178,23 +180,26 @@ def outputs_in_child(module: str, args: list[str], inputs: dict[str, np.ndarray]
             return {name: saved[name] for name in saved.files}
 
 
-# reduced precision: gated on the logits' direction; fp32: on atol
-MIN_COSINE = {"fp16": 0.999, "bf16": 0.99, "fp8": 0.98}
+# Every precision is gated on the logits' direction, which does not depend on their scale. fp32 is also held to
+# atol; the difference alone proves nothing where the logits themselves are smaller than atol (timm starts some
+# classifiers near zero: a random-init LeViT-128S's logits stay below 1e-4, so logits of zeros would pass).
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "fp8": 0.98}
 
 
 def precision_gate(report: dict[str, Any], dtype: str, atol: float) -> str | None:
-    """Marks check_runner's `report` passed or not for an export computing in `dtype` (fp32: max |logit
-    difference| <= atol; fp16/bf16/fp8: lowest logit cosine >= MIN_COSINE, as the difference itself scales with the
-    logits); returns what failed, or None."""
+    """Marks check_runner's `report` passed or not for an export computing in `dtype` (lowest logit cosine >=
+    MIN_COSINE[dtype]; fp32 also max |logit difference| <= atol, reduced precision not, as its difference scales with
+    the logits); returns what failed, or None."""
+    failures = []
     if dtype == "fp32":
         report["atol"] = atol
-        report["passed"] = report["max_abs_diff"] <= atol
-        failed = f"max |logit difference| {report['max_abs_diff']:.3g} > atol {atol:g}"
-    else:
-        report["min_cosine_required"] = MIN_COSINE[dtype]
-        report["passed"] = report["min_cosine"] >= MIN_COSINE[dtype]
-        failed = f"lowest logit cosine {report['min_cosine']:.5f} < {MIN_COSINE[dtype]}"
-    return None if report["passed"] else f"{failed} (top-1 agreement {report['top1_agreement']:.1%})"
+        if report["max_abs_diff"] > atol:
+            failures.append(f"max |logit difference| {report['max_abs_diff']:.3g} > atol {atol:g}")
+    report["min_cosine_required"] = MIN_COSINE[dtype]
+    if report["min_cosine"] < MIN_COSINE[dtype]:
+        failures.append(f"lowest logit cosine {report['min_cosine']:.6f} < {MIN_COSINE[dtype]}")
+    report["passed"] = not failures
+    return None if report["passed"] else f"{'; '.join(failures)} (top-1 agreement {report['top1_agreement']:.1%})"
 
 
 def verify_export(
@@ -211,17 +216,14 @@ def verify_export(
     photo_names, inputs = verification_inputs(preprocess)
     report: dict[str, Any] = {"atol": atol, "photos": photo_names, "runtime": _runtime(model_path)}
     report.update(check_runner(lambda x: run_model(model_path, x, max_batch), reference, inputs))
-    report["passed"] = report["max_abs_diff"] <= atol
-    if report["passed"]:
+    failed = precision_gate(report, "fp32", atol)
+    if not failed:
         return report
-    worst = max(inputs, key=lambda n: report["inputs"][n]["max_abs_diff"])
+    worst = min(inputs, key=lambda n: report["inputs"][n]["min_cosine"]) if report["max_abs_diff"] <= atol else \
+        max(inputs, key=lambda n: report["inputs"][n]["max_abs_diff"])
     report["first_divergence"] = locate_divergence(reference, deploy, inputs[worst], atol=atol, opset=opset)
     where = report["first_divergence"].get("summary", "no block-level divergence found")
-    raise VerificationError(
-        f"the exported model does not match the PyTorch model: max |logit difference| "
-        f"{report['max_abs_diff']:.3g} > atol {atol:g} (top-1 agreement {report['top1_agreement']:.1%}). {where}",
-        report,
-    )
+    raise VerificationError(f"the exported model does not match the PyTorch model: {failed}. {where}", report)
 
 
 class _Probe(nn.Module):

@@ -8,11 +8,12 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import vitserve.models.rewrite as rewrite_module
 from vitserve.errors import ExportError, VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.verify import outputs_in_child
+from vitserve.export.verify import compare, outputs_in_child, precision_gate
 from vitserve.models.build import build_model
 from vitserve.models.registry import SPECS
 
@@ -54,6 +55,33 @@ def test_wrong_rewrite_fails_and_names_block(tmp_path, monkeypatch, break_fn, fi
     assert not out.exists(), "a failed export must not leave an artifact"
     saved = json.loads((tmp_path / "swin_digits.failed-verification.json").read_text())
     assert saved["first_divergence"]["first_block"] == first_block
+
+
+def test_wrong_rewrite_fails_when_the_logits_are_smaller_than_atol(tmp_path, monkeypatch):
+    """timm starts some classifiers near zero (a random-init LeViT's logits stay below 1e-4): there every logit
+    difference is below atol however wrong the export, and only the logits' direction can tell."""
+    built = build_model(SPECS["swin_digits"])
+    with torch.no_grad():
+        built.model.head.fc.weight.mul_(1e-7)
+        built.model.head.fc.bias.mul_(1e-7)
+    monkeypatch.setattr(rewrite_module, "deploy_copy", _broken_deploy_copy(_transpose_bias))
+    with pytest.raises(VerificationError, match="lowest logit cosine") as e:
+        export_artifact(built, ExportOptions(out=tmp_path / "tiny"), progress=lambda m: None)
+    report = e.value.report
+    assert report["max_abs_diff"] < report["atol"], "the difference alone would have passed"
+    assert report["first_divergence"]["first_block"] == "layers.0.blocks.1"
+
+
+def test_the_gate_compares_directions():
+    ref = np.array([[2e-6, -1e-6, 5e-7], [0.0, 0.0, 0.0]])
+    same = compare(ref, ref * (1 + 1e-7))
+    assert same["min_cosine"] > 0.99999 and precision_gate(same, "fp32", atol=1e-4) is None
+    zeros = compare(ref, np.zeros_like(ref))
+    assert zeros["max_abs_diff"] < 1e-4
+    assert "lowest logit cosine" in precision_gate(zeros, "fp32", atol=1e-4)
+    shifted = compare(ref + 1.0, ref + 1.0 + 2e-4)
+    assert "max |logit difference|" in precision_gate(shifted, "fp32", atol=1e-4)
+    assert precision_gate(shifted, "fp16", atol=1e-4) is None
 
 
 def test_failed_export_keeps_previous_artifact(tmp_path, monkeypatch, digits_artifact):
