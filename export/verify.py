@@ -49,7 +49,7 @@ def sample_photos(preprocess: Preprocess) -> tuple[list[str], torch.Tensor]:
         mean=preprocess.mean,
         std=preprocess.std,
         crop_pct=preprocess.crop_pct,
-        crop_mode="center",
+        crop_mode=preprocess.crop_mode,
         is_training=False,
     )
     images = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS]

@@ -144,7 +144,8 @@ def _spec_from_timm(name: str, arch: str, tag: str | None) -> ModelSpec:
     cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
     if cfg is None:
         raise UnknownModelError(f"timm has no pretrained config {name!r}; try the plain architecture name {arch!r}")
-    preprocess = Preprocess(
-        tuple(cfg.input_size), tuple(cfg.mean), tuple(cfg.std), float(cfg.crop_pct or 1.0), cfg.interpolation
+    preprocess = Preprocess(  # timm's resolve_data_config: crop_pct 0.875 and crop_mode "center" when unset
+        tuple(cfg.input_size), tuple(cfg.mean), tuple(cfg.std), float(cfg.crop_pct or 0.875), cfg.interpolation,
+        cfg.crop_mode or "center",
     )
     return ModelSpec(name, arch, preprocess, pretrained_tag=cfg.tag, num_classes=cfg.num_classes or 1000)

@@ -62,28 +62,57 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
 
 
 def transform(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """RGB PIL image -> float32 array (3, H, W), normalized like timm's eval transform."""
+    """RGB PIL image -> float32 array (3, H, W), normalized like timm's eval transform (its crop mode too)."""
     _, height, width = preprocess.input_size
     if height != width:
         raise ValueError(f"only square model inputs are supported, got {height}x{width}")
     scale = math.floor(height / preprocess.crop_pct)
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = scale, int(scale * long / short)
-    size = (new_short, new_long) if w <= h else (new_long, new_short)
-    top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
-    if new_long <= LONG_RESIZE_RATIO * new_short:
-        if size != (w, h):
-            image = image.resize(size, INTERPOLATION[preprocess.interpolation])
-        image = image.crop((left, top, left + width, top + height))
+    resample = INTERPOLATION[preprocess.interpolation]
+    if preprocess.crop_mode == "squash":  # both sides to scale, then CenterCrop
+        image = _center_crop_or_pad(_resize(image, (scale, scale), resample), height)
+    elif preprocess.crop_mode == "border":  # the longer side to scale (timm's ResizeKeepRatio), then CenterCropOrPad
+        w, h = image.size
+        ratio = max(h / scale, w / scale)
+        size = (max(1, round(w / ratio)), max(1, round(h / ratio)))  # timm fails on a side of 0; this keeps 1
+        fill = tuple(round(255 * m) for m in preprocess.mean)
+        image = _center_crop_or_pad(_resize(image, size, resample), height, fill)
     else:
-        # A very elongated image (a 1x40000 strip would resize to gigapixels): resample only the source box that
-        # maps onto the crop, at a cost independent of the aspect ratio. Shrinking, this equals resize-then-crop
-        # up to one 8-bit level in a few pixels; where PIL upsamples an axis it differs by a few levels.
-        sx, sy = w / size[0], h / size[1]
-        box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
-        image = image.resize((width, height), INTERPOLATION[preprocess.interpolation], box=box)
+        image = _shorter_side_then_crop(image, scale, height, resample)
     array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
     mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preprocess.std, dtype=np.float32).reshape(3, 1, 1)
     return (array - mean) / std
+
+
+def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
+    """torchvision's Resize of a PIL image to (width, height): no resampling at all when the size is already right."""
+    return image if image.size == size else image.resize(size, resample)
+
+
+def _center_crop_or_pad(image: Image.Image, size: int, fill: tuple[int, ...] = (0, 0, 0)) -> Image.Image:
+    """torchvision's CenterCrop (fill 0) / timm's CenterCropOrPad: pad a side shorter than `size` with `fill`, the
+    odd pixel after, then crop size x size around the center, rounding like torchvision."""
+    w, h = image.size
+    if size > w or size > h:
+        canvas = Image.new("RGB", (max(w, size), max(h, size)), fill)
+        canvas.paste(image, (max(size - w, 0) // 2, max(size - h, 0) // 2))
+        image, (w, h) = canvas, canvas.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def _shorter_side_then_crop(image: Image.Image, scale: int, crop: int, resample: Image.Resampling) -> Image.Image:
+    """crop_mode 'center': torchvision's Resize(scale) of the shorter side, then CenterCrop(crop)."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = scale, int(scale * long / short)
+    size = (new_short, new_long) if w <= h else (new_long, new_short)
+    top, left = int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
+    if new_long <= LONG_RESIZE_RATIO * new_short:
+        return _resize(image, size, resample).crop((left, top, left + crop, top + crop))
+    # A very elongated image (a 1x40000 strip would resize to gigapixels): resample only the source box that
+    # maps onto the crop, at a cost independent of the aspect ratio. Shrinking, this equals resize-then-crop
+    # up to one 8-bit level in a few pixels; where PIL upsamples an axis it differs by a few levels.
+    sx, sy = w / size[0], h / size[1]
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    return image.resize((crop, crop), resample, box=box)

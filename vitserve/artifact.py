@@ -25,14 +25,17 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "vitserve.json"
 MODEL_NAME = "model.onnx"
 LABELS_NAME = "labels.txt"
+CROP_MODES = ("center", "squash", "border")  # timm's eval transform's
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The eval transform a model was trained with (timm's eval transform, crop_mode 'center').
+    """The eval transform a model was trained with (timm's eval transform, with the checkpoint's crop mode).
 
-    Resize the shorter side to floor(size / crop_pct) with `interpolation`, center-crop to `input_size`,
-    scale to [0, 1], normalize with `mean` / `std`; channels first, RGB.
+    With scale = floor(size / crop_pct): `crop_mode` "center" resizes the shorter side to scale and center-crops to
+    `input_size`; "squash" resizes both sides to scale (the aspect ratio is not kept) and center-crops; "border"
+    resizes the longer side to scale and center-crops or pads with the mean colour. Then scale to [0, 1],
+    normalize with `mean` / `std`; channels first, RGB.
     """
 
     input_size: tuple[int, int, int]  # C, H, W
@@ -40,6 +43,11 @@ class Preprocess:
     std: tuple[float, float, float]
     crop_pct: float = 0.9
     interpolation: str = "bicubic"
+    crop_mode: str = "center"
+
+    def __post_init__(self):
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"unknown crop_mode {self.crop_mode!r}: one of {', '.join(CROP_MODES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -52,6 +60,7 @@ class Preprocess:
             std=tuple(d["std"]),
             crop_pct=float(d["crop_pct"]),
             interpolation=str(d["interpolation"]),
+            crop_mode=str(d.get("crop_mode", "center")),  # manifests written before crop modes were recorded
         )
 
 

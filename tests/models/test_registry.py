@@ -23,7 +23,7 @@ def test_preprocessing_matches_timm_pretrained_cfg(spec):
     assert cfg is not None, f"{spec.hub_name} is not a timm pretrained config"
     pre = spec.preprocess
     assert (tuple(cfg.input_size), tuple(cfg.mean), tuple(cfg.std)) == (pre.input_size, pre.mean, pre.std)
-    assert (cfg.crop_pct, cfg.interpolation, cfg.crop_mode) == (pre.crop_pct, pre.interpolation, "center")
+    assert (cfg.crop_pct, cfg.interpolation, cfg.crop_mode) == (pre.crop_pct, pre.interpolation, pre.crop_mode)
     assert cfg.num_classes == spec.num_classes
 
 
@@ -31,6 +31,8 @@ def test_timm_names_accepted():
     spec = resolve("swin_base_patch4_window12_384")
     assert spec.preprocess.input_size == (3, 384, 384) and spec.preprocess.crop_pct == 1.0
     assert resolve("vit_small_patch16_224.augreg_in21k_ft_in1k").pretrained_tag == "augreg_in21k_ft_in1k"
+    squashed = resolve("vit_base_patch16_clip_384.laion2b_ft_in12k_in1k").preprocess  # timm squashes its eval images
+    assert (squashed.crop_mode, squashed.crop_pct) == ("squash", 1.0)
 
 
 def test_unknown_name_suggests_close_matches():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,27 +11,56 @@ import skimage.data
 from PIL import Image
 from timm.data import create_transform
 
-from vitserve.artifact import Preprocess
+from vitserve.artifact import CROP_MODES, Preprocess
 from vitserve.models.registry import SPECS
 from vitserve.server.preprocess import decode_image, transform
 
 CONFIGS = [SPECS["swin_t"].preprocess, SPECS["swinv2_t"].preprocess, SPECS["cait_xxs24"].preprocess,
-           SPECS["vit_b_16"].preprocess, Preprocess((3, 224, 224), (0.4, 0.4, 0.4), (0.2, 0.3, 0.2), 0.875, "bilinear")]
+           SPECS["vit_b_16"].preprocess, Preprocess((3, 224, 224), (0.4, 0.4, 0.4), (0.2, 0.3, 0.2), 0.875, "bilinear"),
+           # timm's other crop modes (CLIP fine-tunes squash; border pads with the mean colour)
+           Preprocess((3, 384, 384), (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), 1.0, "bicubic", "squash"),
+           Preprocess((3, 224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 0.9, "bilinear", "squash"),
+           Preprocess((3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0, "bicubic", "border"),
+           Preprocess((3, 256, 256), (0.3, 0.6, 0.1), (0.2, 0.2, 0.2), 0.95, "bilinear", "border")]
+PHOTOS = {"astronaut": None, "chelsea": None, "rocket": None, "camera": None,  # landscape, portrait, small: crops
+          "coffee-portrait": (200, 360), "chelsea-small": (150, 97)}              # and pads
 
 
 def _timm(image: Image.Image, pre: Preprocess) -> np.ndarray:
     t = create_transform(input_size=pre.input_size, interpolation=pre.interpolation, mean=pre.mean, std=pre.std,
-                         crop_pct=pre.crop_pct, crop_mode="center", is_training=False)
+                         crop_pct=pre.crop_pct, crop_mode=pre.crop_mode, is_training=False)
     return t(image).numpy()
 
 
-@pytest.mark.parametrize("pre", CONFIGS, ids=lambda p: f"{p.input_size[1]}-{p.crop_pct}-{p.interpolation}")
-@pytest.mark.parametrize("photo", ["astronaut", "chelsea", "rocket", "camera"])
+@pytest.mark.parametrize("pre", CONFIGS,
+                         ids=lambda p: f"{p.input_size[1]}-{p.crop_pct}-{p.interpolation}-{p.crop_mode}")
+@pytest.mark.parametrize("photo", list(PHOTOS))
 def test_transform_matches_timm(pre, photo):
-    image = Image.fromarray(getattr(skimage.data, photo)()).convert("RGB")
+    image = Image.fromarray(getattr(skimage.data, photo.split("-")[0])()).convert("RGB")
+    if PHOTOS[photo]:
+        image = image.resize(PHOTOS[photo], Image.Resampling.BILINEAR)
     ours, theirs = transform(image, pre), _timm(image, pre)
     assert ours.shape == theirs.shape and ours.dtype == np.float32
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_crop_modes_differ():
+    """The modes must not collapse into one: on a portrait photo each gives a different crop."""
+    image = Image.fromarray(skimage.data.coffee()).convert("RGB").resize((200, 360))
+    base = SPECS["vit_b_16"].preprocess
+    crops = [transform(image, replace(base, crop_mode=mode)) for mode in CROP_MODES]
+    for i in range(len(crops)):
+        for j in range(i):
+            assert np.abs(crops[i] - crops[j]).mean() > 0.05
+
+
+def test_manifest_crop_mode():
+    base = SPECS["vit_b_16"].preprocess.to_dict()
+    assert Preprocess.from_dict({**base, "crop_mode": "squash"}).crop_mode == "squash"
+    old = {k: v for k, v in base.items() if k != "crop_mode"}
+    assert Preprocess.from_dict(old).crop_mode == "center", "manifests written before crop modes were center"
+    with pytest.raises(ValueError, match="unknown crop_mode 'stretch'"):
+        Preprocess.from_dict({**base, "crop_mode": "stretch"})
 
 
 @pytest.mark.parametrize("size", [(4000, 300), (2000, 90), (31, 1500), (40000, 1)])
