@@ -12,6 +12,7 @@ from torch import nn
 
 from vitserve.artifact import read_labels
 from vitserve.errors import ExportError, LabelsError, WeightsError, WeightsUnavailableError
+from vitserve.models import timm_folder
 from vitserve.models import weights as w
 from vitserve.models.registry import IMAGENET_LABELS, ModelSpec
 
@@ -41,8 +42,9 @@ def build_model(
 ) -> BuiltModel:
     """Creates the timm model and loads its weights.
 
-    Weights, in order: `weights` (a checkpoint file), `random_init`, the spec's bundled weights, pretrained
-    weights from the hub. Raises WeightsUnavailableError offline when only the hub would do.
+    Weights, in order: `weights` (a checkpoint file), `random_init`, the spec's bundled weights, the weights of
+    the timm model folder or hub repository it came from, pretrained weights from the hub. Raises
+    WeightsUnavailableError offline when only the hub would do.
     """
     labels_given = read_labels_file(labels_file) if labels_file else None
     if num_classes is None:
@@ -61,6 +63,12 @@ def build_model(
         model = create(spec.timm_name, kwargs, num_classes)
         w.fit_state_dict(model, w.read_state_dict(spec.bundled_weights), spec.bundled_weights.name)
         info = {"source": "bundled", "path": spec.bundled_weights.name, "sha256": w.sha256(spec.bundled_weights)}
+    elif spec.source is not None:
+        source, _, ref = spec.source.partition(":")
+        path = timm_folder.weights_file(source, ref)
+        model = create(spec.timm_name, kwargs, num_classes)
+        w.fit_state_dict(model, w.read_state_dict(path), spec.source)
+        info = {"source": source, "path": str(path) if source == "local-dir" else ref, "sha256": w.sha256(path)}
     else:
         model, info = _pretrained(spec, kwargs, num_classes)
     model.eval()
@@ -130,6 +138,8 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tu
 
 
 def default_labels(spec: ModelSpec, num_classes: int) -> list[str]:
+    if len(spec.label_names) == num_classes:
+        return list(spec.label_names)
     if spec.labels == IMAGENET_LABELS and num_classes == 1000:
         from timm.data import ImageNetInfo
 

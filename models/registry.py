@@ -14,6 +14,7 @@ from typing import Any
 
 from vitserve.artifact import Preprocess
 from vitserve.errors import UnknownModelError
+from vitserve.models import timm_folder
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -35,6 +36,9 @@ class ModelSpec:
         labels: IMAGENET_LABELS, or a labels file (one class per line).
         timm_kwargs: architecture overrides passed to timm.create_model (bundled models use a small config).
         bundled_weights: weights shipped with vitserve, used when no --weights / --random-init is given.
+        source: a timm model folder ("local-dir:PATH") or hub repository ("hf-hub:ORG/NAME") whose weights are
+            used when no --weights / --random-init is given (models/timm_folder.py).
+        label_names: class names that came with the model (a timm folder's label_names), by class index.
     """
 
     name: str
@@ -46,6 +50,8 @@ class ModelSpec:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     bundled_weights: Path | None = None
     description: str = ""
+    source: str | None = None
+    label_names: tuple[str, ...] = ()
 
     @property
     def hub_name(self) -> str:
@@ -122,9 +128,13 @@ def list_specs() -> list[ModelSpec]:
 
 
 def resolve(name: str) -> ModelSpec:
-    """Alias or timm name (optionally `arch.tag`) -> ModelSpec; UnknownModelError with close matches otherwise."""
+    """Alias, timm name (optionally `arch.tag`) or timm model folder (`local-dir:PATH` or the folder's path,
+    `hf-hub:ORG/NAME`) -> ModelSpec; UnknownModelError with close matches otherwise."""
     if name in SPECS:
         return SPECS[name]
+    folder = timm_folder.split_source(name)
+    if folder:
+        return _spec_from_folder(*folder)
     import timm
 
     arch, _, tag = name.partition(".")
@@ -149,3 +159,17 @@ def _spec_from_timm(name: str, arch: str, tag: str | None) -> ModelSpec:
         cfg.crop_mode or "center",
     )
     return ModelSpec(name, arch, preprocess, pretrained_tag=cfg.tag, num_classes=cfg.num_classes or 1000)
+
+
+def _spec_from_folder(source: str, ref: str) -> ModelSpec:
+    config = timm_folder.read_config(timm_folder.locate(source, ref) / timm_folder.CONFIG_NAME)
+    import timm
+
+    if not timm.is_model(config.architecture):
+        raise UnknownModelError(f"{source}:{ref} is a {config.architecture!r}, an architecture timm "
+                                f"{timm.__version__} does not have; a newer timm may (pip install -U timm)")
+    return ModelSpec(timm_folder.display_name(source, ref), config.architecture, config.preprocess,
+                     num_classes=config.num_classes,
+                     timm_kwargs={k: v for k, v in config.model_args.items() if k != "num_classes"},
+                     description=f"timm model folder {source}:{ref}", source=f"{source}:{ref}",
+                     label_names=config.label_names)

@@ -46,7 +46,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<18} {'timm architecture':<34} {'input':<8} description")
     for s in specs:
         print(f"{s.name:<18} {s.timm_name:<34} {s.preprocess.input_size[1]:<8} {s.description}")
-    print("\nAny timm architecture name is accepted as well (e.g. swin_base_patch4_window12_384).")
+    print("\nAny timm architecture name is accepted as well (e.g. swin_base_patch4_window12_384), and so is a\n"
+          "fine-tuned model as timm saves it: a folder holding config.json and model.safetensors\n"
+          "(local-dir:PATH, or just its path), or a hub repository holding one (hf-hub:ORG/NAME).")
     return 0
 
 
@@ -290,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build MODEL, rewrite it into its export-friendly form, write ONNX and prove that the ONNX "
         "file gives the same answers as the PyTorch model (random inputs and real photographs).",
     )
-    p.add_argument("model", help="alias from `vitserve models` or any timm architecture name")
+    p.add_argument("model", help="alias from `vitserve models`, any timm architecture name, or a timm model folder "
+                   "(local-dir:PATH or its path; hf-hub:ORG/NAME)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="FILE", help="checkpoint: .safetensors, .pth or .pt state dict "
                          "(also nested under state_dict / model / state_dict_ema)")
