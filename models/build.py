@@ -120,6 +120,15 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tu
     if "window_size" in kwargs:
         raise WeightsError(f"the pretrained weights of {spec.hub_name} were trained with its own window; "
                            "--window-size is for a checkpoint of your own (--weights) or --random-init")
+    # timm would leave a classifier of another size (or the one a backbone lacks) randomly initialized
+    if not cfg.num_classes:
+        raise WeightsError(f"the pretrained weights of {spec.hub_name} have no classifier (a backbone trained for "
+                           "features, not classes): export a checkpoint fine-tuned on your classes (--weights FILE), "
+                           "or a weights tag with a classifier (timm.list_pretrained lists them)")
+    if num_classes != cfg.num_classes:
+        raise WeightsError(f"the pretrained weights of {spec.hub_name} classify {cfg.num_classes} classes, not "
+                           f"{num_classes} (--num-classes / --labels): the classifier would be random. Export your "
+                           "fine-tuned checkpoint (--weights FILE), or --random-init to try the pipeline")
     hub_id = cfg.hf_hub_id
     if w.hub_reachable():
         log.info("downloading pretrained weights %s", spec.hub_name)
@@ -140,11 +149,13 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tu
 def default_labels(spec: ModelSpec, num_classes: int) -> list[str]:
     if len(spec.label_names) == num_classes:
         return list(spec.label_names)
-    if spec.labels == IMAGENET_LABELS and num_classes == 1000:
-        from timm.data import ImageNetInfo
+    if spec.labels == IMAGENET_LABELS:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
 
-        # "tench, Tinca tinca" -> "tench": the first synonym is the common name
-        return [d.split(",")[0].strip() for d in ImageNetInfo().label_descriptions()]
+        subset = infer_imagenet_subset({"num_classes": num_classes})  # 1k, 12k, 21k, 22k: told apart by their sizes
+        if subset:
+            # "tench, Tinca tinca" -> "tench": the first synonym is the common name
+            return [d.split(",")[0].strip() for d in ImageNetInfo(subset).label_descriptions()]
     if spec.labels != IMAGENET_LABELS and Path(spec.labels).is_file():
         labels = read_labels(spec.labels)
         if len(labels) == num_classes:

@@ -104,6 +104,35 @@ def test_offline_pretrained_is_a_clear_error(monkeypatch):
         build_model(resolve("deit_t"))
 
 
+@pytest.mark.parametrize("reachable", [True, False], ids=["online", "offline"])
+def test_pretrained_refuses_a_classifier_it_would_leave_random(monkeypatch, reachable):
+    """timm loads a backbone and leaves a classifier of another size random: refused before any download."""
+    monkeypatch.setattr("vitserve.models.weights.hub_reachable", lambda: reachable)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing may be created or downloaded")
+
+    monkeypatch.setattr("vitserve.models.build.create", no_download)
+    monkeypatch.setattr("vitserve.models.weights.cached_pretrained_file", no_download)
+    with pytest.raises(WeightsError, match="classify 1000 classes, not 10.*--weights FILE"):
+        build_model(resolve("deit_t"), num_classes=10)
+    with pytest.raises(WeightsError, match="no classifier.*--weights FILE"):
+        build_model(resolve("vit_small_patch14_dinov2.lvd142m"))
+
+
+def test_imagenet_subsets_get_their_class_names():
+    from timm.data import ImageNetInfo
+
+    from vitserve.models.build import default_labels
+
+    spec = resolve("deit_t")
+    assert default_labels(spec, 1000)[0] == "tench"
+    twelve_k = default_labels(spec, 11821)
+    assert len(twelve_k) == 11821 and twelve_k[-1] == ImageNetInfo("imagenet-12k").label_descriptions()[-1]
+    assert default_labels(spec, 21841)[0] == "organism"
+    assert default_labels(spec, 7) == [f"class_{i}" for i in range(7)]
+
+
 def test_hub_probe_fails_fast_when_unreachable(monkeypatch):
     import huggingface_hub.constants
 
