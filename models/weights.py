@@ -34,6 +34,11 @@ def sha256(path: Path) -> str:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors / .pth / .pt checkpoint, unwrapped. Never runs pickled code."""
     path = Path(path)
+    if path.is_dir():
+        hint = (f"it is a timm model folder: export it as the model, `vitserve export {path}`, which also takes its "
+                "architecture, classes and preprocessing" if (path / "config.json").is_file() else
+                "pass the checkpoint file inside it")
+        raise WeightsError(f"--weights {path} is a folder; {hint}")
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     if path.suffix not in SUFFIXES:

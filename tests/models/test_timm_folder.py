@@ -13,7 +13,7 @@ from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
 from tests.conftest import run_cli
-from vitserve.errors import UnknownModelError, WeightsUnavailableError
+from vitserve.errors import UnknownModelError, WeightsError, WeightsUnavailableError
 from vitserve.models.build import build_model
 from vitserve.models.registry import DIGITS_TIMM_KWARGS, resolve
 
@@ -95,6 +95,13 @@ def test_folder_errors(tmp_path, folder):
         (no_weights / "config.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(UnknownModelError, match=message):
             resolve(str(no_weights))
+
+
+def test_folder_given_as_weights_says_how_to_export_it(folder, tmp_path):
+    with pytest.raises(WeightsError, match=f"is a folder; it is a timm model folder.*vitserve export {folder}"):
+        build_model(resolve("swin_t"), weights=folder)
+    with pytest.raises(WeightsError, match="is a folder; pass the checkpoint file inside it"):
+        build_model(resolve("swin_t"), weights=tmp_path)
 
 
 def test_hub_repo_from_the_local_cache(folder, tmp_path, monkeypatch):
