@@ -36,7 +36,7 @@ from vitserve.server.batching import (
     ShuttingDownError,
 )
 from vitserve.server.metrics import Metrics
-from vitserve.server.preprocess import decode_image, transform
+from vitserve.server.preprocess import decode_image, draft_side, transform
 from vitserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ class Service:
         return self.pending >= self.settings.max_queue
 
     def decode_one(self, data: bytes) -> np.ndarray:
-        return transform(decode_image(data, self.settings.max_pixels), self.manifest.preprocess)
+        preprocess = self.manifest.preprocess
+        min_side = draft_side(preprocess) if self.settings.fast_jpeg else None
+        return transform(decode_image(data, self.settings.max_pixels, min_side), preprocess)
 
     async def decode(self, blobs: list[bytes]) -> np.ndarray:
         """Encoded images -> (N, C, H, W), decoded in a worker thread so the event loop stays free."""

@@ -31,8 +31,18 @@ INTERPOLATION = {
 LONG_RESIZE_RATIO = 4
 
 
-def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+def draft_side(preprocess: Preprocess) -> int:
+    """The smallest side decode_image may decode a JPEG at for `preprocess` (--fast-jpeg): twice the side the
+    transform resizes to, so that its resampling still shrinks the image at least 2x."""
+    return 2 * math.floor(preprocess.input_size[1] / preprocess.crop_pct)
+
+
+def decode_image(data: bytes, max_pixels: int | None = None, min_side: int | None = None) -> Image.Image:
     """Encoded bytes -> upright RGB PIL image (EXIF orientation applied, 16-bit scaled to 8-bit).
+
+    With `min_side`, a JPEG at least twice that large on both sides is decoded at 1/2, 1/4 or 1/8 of its size in
+    the DCT domain (PIL's draft mode), never below `min_side`: a fraction of the work for a large photograph, with
+    pixels close to, not equal to, a full decode resized (benchmarks/decode.py).
 
     Raises RequestError for empty, unreadable or truncated data and PayloadTooLargeError for an image over
     `max_pixels`, checked from the header before any pixel is decoded (decompression bombs).
@@ -47,6 +57,8 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
             if max_pixels is not None and width * height > max_pixels:
                 raise PayloadTooLargeError(
                     f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+            if min_side is not None and image.format == "JPEG":
+                image.draft(None, (min_side, min_side))
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}") from e

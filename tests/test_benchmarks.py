@@ -131,3 +131,11 @@ def test_device_script_narrowed_run(tmp_path):
     assert "probe: not run" in log and "swin: exit 0" in log
     for name in ("vit", "deit", "gemm"):
         assert f"{name}: not run, no sections" in log, log[-3000:]
+
+
+def test_decode_benchmark_runs():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--rounds", "1"],
+                          capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if " MP " in line]
+    assert len(rows) == 9 and all("1000x750" in row for row in rows[:3])

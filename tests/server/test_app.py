@@ -161,6 +161,29 @@ def test_limits(digits_artifact):
         _error(c.post("/classify", content=chunks(), headers={"content-type": "image/png"}), 413, "limit")
 
 
+def test_fast_jpeg_decodes_smaller_and_classifies_the_same(digits_artifact, monkeypatch):
+    import vitserve.server.app as app_module
+
+    decoded = []
+
+    def recording(data, max_pixels=None, min_side=None):
+        image = decode_image(data, max_pixels, min_side)
+        decoded.append(image.size)
+        return image
+
+    monkeypatch.setattr(app_module, "decode_image", recording)
+    big = _encode(Image.open(io.BytesIO(EXAMPLES[3])).convert("RGB").resize((1024, 1024)), "JPEG", quality=95)
+    answers = {}
+    for fast in (False, True):
+        with _client(digits_artifact, fast_jpeg=fast) as c:
+            response = c.post("/classify", content=big, headers={"content-type": "image/jpeg"})
+            assert response.status_code == 200, response.text
+            answers[fast] = response.json()["results"][0]["predictions"][0]
+    # swin_digits resizes to 32: the fast decode keeps 128 x 128 (1/8), at least twice that
+    assert decoded == [(1024, 1024), (128, 128)]
+    assert answers[False]["label"] == answers[True]["label"] == "3"
+
+
 def test_api_key(digits_artifact):
     with _client(digits_artifact, api_key="s3cret") as c:
         headers = {"content-type": "image/png"}

@@ -13,7 +13,7 @@ from timm.data import create_transform
 
 from vitserve.artifact import CROP_MODES, Preprocess
 from vitserve.models.registry import SPECS
-from vitserve.server.preprocess import decode_image, transform
+from vitserve.server.preprocess import decode_image, draft_side, transform
 
 CONFIGS = [SPECS["swin_t"].preprocess, SPECS["swinv2_t"].preprocess, SPECS["cait_xxs24"].preprocess,
            SPECS["vit_b_16"].preprocess, Preprocess((3, 224, 224), (0.4, 0.4, 0.4), (0.2, 0.3, 0.2), 0.875, "bilinear"),
@@ -82,6 +82,39 @@ def test_elongated_images_resize_only_the_crop(size):
         one_level = 1 / 255 / min(pre.std) + 1e-5
         assert np.abs(ours - theirs).max() <= one_level
         assert (np.abs(ours - theirs) > 1e-5).mean() < 0.01
+
+
+def _large_jpeg(photo: str, size=(4000, 3000), **kw) -> bytes:
+    image = Image.fromarray(getattr(skimage.data, photo)()).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    return _jpeg(image, quality=90, **kw)
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "coffee"])
+def test_fast_jpeg_decodes_large_photos_smaller_and_close(photo):
+    """Draft decoding (1/2..1/8 scale in the DCT domain) keeps at least twice the resize target and stays within a
+    fraction of one 8-bit level on average of the full decode + resize."""
+    pre = SPECS["swin_t"].preprocess
+    data = _large_jpeg(photo)
+    small = decode_image(data, min_side=draft_side(pre))
+    assert small.size == (1000, 750) and min(small.size) >= draft_side(pre) == 496
+    exact, fast = transform(decode_image(data), pre), transform(small, pre)
+    one_level = 1 / 255 / max(pre.std)
+    assert 0 < np.abs(exact - fast).mean() < 0.5 * one_level
+    assert (exact * fast).sum() / np.linalg.norm(exact) / np.linalg.norm(fast) > 0.9999
+
+
+def test_fast_jpeg_leaves_small_jpegs_and_other_formats_alone():
+    pre = SPECS["swin_t"].preprocess
+    photo = Image.fromarray(skimage.data.chelsea()).convert("RGB")  # 451 x 300: below twice the draft side
+    for data in (_jpeg(photo), _png(photo.resize((2000, 1500)))):
+        assert np.array_equal(np.asarray(decode_image(data, min_side=draft_side(pre))), np.asarray(decode_image(data)))
+
+
+def test_fast_jpeg_keeps_exif_orientation():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    data = _large_jpeg("astronaut", exif=exif)
+    assert decode_image(data, min_side=496).size == (750, 1000)
 
 
 def _png(image: Image.Image, **kw) -> bytes:
