@@ -37,9 +37,8 @@ from vitserve.artifact import (
 )
 from vitserve.errors import VitServeError
 from vitserve.server.backends import OnnxRuntimeBackend, OpenVINOBackend, cpu_supports_bf16
-from vitserve.server.preprocess import decode_image, transform
+from vitserve.server.preprocess import decode_image, find_images, transform
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 METHODS = ("onnxruntime", "openvino")
 
 
@@ -52,12 +51,6 @@ class ImageSet:
     paths: list[Path]
     pixels: np.ndarray  # N, C, H, W
     labels: np.ndarray | None  # class index per image, when every image's folder names a class
-
-
-def find_images(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        raise VitServeError(f"{directory} is not a directory of images")
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def load_images(paths: list[Path], manifest: Manifest, labels: list[str], what: str) -> ImageSet:

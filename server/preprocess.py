@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from vitserve.artifact import Preprocess
-from vitserve.errors import PayloadTooLargeError, RequestError
+from vitserve.errors import PayloadTooLargeError, RequestError, VitServeError
 
 INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -25,6 +26,16 @@ INTERPOLATION = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def find_images(directory: Path) -> list[Path]:
+    """The image files under `directory` (by suffix, any depth), sorted."""
+    if not directory.is_dir():
+        raise VitServeError(f"{directory} is not a directory of images")
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 # Above this aspect ratio the resize is computed for the center crop only (see transform).

@@ -107,7 +107,8 @@ def test_out_dir_that_is_not_an_artifact(tmp_path):
 
 def test_export_then_classify_examples(tmp_path):
     out = tmp_path / "swin_digits"
-    result = run_cli("export", "swin_digits", "--out", str(out), "--triton-repo", str(tmp_path / "triton"))
+    result = run_cli("export", "swin_digits", "--out", str(out), "--triton-repo", str(tmp_path / "triton"),
+                     "--max-batch", "4")  # classify below runs 10 images in batches of 4
     assert result.returncode == 0, result.stderr
     assert "verifying" in result.stderr and "wrote" in result.stdout
     # readable by other users (a container's non-root server), though assembled in a private temporary folder
@@ -124,6 +125,24 @@ def test_export_then_classify_examples(tmp_path):
         expected = path.stem.split("_")[1]
         assert answer["top_k"][0]["label"] == expected, (path.name, answer)
         assert len(answer["top_k"]) == 3
+    # a folder: its images at any depth, sorted; other files skipped
+    folder = tmp_path / "photos"
+    for path in examples:
+        target = folder / ("odd" if int(path.stem[-1]) % 2 else "even") / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    result = run_cli("classify", str(out), str(folder), "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    shown = [line.rstrip(":") for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert shown == [str(p) for p in sorted(folder.rglob("digit_*.png"))]
+    for line in result.stdout.splitlines():
+        if not line.startswith(" "):
+            digit = line.rstrip(":")[-5]
+        else:
+            assert line.split()[1] == digit, result.stdout
+    (tmp_path / "empty").mkdir()
+    _fails_cleanly(run_cli("classify", str(out), str(tmp_path / "empty")), "no image files")
 
 
 @pytest.mark.parametrize("args,message", [

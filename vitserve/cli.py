@@ -115,31 +115,35 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     from vitserve.artifact import read_labels
     from vitserve.server.backends import load_backend, local_device, resolve_backend, softmax, top_k
-    from vitserve.server.preprocess import decode_image, draft_side, transform
+    from vitserve.server.preprocess import IMAGE_SUFFIXES, decode_image, draft_side, find_images, transform
 
     name = resolve_backend(args.artifact, args.backend)
     backend = load_backend(args.artifact, name, precision=args.precision, device=local_device(name))
     manifest = backend.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
-    batch = []
-    for path in args.images:
+    paths = [p for given in map(Path, args.images) for p in (find_images(given) if given.is_dir() else [given])]
+    if not paths:
+        raise VitServeError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(args.images)}")
+    min_side = draft_side(manifest.preprocess) if args.fast_jpeg else None
+
+    def read(path: Path) -> np.ndarray:
         try:
-            min_side = draft_side(manifest.preprocess) if args.fast_jpeg else None
-            batch.append(transform(decode_image(Path(path).read_bytes(), min_side=min_side), manifest.preprocess))
+            return transform(decode_image(path.read_bytes(), min_side=min_side), manifest.preprocess)
         except (OSError, VitServeError) as e:
             raise VitServeError(f"cannot read image {path}: {e}") from e
-    results = []
-    for start in range(0, len(batch), manifest.max_batch):
-        probs = softmax(backend(np.stack(batch[start:start + manifest.max_batch])))
-        results.extend(top_k(probs, labels, args.top_k))
+
+    results = []  # one batch at a time in memory, printed as it is done
+    for start in range(0, len(paths), manifest.max_batch):
+        chunk = paths[start:start + manifest.max_batch]
+        classes = top_k(softmax(backend(np.stack([read(p) for p in chunk]))), labels, args.top_k)
+        results.extend({"image": str(p), "top_k": c} for p, c in zip(chunk, classes))
+        if not args.json:
+            for path, image_classes in zip(chunk, classes):
+                print(f"{path}:")
+                for c in image_classes:
+                    print(f"  {c['score']:7.2%}  {c['label']} ({c['index']})")
     if args.json:
-        print(json.dumps({"model": manifest.name, "results": [
-            {"image": str(p), "top_k": r} for p, r in zip(args.images, results)]}, indent=2))
-        return 0
-    for path, classes in zip(args.images, results):
-        print(f"{path}:")
-        for c in classes:
-            print(f"  {c['score']:7.2%}  {c['label']} ({c['index']})")
+        print(json.dumps({"model": manifest.name, "results": results}, indent=2))
     return 0
 
 
@@ -357,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify image files with an artifact, without a server")
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders of them (searched to any depth)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "torch", "tensorrt"],
