@@ -14,26 +14,11 @@ Each pair alternates run by run (order flipping every round); medians; outputs c
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-
-def side_by_side(runners: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+from timing import side_by_side  # benchmarks/timing.py, beside this script
 
 
 def openvino_forms(threads: int, rounds: int) -> None:

@@ -13,32 +13,18 @@ from __future__ import annotations
 import argparse
 import io
 import platform
-import statistics
-import time
 
 import numpy as np
 import PIL
 import skimage.data
 from PIL import Image
+from timing import side_by_side  # benchmarks/timing.py, beside this script
 
 from vitserve.models.registry import resolve
 from vitserve.server.preprocess import decode_image, draft_side, transform
 
 SIZES = {"12 MP": (4000, 3000), "4 MP": (2304, 1728), "1 MP": (1152, 864)}
 PHOTOS = ("astronaut", "coffee", "chelsea")
-
-
-def side_by_side(runners: dict, rounds: int) -> dict[str, float]:
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def jpeg(photo: str, size: tuple[int, int]) -> bytes:

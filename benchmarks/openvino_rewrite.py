@@ -10,10 +10,9 @@ The two compiled models alternate run by run (the order flips every round); medi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
+from timing import side_by_side  # benchmarks/timing.py, beside this script
 
 from vitserve.server.backends import OpenVINOBackend
 
@@ -34,15 +33,8 @@ def main() -> None:
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         x = np.random.default_rng(0).standard_normal((batch, *models["plain"].manifest.input.shape[1:]),
                                                       dtype=np.float32)
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for model in models.values():
-            model(x)
-        for r in range(args.rounds):
-            for name in (["rewritten", "plain"] if r % 2 == 0 else ["plain", "rewritten"]):
-                started = time.perf_counter()
-                models[name](x)
-                times[name].append(time.perf_counter() - started)
-        rw, plain = (statistics.median(times[n]) * 1e3 for n in ("rewritten", "plain"))
+        ms = side_by_side({name: (lambda m=model, x=x: m(x)) for name, model in models.items()}, args.rounds)
+        rw, plain = ms["rewritten"], ms["plain"]
         print(f"| {batch} | {rw:.1f} | {plain:.1f} | {plain / rw:.2f}x |")
 
 
