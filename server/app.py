@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from vitserve.server.preprocess import decode_image, draft_side, transform
 from vitserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("vitserve.access")  # one line per request, with --access-log
 
 
 @dataclass
@@ -174,7 +176,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.state.settings = settings
     app.state.service = None
     _install_error_handlers(app)
-    app.add_middleware(LimitsAndMetrics, max_body_bytes=int(settings.max_body_mb * 1024 * 1024))
+    app.add_middleware(LimitsAndMetrics, max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+                       access_log=settings.access_log)
 
     from vitserve.server import routes_classify, routes_health, routes_v2
 
@@ -224,15 +227,26 @@ def _install_error_handlers(app: FastAPI) -> None:
 INFERENCE_PATH = re.compile(r"/classify|/v2/models/[^/]+(/versions/[^/]+)?/infer")
 
 
+# A client's X-Request-ID is kept if it looks like an identifier; otherwise the server makes one.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id(scope) -> bytes:
+    given = dict(scope.get("headers") or []).get(b"x-request-id", b"")
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+
+
 class LimitsAndMetrics:
     """ASGI middleware: refuses inference requests beyond the admission limit (503) and bodies over the size limit
     (413) before any routing, notes each request's arrival time, counts requests by route and status, and tells
     the client the server's own time for each answer: `Server-Timing: app;dur=MS` (from arrival to the response's
-    start; a client's clock adds the network and the time a connection waited to be accepted)."""
+    start; a client's clock adds the network and the time a connection waited to be accepted). Every answer carries
+    an `X-Request-ID` (the client's, or a new one), which the access log (`access_log`) names too."""
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, access_log: bool = False):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -240,11 +254,14 @@ class LimitsAndMetrics:
         started = time.perf_counter()
         status = {"code": 500}
         limit = self.max_body_bytes
+        rid = request_id(scope)
+        scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def timed_send(message):
             if message["type"] == "http.response.start":
                 took = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
-                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", took)]}
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", took),
+                                                  (b"x-request-id", rid)]}
             await send(message)
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -290,8 +307,12 @@ class LimitsAndMetrics:
                 service.pending -= 1
             self._record(scope, status["code"], started)
 
-    @staticmethod
-    def _record(scope, status: int, started: float, route_path: str | None = None) -> None:
+    def _record(self, scope, status: int, started: float, route_path: str | None = None) -> None:
+        if self.access_log:
+            client = scope.get("client") or ("-", 0)
+            query = f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else ""
+            access_log.info("%s %s %s%s %d %.1f ms id=%s", client[0], scope["method"], scope["path"], query, status,
+                            (time.perf_counter() - started) * 1000, scope["state"]["request_id"])
         app = scope.get("app")
         service = getattr(getattr(app, "state", None), "service", None) if app is not None else None
         if service is None:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")
     max_images: int = Field(64, ge=1, description="images per request")
+    access_log: bool = Field(False, description="log one line per request: client, method, path, status, "
+                             "milliseconds, request id")
     fast_jpeg: bool = Field(False, description="decode large JPEGs at 1/2 to 1/8 scale (no less than twice the "
                             "model's resize), a fraction of the decoding work; pixels close to, not equal to, timm's")
     api_key: SecretStr | None = Field(None, description="if set, required on inference routes")

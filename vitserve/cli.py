@@ -237,6 +237,7 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--max-pixels": ("max_pixels", int, "largest image, width x height (default 40000000)"),
     "--max-images": ("max_images", int, "images per request (default 64)"),
     "--drain-grace-s": ("drain_grace_s", float, "after SIGTERM, keep serving this long before closing (default 1)"),
+    "--access-log": ("access_log", bool, "log a line per request: client, method, path, status, ms, request id"),
     "--fast-jpeg": ("fast_jpeg", bool, "decode large JPEGs at 1/2 to 1/8 scale, no less than twice the model's "
                     "resize: a fraction of the decoding work, pixels close to (not equal to) a full decode's"),
 }

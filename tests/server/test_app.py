@@ -273,6 +273,32 @@ def test_server_timing_header(client, digits_artifact):
     assert all(re.fullmatch(r"app;dur=\d+\.\d", a.headers["server-timing"]) for a in answers)
 
 
+def test_request_ids_and_access_log(digits_artifact, caplog):
+    """Every answer carries an X-Request-ID: the client's when it looks like an identifier, else a new one; with
+    access_log each request is one log line naming it, refusals before routing included."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="vitserve.access")
+    with _client(digits_artifact, access_log=True, max_body_mb=0.01) as c:
+        mine = c.post("/classify?top_k=2", content=EXAMPLES[5], headers={"content-type": "image/png",
+                                                                        "x-request-id": "order-17/a"})
+        made = [c.get("/healthz"), c.get("/healthz", headers={"x-request-id": "bad id\twith spaces"})]
+        too_big = c.post("/classify", content=b"x" * 20_000, headers={"content-type": "image/png"})
+    assert mine.headers["x-request-id"] == "order-17/a"
+    ids = [a.headers["x-request-id"] for a in made]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids) and ids[0] != ids[1]
+    lines = [r.getMessage() for r in caplog.records if r.name == "vitserve.access"]
+    assert len(lines) == 4
+    assert re.fullmatch(r"\S+ POST /classify\?top_k=2 200 \d+\.\d ms id=order-17/a", lines[0]), lines[0]
+    assert lines[1].endswith(f"id={ids[0]}") and " GET /healthz 200 " in lines[1]
+    assert too_big.status_code == 413
+    assert re.fullmatch(rf"\S+ POST /classify 413 \d+\.\d ms id={too_big.headers['x-request-id']}", lines[3])
+    caplog.clear()
+    with _client(digits_artifact) as c:  # off by default
+        c.get("/healthz")
+    assert not [r for r in caplog.records if r.name == "vitserve.access"]
+
+
 def test_backend_failure_is_500_and_server_keeps_serving(digits_artifact):
     with _client(digits_artifact) as c:
         batcher = c.app.state.service.batcher
