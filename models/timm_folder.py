@@ -105,18 +105,20 @@ def locate(source: str, ref: str) -> Path:
 
 
 def hub_file(repo: str, filename: str) -> Path:
-    """`filename` of hub repository `repo`, downloaded, or from the local cache when the hub is not reachable."""
+    """`filename` of hub repository `repo` (`ORG/NAME`, or `ORG/NAME@REVISION` as timm spells a branch, tag or
+    commit), downloaded, or from the local cache when the hub is not reachable."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     from vitserve.models.weights import hub_reachable
 
+    repo_id, _, revision = repo.partition("@")
     if hub_reachable():
         log.info("downloading %s from hf-hub:%s", filename, repo)
         try:
-            return Path(hf_hub_download(repo, filename))
+            return Path(hf_hub_download(repo_id, filename, revision=revision or None))
         except Exception as e:  # noqa: BLE001 - the hub client raises many kinds; all mean "not there"
             raise WeightsUnavailableError(f"cannot get {filename} of hf-hub:{repo}: {e}") from e
-    cached = try_to_load_from_cache(repo, filename)
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision or None)
     if isinstance(cached, str):
         log.info("model hub not reachable; using the cached %s of hf-hub:%s", filename, repo)
         return Path(cached)
@@ -128,7 +130,7 @@ def hub_file(repo: str, filename: str) -> Path:
 
 def display_name(source: str, ref: str) -> str:
     """The folder's or the repository's own name: the artifact's name and default folder."""
-    return Path(ref.rstrip("/")).name if source == "local-dir" else ref.rstrip("/").split("/")[-1]
+    return Path(ref.rstrip("/")).name if source == "local-dir" else ref.partition("@")[0].rstrip("/").split("/")[-1]
 
 
 def weights_file(source: str, ref: str) -> Path:

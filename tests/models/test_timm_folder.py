@@ -122,6 +122,11 @@ def test_hub_repo_from_the_local_cache(folder, tmp_path, monkeypatch):
     built = build_model(spec)
     assert built.weights["source"] == "hf-hub" and built.weights["path"] == "someone/my-swin"
     assert built.labels == LABELS
+    # a revision, as timm spells it: a cached tag resolves to its snapshot, an unknown one is not found
+    (repo / "refs" / "v1").write_text("0123abcd" * 5)
+    assert resolve("hf-hub:someone/my-swin@v1").name == "my-swin"
+    with pytest.raises(WeightsUnavailableError, match="my-swin@v2"):
+        resolve("hf-hub:someone/my-swin@v2")
 
 
 def test_cli_exports_a_folder_with_its_classes_and_transform(folder, tmp_path):
