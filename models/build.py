@@ -97,14 +97,25 @@ def architecture_kwargs(spec: ModelSpec) -> dict[str, Any]:
                 raise ExportError(f"{spec.timm_name} has no attention windows: --window-size applies to the Swin "
                                   "families") from None
             else:
-                raise
+                raise cannot_build(spec.timm_name, kwargs, e) from e
     return kwargs
 
 
 def create(timm_name: str, kwargs: dict[str, Any], num_classes: int, pretrained: bool = False) -> nn.Module:
     import timm
 
-    return timm.create_model(timm_name, pretrained=pretrained, **dict(kwargs, num_classes=num_classes))
+    try:
+        return timm.create_model(timm_name, pretrained=pretrained, **dict(kwargs, num_classes=num_classes))
+    except TypeError as e:  # an argument the architecture does not take (a timm folder's model_args, say)
+        raise cannot_build(timm_name, kwargs, e) from e
+
+
+def cannot_build(timm_name: str, kwargs: dict[str, Any], error: TypeError) -> ExportError:
+    import timm
+
+    return ExportError(f"timm {timm.__version__} cannot build {timm_name} with the arguments {kwargs}: {error}. A "
+                       "timm model folder's config.json lists them under model_args; one written by another timm "
+                       "version may name arguments this one does not have")
 
 
 def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tuple[nn.Module, dict[str, Any]]:

@@ -13,7 +13,7 @@ from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
 from tests.conftest import run_cli
-from vitserve.errors import UnknownModelError, WeightsError, WeightsUnavailableError
+from vitserve.errors import ExportError, UnknownModelError, WeightsError, WeightsUnavailableError
 from vitserve.models.build import build_model
 from vitserve.models.registry import DIGITS_TIMM_KWARGS, resolve
 
@@ -90,6 +90,9 @@ def test_folder_errors(tmp_path, folder):
         build_model(resolve(str(no_weights)))
     assert build_model(resolve(str(no_weights)), random_init=True).weights["source"] == "random-init"
     cfg = json.loads((folder / "config.json").read_text())
+    (no_weights / "config.json").write_text(json.dumps({**cfg, "model_args": {**cfg["model_args"], "bogus": 1}}))
+    with pytest.raises(ExportError, match="cannot build swin_tiny_patch4_window7_224 .*'bogus'.*model_args"):
+        build_model(resolve(str(no_weights)), random_init=True)
     for change, message in [({"architecture": "swin_gigantic_9000"}, "does not have"),
                             ({"pretrained_cfg": {**cfg["pretrained_cfg"], "crop_mode": "zoom"}}, "crop_mode 'zoom'")]:
         (no_weights / "config.json").write_text(json.dumps({**cfg, **change}))
