@@ -46,6 +46,7 @@ class ExportOptions:
     # "torch": an AOTInductor package for the device and precision in `torch_options`; "tensorrt": a TensorRT
     # engine with the window-attention plugin, one optimization profile per bucket of `torch_options`
     torch_options: TorchOptions | None = None
+    dtype: str = "fp32"  # format "onnx": "fp16" writes the model in fp16 (LayerNorm float32, float32 in and out)
 
 
 def export_artifact(built, options: ExportOptions, progress: Callable[[str], None] = log.info) -> Manifest:
@@ -61,6 +62,9 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
         raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
     if options.format not in ("onnx", "openvino", "torch", "tensorrt"):
         raise ExportError(f"unknown --format {options.format!r}; choose onnx, openvino, torch or tensorrt")
+    if options.dtype not in ("fp32", "fp16") or (options.dtype == "fp16" and options.format != "onnx"):
+        raise ExportError(f"an ONNX artifact is fp32 or fp16, other formats take their precision from --dtype of "
+                          f"--format torch / tensorrt; got {options.format} in {options.dtype}")
     torch_options = options.torch_options or TorchOptions()
     if options.format == "tensorrt" and torch_options.dtype == "fp8":
         raise ExportError("--dtype fp8 applies to --format torch; a TensorRT engine is built in fp16, bf16 or fp32")
@@ -89,6 +93,8 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
             elif options.format == "tensorrt":
                 model_file, stats, report, package = _to_tensorrt(tmp, built, deploy, options, torch_options.dtype,
                                                                    buckets, progress)
+            elif options.dtype == "fp16":
+                model_file, stats, report, package = _to_onnx_fp16(tmp, built, deploy, options, progress)
             else:
                 model_file, stats, report = _to_onnx(tmp, built, deploy, options, progress)
                 if options.format == "openvino":
@@ -144,6 +150,40 @@ def _to_onnx(tmp: Path, built, deploy, options: ExportOptions, progress):
     progress(f"  max |diff| {report['max_abs_diff']:.2e} (atol {options.atol:g}), "
              f"top-1 agreement {report['top1_agreement']:.0%}, min cosine {report['min_cosine']:.6f}")
     return MODEL_NAME, stats, report
+
+
+def _to_onnx_fp16(tmp: Path, built, deploy, options: ExportOptions, progress):
+    """model.onnx in fp16 for onnxruntime's CUDA and TensorRT providers (tensor cores): weights and activations
+    fp16, every LayerNorm and Swin's attention bias float32, float32 in and out; checked in onnxruntime on the CPU
+    (which runs fp16 too, slowly) against the fp32 model, gated like every fp16 artifact on the logits' cosine."""
+    import torch
+
+    from vitserve.export.onnx import INPUT_NAME, export_onnx, graph_stats
+    from vitserve.export.precision import mixed_precision
+    from vitserve.export.verify import check_runner, in_chunks, precision_gate, verification_inputs
+
+    spec = built.spec
+    started = time.perf_counter()
+    progress(f"exporting ONNX in fp16 (opset {options.opset}, batch 1..{options.max_batch})")
+    export_onnx(mixed_precision(deploy, torch.float16), spec.preprocess.input_size, tmp / MODEL_NAME,
+                max_batch=options.max_batch, opset=options.opset)
+    stats = graph_stats(tmp / MODEL_NAME)
+    progress(f"  {stats['nodes']} nodes, {stats['file_bytes'] / 1e6:.1f} MB, {time.perf_counter() - started:.1f}s")
+    progress("verifying against the fp32 PyTorch model on random inputs and photographs (onnxruntime, CPU)")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp / MODEL_NAME), providers=["CPUExecutionProvider"])
+    _, inputs = verification_inputs(spec.preprocess)
+    report = {"runtime": f"onnxruntime {ort.__version__} CPU, fp16 model"}
+    report.update(check_runner(in_chunks(lambda x: session.run(None, {INPUT_NAME: x})[0], options.max_batch),
+                               built.model, inputs))
+    failed = precision_gate(report, "fp16", options.atol)
+    if failed:
+        raise VerificationError(f"the fp16 ONNX model does not match the model: {failed}", report)
+    progress(f"  min cosine {report['min_cosine']:.6f}, max |diff| {report['max_abs_diff']:.2e}, "
+             f"top-1 agreement {report['top1_agreement']:.0%}")
+    package = {"dtype": "fp16", "float32_layer_norms": stats["op_counts"].get("LayerNormalization", 0)}
+    return MODEL_NAME, stats, report, package
 
 
 def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: TorchOptions,

@@ -157,9 +157,10 @@ def quantize_artifact(
     if samples < 1:
         raise VitServeError(f"--samples must be at least 1, got {samples}")
     manifest = read_manifest(artifact)
-    if not manifest.model_file.endswith(".onnx"):
-        raise VitServeError(f"{artifact} is not an fp32 ONNX artifact ({manifest.model_file}); quantize the artifact "
-                            "that `vitserve export` wrote")
+    if not manifest.model_file.endswith(".onnx") or manifest.package.get("dtype", "fp32") != "fp32":
+        what = manifest.package.get("dtype", manifest.model_file)
+        raise VitServeError(f"{artifact} is not an fp32 ONNX artifact ({what}); quantize the fp32 artifact that "
+                            "`vitserve export` writes without --dtype")
     labels = read_labels(artifact / manifest.labels_file)
     check_output_dir(out)
     files = find_images(calib_dir)

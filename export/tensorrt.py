@@ -21,14 +21,11 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from vitserve.artifact import Profile
 from vitserve.errors import ExportError
@@ -85,39 +82,6 @@ def _translation():
     return window_attention
 
 
-def mixed_precision(deploy, dtype):
-    """A copy of the deploy form for a strongly typed engine: float32 in and out (Float32Boundary), `dtype`
-    inside, except LayerNorm (statistics over up to 1024 channels: computed in float32) and the window
-    attention's bias and logit scale (float32, as the plugin's schema says)."""
-    from vitserve.export.torch_package import Float32Boundary
-    from vitserve.models.windows import WindowOrderAttention
-
-    model = copy.deepcopy(deploy).eval().to(dtype)
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, nn.LayerNorm):
-                setattr(parent, name, Float32LayerNorm(child))
-    for module in model.modules():
-        if isinstance(module, WindowOrderAttention):
-            module.bias = module.bias.float()
-            if module.logit_scale is not None:
-                module.logit_scale = module.logit_scale.float()
-    return Float32Boundary(model, dtype).eval()
-
-
-class Float32LayerNorm(nn.Module):
-    """A LayerNorm that computes in float32 whatever its input's dtype, with float32 affine parameters."""
-
-    def __init__(self, norm: nn.LayerNorm):
-        super().__init__()
-        self.normalized_shape, self.eps = tuple(norm.normalized_shape), norm.eps
-        self.weight = None if norm.weight is None else nn.Parameter(norm.weight.detach().float())
-        self.bias = None if norm.bias is None else nn.Parameter(norm.bias.detach().float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
-
-
 def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, max_batch: int, opset: int,
                        dtype: str = "fp16") -> dict:
     """Writes the deploy form in `dtype` (mixed_precision) with each window attention as one plugin node;
@@ -127,6 +91,7 @@ def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, 
     import onnx
 
     from vitserve.export.onnx import export_onnx
+    from vitserve.export.precision import mixed_precision
     from vitserve.export.torch_package import DTYPES
     from vitserve.models.window_attention import MAX_AOT_TOKENS  # (and registers torch.ops.vitserve.window_attention)
     from vitserve.models.windows import WindowOrderAttention, use_fused_kernel

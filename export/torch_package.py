@@ -39,6 +39,7 @@ from torch import nn
 from vitserve.artifact import read_manifest_for
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export import toolchain
+from vitserve.export.precision import Float32Boundary
 from vitserve.models import fp8
 
 log = logging.getLogger(__name__)
@@ -96,18 +97,6 @@ def check_options(options: TorchOptions, max_batch: int) -> tuple[int, ...]:
     if buckets[-1] != max_batch:
         buckets = (*buckets, max_batch)  # every batch the server may form must fit a bucket
     return buckets
-
-
-class Float32Boundary(nn.Module):
-    """float32 in, float32 out, `dtype` inside: the artifact's interface stays that of every other format."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.model = model
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype)).float()
 
 
 def to_precision(model: nn.Module, device: torch.device | str, dtype: str) -> int:

@@ -111,7 +111,8 @@ class WindowOrderAttention(nn.Module):
             attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-2)) * self.logit_scale
         else:
             attn = q @ k
-        attn = (attn + self.bias).softmax(dim=-1)  # B, nW, nH, N, N
+        # B, nW, nH, N, N; in a reduced-precision copy the float32 bias makes it a float32 softmax (export/precision.py)
+        attn = (attn + self.bias).softmax(dim=-1).to(v.dtype)
         x = (attn @ v).permute(0, 1, 3, 2, 4).reshape(B, L, nH * hd)  # B, nW, N, nH, hd -> B, L, C
         return self.proj(x)
 

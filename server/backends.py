@@ -111,6 +111,10 @@ class OnnxRuntimeBackend:
             raise ArtifactError(f"onnxruntime cannot load {self.directory / self.manifest.model_file}: {e}") from e
         self.providers = check_providers(device, wanted, self.session.get_providers())
         self.description = f"onnxruntime {self.providers[0]}"
+        if self.manifest.package.get("dtype") == "fp16" and self.providers[0] == "CPUExecutionProvider":
+            log.warning("%s computes in fp16, which onnxruntime's CPU kernels run slower than fp32: it is meant for "
+                        "the CUDA or TensorRT providers (onnxruntime-gpu); on a CPU serve the fp32 export",
+                        self.directory)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, num_classes) logits."""

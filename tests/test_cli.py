@@ -99,6 +99,18 @@ def test_img_size(tmp_path):
     _fails_cleanly(run_cli("export", "swin_digits", "--img-size", "0"), "must be at least 1", code=2)
 
 
+@pytest.mark.parametrize("args", [["--dtype", "bf16"], ["--format", "openvino", "--dtype", "fp16"]],
+                         ids=["onnx-bf16", "openvino-fp16"])
+def test_precision_the_format_cannot_hold(args):
+    _fails_cleanly(run_cli("export", "swin_digits", *args), "an ONNX artifact is fp32 or fp16")
+
+
+def test_fp16_onnx_is_not_quantized_again(tmp_path):
+    out = tmp_path / "fp16"
+    assert run_cli("export", "swin_digits", "--dtype", "fp16", "--out", str(out)).returncode == 0
+    _fails_cleanly(run_cli("quantize", str(out), "--calib", str(ROOT / "examples")), "not an fp32 ONNX artifact (fp16)")
+
+
 def test_out_dir_that_is_not_an_artifact(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     _fails_cleanly(run_cli("export", "swin_digits", "--out", str(tmp_path)), "is not a vitserve artifact")

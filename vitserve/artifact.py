@@ -110,7 +110,8 @@ class Manifest:
     graph: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
-    package: dict[str, Any] = field(default_factory=dict)  # --format torch: device, dtype, batch buckets
+    # --format torch / tensorrt: device, dtype, batch buckets, ...; an fp16 ONNX: dtype
+    package: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION

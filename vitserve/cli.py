@@ -77,13 +77,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                                                                               else "fp32"),
                                      batch_buckets=tuple(args.batch_buckets or ()), max_autotune=args.max_autotune,
                                      cuda_graphs=not args.no_cuda_graphs)
-    elif args.dtype or args.batch_buckets or args.device != "cuda":
-        raise VitServeError("--device, --dtype and --batch-buckets apply to --format torch and tensorrt only")
+    elif args.batch_buckets or args.device != "cuda":
+        raise VitServeError("--device and --batch-buckets apply to --format torch and tensorrt only")
+    elif args.dtype not in (None, "fp32", "fp16") or (args.dtype == "fp16" and args.format != "onnx"):
+        raise VitServeError(f"--dtype {args.dtype}: an ONNX artifact is fp32 or fp16 (for onnxruntime's CUDA and "
+                            "TensorRT providers), an OpenVINO IR fp32; bf16 and fp8 are for --format torch")
     for flag, given in (("--max-autotune", args.max_autotune), ("--no-cuda-graphs", args.no_cuda_graphs)):
         if given and args.format != "torch":
             raise VitServeError(f"{flag} applies to --format torch only")
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
-                            atol=args.atol, format=args.format, torch_options=torch_options)
+                            atol=args.atol, format=args.format, torch_options=torch_options,
+                            dtype=args.dtype if args.format == "onnx" and args.dtype else "fp32")
     manifest = export_artifact(built, options, progress=_progress)
     report = manifest.verification
     graph = manifest.graph  # an AOTInductor package or a TensorRT engine has no ONNX graph to count
@@ -326,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp8"], help="--format torch: precision (default "
                    "fp16 on cuda, fp32 on cpu; fp8: the blocks' matrix products in fp8, the rest bf16, for GPUs with "
                    "fp8 tensor cores, on the CPU only to check accuracy); --format tensorrt: the engine's precision "
-                   "(fp16, bf16 or fp32, default fp16; LayerNorm and the attention's softmax stay float32)")
+                   "(fp16, bf16 or fp32, default fp16; LayerNorm and the attention's softmax stay float32); "
+                   "--format onnx: fp32 (default) or fp16, for onnxruntime's CUDA and TensorRT providers")
     p.add_argument("--batch-buckets", type=_int_list, metavar="N,N,...", help="--format torch: batch sizes the "
                    "server warms and captures CUDA graphs for; --format tensorrt: one optimization profile each "
                    "(default 1,8,32 and --max-batch)")

@@ -57,3 +57,39 @@ def test_rewrite_removes_roll_pad_and_mask_ops(tmp_path, digits_artifact):
     original = json.loads((plain / "vitserve.json").read_text())["graph"]["op_counts"]
     assert "Pad" in original and "Pad" not in rewritten
     assert sum(rewritten.values()) < sum(original.values())
+
+
+def test_fp16_onnx_keeps_the_held_out_accuracy(tmp_path, held_out, torch_predictions):
+    """--dtype fp16 (for onnxruntime's CUDA and TensorRT providers), run here by onnxruntime's CPU kernels: fp16
+    weights and activations, float32 LayerNorm and attention bias, float32 in and out."""
+    import onnx
+
+    artifact = tmp_path / "fp16"
+    manifest = export_artifact(build_model(SPEC), ExportOptions(out=artifact, dtype="fp16"), progress=lambda m: None)
+    assert manifest.package == {"dtype": "fp16", "float32_layer_norms": 16}
+    assert manifest.verification["min_cosine"] >= 0.999 and manifest.verification["min_cosine_required"] == 0.999
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    weights = [t for t in graph.initializer if len(t.dims) == 2]  # the Linear layers' matrices
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [onnx.TensorProto.FLOAT] * 2
+    (logits,) = run_onnx(artifact / "model.onnx", held_out[0], max_batch=manifest.max_batch)
+    assert (logits.argmax(1) == torch_predictions).mean() >= 0.99
+    assert (logits.argmax(1) == held_out[1]).mean() >= 0.95
+
+
+def test_fp16_onnx_gate_catches_a_wrong_rewrite(tmp_path, monkeypatch):
+    import vitserve.models.rewrite as rewrite_module
+    from vitserve.errors import VerificationError
+
+    original = rewrite_module.deploy_copy
+
+    def broken(model, rewrite=True, explicit=True):  # the first shifted block's attention bias transposed
+        deploy, name = original(model, rewrite, explicit)
+        attn = deploy.layers[0].blocks[1].attn
+        bias = attn.bias
+        bias.copy_(bias.transpose(-2, -1).clone())
+        return deploy, name
+
+    monkeypatch.setattr(rewrite_module, "deploy_copy", broken)
+    with pytest.raises(VerificationError, match="fp16 ONNX model does not match.*lowest logit cosine"):
+        export_artifact(build_model(SPEC), ExportOptions(out=tmp_path / "bad", dtype="fp16"), progress=lambda m: None)
