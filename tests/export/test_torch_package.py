@@ -214,6 +214,8 @@ def test_cli_errors(tmp_path):
         assert result.returncode == 1 and "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "x").exists()
     result = run_cli("export", "swin_digits", "--dtype", "bf16", "--out", str(tmp_path / "y"))
+    assert result.returncode == 1 and "an ONNX artifact is fp32 or fp16" in result.stderr
+    result = run_cli("export", "swin_digits", "--batch-buckets", "1,8", "--out", str(tmp_path / "y"))
     assert result.returncode == 1 and "apply to --format torch and tensorrt only" in result.stderr
     for flag in ("--max-autotune", "--no-cuda-graphs"):
         result = run_cli("export", "swin_digits", flag, "--out", str(tmp_path / "z"))
