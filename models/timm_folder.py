@@ -65,6 +65,9 @@ def read_config(path: Path) -> FolderConfig:
     pretrained = dict(cfg.get("pretrained_cfg") or {k: v for k, v in cfg.items() if k != "architecture"})
     model_args = dict(cfg.get("model_args") or {})
     num_classes = int(cfg.get("num_classes", pretrained.get("num_classes", 1000)))
+    if num_classes < 1:
+        raise UnknownModelError(f"{path}: num_classes {num_classes}, a backbone without a classifier; vitserve exports "
+                                "classifiers: fine-tune it on your classes and export that folder or checkpoint")
     input_size = tuple(pretrained.get("input_size", (3, 224, 224)))
     if model_args.get("img_size") is not None and pretrained.get("fixed_input_size", False):
         size = model_args["img_size"]

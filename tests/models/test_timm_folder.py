@@ -94,7 +94,8 @@ def test_folder_errors(tmp_path, folder):
     with pytest.raises(ExportError, match="cannot build swin_tiny_patch4_window7_224 .*'bogus'.*model_args"):
         build_model(resolve(str(no_weights)), random_init=True)
     for change, message in [({"architecture": "swin_gigantic_9000"}, "does not have"),
-                            ({"pretrained_cfg": {**cfg["pretrained_cfg"], "crop_mode": "zoom"}}, "crop_mode 'zoom'")]:
+                            ({"pretrained_cfg": {**cfg["pretrained_cfg"], "crop_mode": "zoom"}}, "crop_mode 'zoom'"),
+                            ({"num_classes": 0}, "a backbone without a classifier")]:
         (no_weights / "config.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(UnknownModelError, match=message):
             resolve(str(no_weights))
