@@ -63,8 +63,9 @@ def export_artifact(built, options: ExportOptions, progress: Callable[[str], Non
     if options.format not in ("onnx", "openvino", "torch", "tensorrt"):
         raise ExportError(f"unknown --format {options.format!r}; choose onnx, openvino, torch or tensorrt")
     if options.dtype not in ("fp32", "fp16") or (options.dtype == "fp16" and options.format != "onnx"):
-        raise ExportError(f"an ONNX artifact is fp32 or fp16, other formats take their precision from --dtype of "
-                          f"--format torch / tensorrt; got {options.format} in {options.dtype}")
+        raise ExportError(f"--dtype {options.dtype} with --format {options.format}: an ONNX artifact is fp32 or fp16 "
+                          "(for onnxruntime's CUDA and TensorRT providers), an OpenVINO IR fp32; bf16 and fp8 are "
+                          "for --format torch")
     torch_options = options.torch_options or TorchOptions()
     if options.format == "tensorrt" and torch_options.dtype == "fp8":
         raise ExportError("--dtype fp8 applies to --format torch; a TensorRT engine is built in fp16, bf16 or fp32")

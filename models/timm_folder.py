@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitserve.artifact import CROP_MODES, Preprocess
+from vitserve.artifact import Preprocess
 from vitserve.errors import UnknownModelError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,14 @@ def read_config(path: Path) -> FolderConfig:
     if model_args.get("img_size") is not None and pretrained.get("fixed_input_size", False):
         size = model_args["img_size"]
         input_size = (input_size[0], *((size, size) if isinstance(size, int) else size))
-    crop_mode = pretrained.get("crop_mode") or "center"
-    if crop_mode not in CROP_MODES:
-        raise UnknownModelError(f"{path}: crop_mode {crop_mode!r} is not one of timm's ({', '.join(CROP_MODES)})")
-    preprocess = Preprocess(
-        tuple(input_size), tuple(pretrained.get("mean", (0.485, 0.456, 0.406))),
-        tuple(pretrained.get("std", (0.229, 0.224, 0.225))), float(pretrained.get("crop_pct") or 0.875),
-        pretrained.get("interpolation") or "bilinear", crop_mode,
-    )
+    try:
+        preprocess = Preprocess(
+            tuple(input_size), tuple(pretrained.get("mean", (0.485, 0.456, 0.406))),
+            tuple(pretrained.get("std", (0.229, 0.224, 0.225))), float(pretrained.get("crop_pct") or 0.875),
+            pretrained.get("interpolation") or "bilinear", pretrained.get("crop_mode") or "center",
+        )
+    except ValueError as e:  # Preprocess checks the crop mode
+        raise UnknownModelError(f"{path}: {e}") from e
     names = cfg.get("label_names", pretrained.get("label_names", pretrained.get("labels")))
     return FolderConfig(cfg["architecture"], num_classes, model_args, preprocess, _label_list(names, num_classes))
 

@@ -79,15 +79,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                                      cuda_graphs=not args.no_cuda_graphs)
     elif args.batch_buckets or args.device != "cuda":
         raise VitServeError("--device and --batch-buckets apply to --format torch and tensorrt only")
-    elif args.dtype not in (None, "fp32", "fp16") or (args.dtype == "fp16" and args.format != "onnx"):
-        raise VitServeError(f"--dtype {args.dtype}: an ONNX artifact is fp32 or fp16 (for onnxruntime's CUDA and "
-                            "TensorRT providers), an OpenVINO IR fp32; bf16 and fp8 are for --format torch")
     for flag, given in (("--max-autotune", args.max_autotune), ("--no-cuda-graphs", args.no_cuda_graphs)):
         if given and args.format != "torch":
             raise VitServeError(f"{flag} applies to --format torch only")
     options = ExportOptions(out=out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
                             atol=args.atol, format=args.format, torch_options=torch_options,
-                            dtype=args.dtype if args.format == "onnx" and args.dtype else "fp32")
+                            dtype=(args.dtype or "fp32") if torch_options is None else "fp32")
     manifest = export_artifact(built, options, progress=_progress)
     report = manifest.verification
     graph = manifest.graph  # an AOTInductor package or a TensorRT engine has no ONNX graph to count
