@@ -161,6 +161,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         # decoding is CPU work: more threads than cores only add memory (a malloc arena each) and contention
         service.decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
         service.batcher.start()
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from vitserve.server.grpc_v2 import start_server
+
+            grpc_server, app.state.grpc_port = await start_server(service, settings.host, settings.grpc_port,
+                                                                  int(settings.max_body_mb * 1024 * 1024))
         service.ready = True
         log.info("serving %s (%s), warmed at batch sizes %s", service.manifest.name, service.backend.description,
                  ", ".join(map(str, service.warmed_batch_sizes)))
@@ -169,12 +175,15 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         finally:
             service.ready = False
             service.draining = True
+            if grpc_server is not None:  # no new calls; those in progress get up to the request timeout
+                await grpc_server.stop(settings.timeout_ms / 1000)
             await service.batcher.stop(drain_timeout_s=settings.timeout_ms / 1000)
 
     app = FastAPI(title="vitserve", version=__version__, lifespan=lifespan,
                   description="Image classification with dynamic batching; KServe V2 inference protocol.")
     app.state.settings = settings
     app.state.service = None
+    app.state.grpc_port = None  # the port gRPC listens on, once started (settings.grpc_port 0: a free one)
     _install_error_handlers(app)
     app.add_middleware(LimitsAndMetrics, max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
                        access_log=settings.access_log)

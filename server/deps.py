@@ -6,6 +6,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from vitserve.errors import UnauthorizedError
 from vitserve.server.app import Service
@@ -21,15 +22,20 @@ def get_service(request: Request) -> Service:
 
 def check_api_key(request: Request) -> None:
     """With VITSERVE_API_KEY set, inference needs `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if given is None or not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    if not api_key_matches(request.app.state.settings.api_key, request.headers.get("x-api-key"),
+                           request.headers.get("authorization")):
         raise UnauthorizedError("missing or wrong API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`")
+
+
+def api_key_matches(expected: SecretStr | None, x_api_key: str | None, authorization: str | None) -> bool:
+    """True without a configured key, else when `X-API-Key` or `Authorization: Bearer` carries it (HTTP headers
+    and gRPC metadata alike)."""
+    if expected is None:
+        return True
+    given = x_api_key
+    if given is None and (authorization or "").lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    return given is not None and secrets.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

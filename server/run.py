@@ -8,11 +8,14 @@ lifespan drains the batcher and the process exits. A second signal shuts down wi
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 
 import uvicorn
 
+from vitserve.errors import VitServeError
 from vitserve.server.app import create_app, load_service
 from vitserve.server.settings import Settings
 
@@ -41,6 +44,8 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Loads the model (errors surface here, before any port is opened), then serves until a signal."""
+    for port in (settings.port, settings.grpc_port):
+        check_port_free(settings.host, port)
     service = load_service(settings)
     app = create_app(settings, service=service)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level="info",
@@ -48,3 +53,19 @@ def serve(settings: Settings) -> int:
     server = _DrainingServer(config, service, settings.drain_grace_s)
     server.run()
     return 0 if server.started else 1
+
+
+def check_port_free(host: str, port: int | None) -> None:
+    """VitServeError when `host:port` cannot be listened on (taken, or not an address of this machine), so that
+    the command fails at once with the reason instead of after loading the model. (Another process can still take
+    the port in between; the servers then fail with their own error.)"""
+    if not port:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and gRPC bind
+            probe.bind(address)
+    except OSError as e:
+        hint = "; another process uses it: choose another port" if e.errno == errno.EADDRINUSE else ""
+        raise VitServeError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from e

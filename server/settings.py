@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     artifact: Path = Field(description="artifact directory written by `vitserve export`")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="also serve the KServe V2 protocol over gRPC on "
+                                  "this port, same host (0: a free port, logged); off when unset")
     max_batch_size: int = Field(32, ge=1, description="a batch closes when it holds this many images")
     max_wait_ms: float = Field(5.0, ge=0, description="... or this long after its first image arrived")
     max_queue: int = Field(256, ge=1, description="images waiting for a batch, and inference requests in progress: "
@@ -38,3 +40,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="if set, required on inference routes")
     drain_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: readiness fails at once, requests keep being "
                                  "read and served this long, then no new connections are accepted")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"the gRPC port and the HTTP port are both {self.port}; give them different ports")
+        return self

@@ -82,29 +82,38 @@ def parse_request(body: bytes, header_length: str | None, manifest: Manifest, ma
     tensor = inputs[0]
     if not isinstance(tensor, dict):
         raise RequestError("each input must be a JSON object")
-    chunk = _binary_chunk(tensor, binary)
-    name = tensor.get("name")
-    pixel_values = images = None
-    if name == manifest.input.name:
-        pixel_values = _fp32_input(tensor, chunk, manifest, max_images)
-    elif name == IMAGES_INPUT:
-        images = _bytes_input(tensor, chunk, max_images)
-    else:
-        raise RequestError(f"unknown input {name!r}; this model takes '{manifest.input.name}' (FP32 "
-                           f"{list(manifest.input.shape)}) or '{IMAGES_INPUT}' (BYTES [-1])")
+    pixel_values, images = read_input(tensor, _binary_chunk(tensor, binary), manifest, max_images)
     outputs = request.get("outputs") or []
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise RequestError("'outputs' must be a list of objects")
+    check_outputs(outputs, manifest)
+    params = _parameters(request, "request")
+    request_id = request.get("id")
+    return InferRequest(str(request_id) if request_id is not None else None, pixel_values, images, outputs,
+                        bool(params.get("binary_data_output", False)))
+
+
+def read_input(tensor: dict[str, Any], chunk: bytes | None, manifest: Manifest,
+               max_images: int) -> tuple[np.ndarray | None, list[bytes] | None]:
+    """(pixel_values, None) or (None, encoded images) from one input tensor: a dict with name, datatype and shape,
+    its values in `chunk` (the raw little-endian tensor; a BYTES tensor length-prefixed) or else in its "data"."""
+    name = tensor.get("name")
+    if name == manifest.input.name:
+        return _fp32_input(tensor, chunk, manifest, max_images), None
+    if name == IMAGES_INPUT:
+        return None, _bytes_input(tensor, chunk, max_images)
+    raise RequestError(f"unknown input {name!r}; this model takes '{manifest.input.name}' (FP32 "
+                       f"{list(manifest.input.shape)}) or '{IMAGES_INPUT}' (BYTES [-1])")
+
+
+def check_outputs(outputs: list[dict[str, Any]], manifest: Manifest) -> None:
+    """Each requested output is the model's, with a positive integer `classification` parameter or none."""
     for output in outputs:
         if output.get("name") != manifest.output.name:
             raise RequestError(f"unknown output {output.get('name')!r}; this model has '{manifest.output.name}'")
         k = _parameters(output, "output").get("classification")
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise RequestError(f"classification must be a positive integer, got {k!r}")
-    params = _parameters(request, "request")
-    request_id = request.get("id")
-    return InferRequest(str(request_id) if request_id is not None else None, pixel_values, images, outputs,
-                        bool(params.get("binary_data_output", False)))
 
 
 def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
@@ -177,6 +186,17 @@ def _bytes_input(tensor: dict[str, Any], chunk: bytes | None, max_images: int) -
     return elements
 
 
+def serialize_bytes(elements: list[bytes]) -> bytes:
+    """Triton's serialized BYTES tensor (the inverse of _split_bytes)."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def classification(logits: np.ndarray, k: int, labels: list[str]) -> list[str]:
+    """The classification extension's [N, k] "value:index:label" strings, best first, flattened row by row."""
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return [f"{logits[n, i]:f}:{i}:{labels[i]}" for n, idx in enumerate(order) for i in idx]
+
+
 def _split_bytes(chunk: bytes) -> list[bytes]:
     """Triton's serialized BYTES tensor: per element a uint32 little-endian length, then the bytes."""
     elements, offset = [], 0
@@ -219,13 +239,12 @@ def encode_response(
         k = params.get("classification")
         if k is not None:
             k = min(k, logits.shape[1])
-            order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-            rows = [[f"{logits[n, i]:f}:{i}:{labels[i]}" for i in idx] for n, idx in enumerate(order)]
-            tensor = {"name": manifest.output.name, "datatype": "BYTES", "shape": [len(rows), k]}
+            strings = classification(logits, k, labels)
+            tensor = {"name": manifest.output.name, "datatype": "BYTES", "shape": [len(logits), k]}
             if binary:
-                blob = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for row in rows for s in row)
+                blob = serialize_bytes([s.encode() for s in strings])
             else:
-                tensor["data"] = [s for row in rows for s in row]
+                tensor["data"] = strings
         else:
             tensor = {"name": manifest.output.name, "datatype": "FP32", "shape": list(logits.shape)}
             if binary:

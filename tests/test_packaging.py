@@ -41,6 +41,11 @@ def test_bundled_model_is_in_the_wheel(wheel):
     assert "vitserve/models/assets/swin_digits/labels.txt" in wheel
 
 
+def test_grpc_protocol_is_in_the_wheel(wheel):
+    assert {"vitserve/server/open_inference.proto", "vitserve/server/open_inference_pb2.py",
+            "vitserve/server/grpc_v2.py"} <= set(wheel)
+
+
 def _imported_after(code: str) -> list[str]:
     probe = f"""
 import sys
@@ -54,7 +59,7 @@ print("HEAVY:" + ",".join(sorted(m for m in sys.modules if m.split(".")[0] in {H
 
 def test_server_does_not_import_torch():
     assert _imported_after("import vitserve.server, vitserve.server.backends, vitserve.server.preprocess, "
-                           "vitserve.server.tensorrt_engine") == []
+                           "vitserve.server.tensorrt_engine, vitserve.server.grpc_v2") == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["models"], ["export", "--help"]])

@@ -224,6 +224,8 @@ def _choice_list(choices: tuple[str, ...]):
 SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--host": ("host", str, "address to listen on (default 127.0.0.1)"),
     "--port": ("port", int, "port (default 8000)"),
+    "--grpc-port": ("grpc_port", int, "also serve the KServe V2 protocol over gRPC on this port (0: a free one; "
+                    "default off)"),
     "--max-batch-size": ("max_batch_size", int, "a batch closes at this many images (default 32)"),
     "--max-wait-ms": ("max_wait_ms", float, "... or this long after its first image (default 5)"),
     "--max-queue": ("max_queue", int, "images waiting, and requests in progress; beyond, 503 (default 256)"),
@@ -414,9 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="serve an artifact over HTTP (POST /classify, KServe V2)",
+        help="serve an artifact over HTTP (POST /classify, KServe V2) and optionally gRPC (KServe V2)",
         description="Serve an artifact: POST /classify, the KServe V2 protocol under /v2, /healthz, /readyz, "
-        "/metrics, /docs. Unset flags come from VITSERVE_* environment variables; VITSERVE_API_KEY, if set, is "
+        "/metrics, /docs; with --grpc-port, the KServe V2 protocol over gRPC too. Unset flags come from VITSERVE_* "
+        "environment variables; VITSERVE_API_KEY, if set, is "
         "required on inference routes.",
     )
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.live_server import Server
+from tests.live_server import Server, free_port
 from vitserve.models.registry import SPECS
 from vitserve.server.backends import OnnxRuntimeBackend
 from vitserve.server.preprocess import decode_image, transform
@@ -115,3 +116,53 @@ def test_missing_and_corrupt_artifact_fail_at_start(tmp_path, digits_artifact):
     result = subprocess.run([sys.executable, "-m", "vitserve", "serve", str(broken)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "format_version 99" in result.stderr
+
+
+def test_grpc_under_sigterm_loses_nothing(digits_artifact):
+    """`--grpc-port`: gRPC calls in flight when the shutdown begins are all answered: the gRPC server stops taking
+    new calls and lets the running ones finish before the batcher stops. No drain grace here, so the shutdown
+    starts with the signal, while most calls are still queued (checked: some answers come after the signal)."""
+    import tritonclient.grpc as grpcclient
+
+    grpc_port = free_port()
+    server = Server(digits_artifact, "--grpc-port", str(grpc_port), "--max-batch-size", "1", "--threads", "1",
+                    "--max-images", "8", "--drain-grace-s", "0")
+    server.wait_ready()
+    images = np.array([EXAMPLES[d] for d in range(8)], dtype=np.object_)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert client.is_server_ready()
+
+    def one(_: int) -> tuple[list[int], float]:
+        tensor = grpcclient.InferInput("images", [8], "BYTES")
+        tensor.set_data_from_numpy(images)
+        logits = client.infer("swin_digits", [tensor], client_timeout=60).as_numpy("logits")
+        return list(logits.argmax(1)), time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        futures = [pool.submit(one, i) for i in range(24)]
+        time.sleep(0.3)  # every call is sent and queued by now
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        results = [f.result(timeout=90) for f in futures]
+    client.close()
+    code = server.stop()
+    output = server.output()
+    assert [digits for digits, _ in results] == [list(range(8))] * 24, output
+    assert any(done > signalled for _, done in results), "the signal came after all work was done: test is void"
+    assert code in (0, -signal.SIGTERM), output
+
+
+def test_ports_in_use_fail_at_start(digits_artifact):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for flag in ("--port", "--grpc-port"):
+            result = subprocess.run([sys.executable, "-m", "vitserve", "serve", str(digits_artifact), flag, port],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1, result.stderr
+            assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+            assert "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "vitserve", "serve", str(digits_artifact), "--port", "8123",
+                             "--grpc-port", "8123"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "give them different ports" in result.stderr
