@@ -14,12 +14,14 @@ import shutil
 import subprocess
 
 import httpx
+import numpy as np
 import pytest
 import skimage.data
+import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from tests.conftest import ROOT, run_cli
-from tests.live_server import Server
+from tests.live_server import Server, free_port
 
 BUILDAH_ENV = {**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")}
 MAX_IMAGE_MB = 800
@@ -60,7 +62,8 @@ def run_in(container: str, *command: str, mounts: tuple[str, ...] = ()) -> subpr
 def test_image_config(image):
     config = json.loads(buildah("inspect", "--type", "image", image).stdout)["Docker"]["config"]
     assert config["User"] == "10001:10001"
-    assert "8000/tcp" in config["ExposedPorts"]
+    assert {"8000/tcp", "8001/tcp"} <= config["ExposedPorts"].keys()
+    assert {"VITSERVE_PORT=8000", "VITSERVE_GRPC_PORT=8001"} <= set(config["Env"])
     assert config["Healthcheck"]["Test"] == ["CMD", "vitserve", "healthcheck"]
     assert config["Entrypoint"] == ["vitserve", "serve"] and config["Cmd"] == ["/models"]
     size = json.loads(buildah("images", "--json", image).stdout)[0]["size"]
@@ -92,16 +95,23 @@ def test_container_answers_like_the_artifact_outside(container, digits_artifact,
 
     command = ["buildah", "run", "--isolation", "chroot", "-v", f"{digits_artifact}:/models:ro", container, "--",
                "vitserve", "serve", "/models", "--host", "127.0.0.1"]
-    server = Server(digits_artifact, "--threads", "1", command=command, env={"STORAGE_DRIVER": "vfs"})
+    grpc_port = free_port()  # the host's network: not the image's 8001, which may be taken here
+    server = Server(digits_artifact, "--threads", "1", "--grpc-port", str(grpc_port), command=command,
+                    env={"STORAGE_DRIVER": "vfs"})
     try:
         server.wait_ready(timeout_s=120)
         health = run_in(container, "vitserve", "healthcheck", "--url", f"{server.url}/readyz")
         assert health.returncode == 0, health.stderr
         files = {"file": ("chelsea.jpg", io.BytesIO(photo.read_bytes()), "image/jpeg")}
         response = httpx.post(f"{server.url}/classify", params={"top_k": 10}, files=files, timeout=30)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            tensor = grpcclient.InferInput("images", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([photo.read_bytes()], dtype=np.object_))
+            logits = client.infer("swin_digits", [tensor]).as_numpy("logits")[0]
     finally:
         server.stop()
     assert response.status_code == 200, response.text
+    assert list(np.argsort(-logits, kind="stable")) == [p["index"] for p in expected]
     got = response.json()["results"][0]["predictions"]
     assert [p["index"] for p in got] == [p["index"] for p in expected]
     assert [p["label"] for p in got] == [p["label"] for p in expected]

@@ -103,8 +103,10 @@ def test_kubernetes_manifests_fit_together():
     (container,) = pod["spec"]["containers"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000}
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001}
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
+    dockerfile = (ROOT / "Dockerfile").read_text()  # the ports the image listens on
+    assert "VITSERVE_PORT=8000" in dockerfile and "VITSERVE_GRPC_PORT=8001" in dockerfile
     assert probe_paths(container) == {"/readyz", "/healthz"} and probe_paths(container) <= ROUTES
     assert {"requests", "limits"} <= container["resources"].keys()
     assert (hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["scaleTargetRef"]["name"]) == (
