@@ -44,11 +44,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifact: Path, max_batch_size: int, threads: int | None,
-                 max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(artifact: Path, max_batch_size: int, threads: int | None, max_wait_ms: float,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`vitserve serve` on a free port of 127.0.0.1 (and `extra` flags), once ready: (process, its URL)."""
     port = free_port()
     args = [sys.executable, "-m", "vitserve", "serve", str(artifact), "--port", str(port),
-            "--max-batch-size", str(max_batch_size), "--max-queue", "1024", "--max-wait-ms", str(max_wait_ms)]
+            "--max-batch-size", str(max_batch_size), "--max-queue", "1024", "--max-wait-ms", str(max_wait_ms), *extra]
     if threads:
         args += ["--threads", str(threads)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -139,3 +139,13 @@ def test_decode_benchmark_runs():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if " MP " in line]
     assert len(rows) == 9 and all("1000x750" in row for row in rows[:3])
+
+
+def test_protocols_benchmark_runs(digits_artifact):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocols.py"), str(digits_artifact),
+                           "--rounds", "2", "--seconds", "0.2", "--concurrency", "2", "--threads", "1"],
+                          capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ")[0] for line in done.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert rows == ["| POST /classify (httpx)", "| V2 REST (tritonclient.http)", "| V2 gRPC (tritonclient.grpc)",
+                    "| V2 REST (tritonclient.http)", "| V2 gRPC (tritonclient.grpc)"], done.stdout
