@@ -2,11 +2,13 @@
 
 One model, one batcher: gRPC requests join the same batches, limits, metrics and shutdown as HTTP ones. The service
 is `inference.GRPCInferenceService` (open_inference.proto): ServerLive, ServerReady, ModelReady, ServerMetadata,
-ModelMetadata, ModelInfer. A ModelInfer request carries exactly one input, as on REST (v2.py): `pixel_values` FP32
-[N, C, H, W], or `images` BYTES [N] (encoded image files, no base64), in `raw_input_contents` (what
-`tritonclient.grpc` sends) or in typed `contents`. The answer is `logits` FP32 [N, classes] in
-`raw_output_contents`; requesting `logits` with the int64 parameter `classification` k returns BYTES [N, k]
-"value:index:label" strings instead.
+ModelMetadata, ModelInfer; beside it gRPC's standard health check (`grpc.health.v1.Health/Check`, for Kubernetes'
+gRPC probes and load balancers): SERVING when ServerReady would say ready.
+
+A ModelInfer request carries exactly one input, as on REST (v2.py): `pixel_values` FP32 [N, C, H, W], or `images`
+BYTES [N] (encoded image files, no base64), in `raw_input_contents` (what `tritonclient.grpc` sends) or in typed
+`contents`. The answer is `logits` FP32 [N, classes] in `raw_output_contents`; requesting `logits` with the int64
+parameter `classification` k returns BYTES [N, k] "value:index:label" strings instead.
 
 Status codes: INVALID_ARGUMENT for a client's mistake, NOT_FOUND for an unknown model or version, UNAUTHENTICATED
 for a missing API key, RESOURCE_EXHAUSTED for an image over the pixel limit (gRPC itself refuses messages over
@@ -30,6 +32,7 @@ from grpc import aio
 from vitserve import __version__
 from vitserve.artifact import Manifest
 from vitserve.errors import NotFoundError, RequestError, UnauthorizedError, VitServeError
+from vitserve.server import grpc_health_pb2 as health_pb
 from vitserve.server import open_inference_pb2 as pb
 from vitserve.server import v2
 from vitserve.server.app import REQUEST_ID, Service, access_log
@@ -39,6 +42,7 @@ from vitserve.server.deps import api_key_matches
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
 EXTENSIONS = ["classification"]
 
 # RequestError.status (HTTP) -> gRPC status; other client mistakes are INVALID_ARGUMENT
@@ -105,7 +109,17 @@ class Servicer:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.service.ready and not self.service.draining)
+        return pb.ServerReadyResponse(ready=self._ready)
+
+    async def health_check(self, request: health_pb.HealthCheckRequest, context) -> health_pb.HealthCheckResponse:
+        if request.service not in ("", SERVICE):
+            raise NotFoundError(f"unknown service {request.service!r}; ask for '' (the server) or {SERVICE!r}")
+        status = health_pb.HealthCheckResponse
+        return status(status=status.SERVING if self._ready else status.NOT_SERVING)
+
+    @property
+    def _ready(self) -> bool:
+        return self.service.ready and not self.service.draining
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="vitserve", version=__version__, extensions=EXTENSIONS)
@@ -150,25 +164,27 @@ class Servicer:
         if version not in ("", "1"):
             raise NotFoundError(f"model {name!r} has only version '1', not {version!r}")
 
-    def handlers(self) -> grpc.GenericRpcHandler:
-        methods = {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+    def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        services = {
+            SERVICE: {
+                "ServerLive": (self.server_live, pb.ServerLiveRequest),
+                "ServerReady": (self.server_ready, pb.ServerReadyRequest),
+                "ModelReady": (self.model_ready, pb.ModelReadyRequest),
+                "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
+                "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
+                "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+            },
+            HEALTH_SERVICE: {"Check": (self.health_check, health_pb.HealthCheckRequest)},
         }
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            name: grpc.unary_unary_rpc_method_handler(self._observed(name, method),
+        return tuple(grpc.method_handlers_generic_handler(service, {
+            name: grpc.unary_unary_rpc_method_handler(self._observed(f"/{service}/{name}", method),
                                                       request_deserializer=request_type.FromString,
                                                       response_serializer=lambda m: m.SerializeToString())
-            for name, (method, request_type) in methods.items()})
+            for name, (method, request_type) in methods.items()}) for service, methods in services.items())
 
-    def _observed(self, name: str, method: Callable[[Any, Any], Awaitable[Any]]):
+    def _observed(self, route: str, method: Callable[[Any, Any], Awaitable[Any]]):
         """The RPC with what every HTTP request gets too: errors turned into status codes with the same messages,
         an x-request-id (the client's, or a new one) in the answer's metadata, metrics, the access log line."""
-        route = f"/{SERVICE}/{name}"
 
         async def call(request, context):
             started, code = time.perf_counter(), grpc.StatusCode.OK
@@ -209,7 +225,7 @@ async def start_server(service: Service, host: str, port: int, max_message_bytes
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),  # a port already in use is an error, not silently shared with another server
     ])
-    server.add_generic_rpc_handlers((Servicer(service).handlers(),))
+    server.add_generic_rpc_handlers(Servicer(service).handlers())
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

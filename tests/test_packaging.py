@@ -43,6 +43,7 @@ def test_bundled_model_is_in_the_wheel(wheel):
 
 def test_grpc_protocol_is_in_the_wheel(wheel):
     assert {"vitserve/server/open_inference.proto", "vitserve/server/open_inference_pb2.py",
+            "vitserve/server/grpc_health.proto", "vitserve/server/grpc_health_pb2.py",
             "vitserve/server/grpc_v2.py"} <= set(wheel)
 
 

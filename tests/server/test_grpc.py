@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT
 from tests.server.test_app import EXAMPLES
+from vitserve.server import grpc_health_pb2 as health_pb
 from vitserve.server import open_inference_pb2 as pb
 from vitserve.server.app import create_app
 from vitserve.server.backends import OnnxRuntimeBackend
@@ -45,10 +46,13 @@ def served(digits_artifact):
 
 
 def _raw_call(port: int, method: str, request, response_type, metadata=()):
-    """A call with vitserve's own message classes (no tritonclient): (response, initial metadata)."""
+    """A call with vitserve's own message classes (no tritonclient): (response, initial metadata). `method`: a
+    name of the V2 service, or a full path; `response_type` None: bytes in and out, as they go over the wire."""
+    path = method if method.startswith("/") else SERVICE + method
+    serialize = (lambda m: m) if response_type is None else (lambda m: m.SerializeToString())
+    deserialize = (lambda b: b) if response_type is None else response_type.FromString
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(SERVICE + method, request_serializer=lambda m: m.SerializeToString(),
-                                   response_deserializer=response_type.FromString)
+        call = channel.unary_unary(path, request_serializer=serialize, response_deserializer=deserialize)
         response, rpc = call.with_call(request, metadata=metadata, timeout=30)
         return response, dict(rpc.initial_metadata())
 
@@ -225,6 +229,25 @@ def test_metrics_count_grpc_calls(served):
 # ---- limits, keys, batching ----------------------------------------------------------------------------------
 
 
+def test_standard_health_check(served):
+    """grpc.health.v1.Health/Check on the wire, written out by hand: request field 1 `service` (a string),
+    response field 1 `status` (SERVING = 1, NOT_SERVING = 2), as Kubernetes' gRPC probes send and read them."""
+    client, _ = served
+    port = client.app.state.grpc_port
+    check = "/grpc.health.v1.Health/Check"
+    service_field = b"\x0a" + bytes([len(b"inference.GRPCInferenceService")]) + b"inference.GRPCInferenceService"
+    assert _raw_call(port, check, b"", None)[0] == b"\x08\x01"  # the whole server: SERVING
+    assert _raw_call(port, check, service_field, None)[0] == b"\x08\x01"
+    with pytest.raises(grpc.RpcError) as e:
+        _raw_call(port, check, b"\x0a\x03foo", None)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "'foo'" in e.value.details()
+    client.app.state.service.draining = True
+    try:
+        assert _raw_call(port, check, b"", None)[0] == b"\x08\x02"  # NOT_SERVING
+    finally:
+        client.app.state.service.draining = False
+
+
 def test_admission_limit_and_draining(served):
     client, triton = served
     service = client.app.state.service
@@ -301,15 +324,18 @@ def test_concurrent_grpc_requests_share_batches(digits_artifact):
         client.__exit__(None, None, None)
 
 
-def test_generated_module_matches_the_proto(tmp_path):
-    """server/open_inference_pb2.py is what scripts/gen_proto.py makes of server/open_inference.proto today."""
+@pytest.mark.parametrize("module", [pb, health_pb], ids=["open_inference", "grpc_health"])
+def test_generated_modules_match_the_protos(module, tmp_path):
+    """server/NAME_pb2.py is what scripts/gen_proto.py makes of server/NAME.proto today."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
     gen_proto = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen_proto)
-    fresh = importlib.util.spec_from_file_location("fresh_open_inference_pb2", gen_proto.generate(tmp_path))
-    module = importlib.util.module_from_spec(fresh)
-    fresh.loader.exec_module(module)  # in a pool of its own, beside the committed module's
-    assert module.DESCRIPTOR.serialized_pb == pb.DESCRIPTOR.serialized_pb, "run: python scripts/gen_proto.py"
-    assert pb.DESCRIPTOR.pool is not descriptor_pool.Default()  # beside tritonclient's copy of the protocol
+    proto = module.DESCRIPTOR.name
+    assert proto in gen_proto.PROTOS
+    fresh = importlib.util.spec_from_file_location(f"fresh_{module.__name__}", gen_proto.generate(proto, tmp_path))
+    regenerated = importlib.util.module_from_spec(fresh)
+    fresh.loader.exec_module(regenerated)  # in a pool of its own, beside the committed module's
+    assert regenerated.DESCRIPTOR.serialized_pb == module.DESCRIPTOR.serialized_pb, "run: python scripts/gen_proto.py"
+    assert module.DESCRIPTOR.pool is not descriptor_pool.Default()  # beside tritonclient's copy of the protocol
