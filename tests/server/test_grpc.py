@@ -8,6 +8,7 @@ import base64
 import io
 import logging
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -339,3 +340,31 @@ def test_generated_modules_match_the_protos(module, tmp_path):
     fresh.loader.exec_module(regenerated)  # in a pool of its own, beside the committed module's
     assert regenerated.DESCRIPTOR.serialized_pb == module.DESCRIPTOR.serialized_pb, "run: python scripts/gen_proto.py"
     assert module.DESCRIPTOR.pool is not descriptor_pool.Default()  # beside tritonclient's copy of the protocol
+
+
+def test_deadline_and_backend_failure(digits_artifact):
+    client, triton = _start(digits_artifact, timeout_ms=50)
+    try:
+        batcher = client.app.state.service.batcher
+        real = batcher.infer
+        batcher.infer = lambda x: (time.sleep(0.3), real(x))[1]
+        with pytest.raises(InferenceServerException) as e:
+            triton.infer("swin_digits", [_images_input([EXAMPLES[1]])])
+        assert _status(e) == "StatusCode.DEADLINE_EXCEEDED" and "within 50 ms" in e.value.message()
+        batcher.infer = real
+        time.sleep(0.4)  # the slow batch finishes in the background; its answer is discarded
+        client.app.state.service.settings.timeout_ms = 10_000
+
+        def broken(x):
+            batcher.infer = real  # fails once
+            raise RuntimeError("GPU fell off the bus")
+
+        batcher.infer = broken
+        with pytest.raises(InferenceServerException) as e:
+            triton.infer("swin_digits", [_images_input([EXAMPLES[1]])])
+        assert _status(e) == "StatusCode.INTERNAL" and "fell off" in e.value.message()
+        assert triton.infer("swin_digits", [_images_input([EXAMPLES[1]])]).as_numpy("logits").argmax() == 1
+        assert client.app.state.service.pending == 0
+    finally:
+        triton.close()
+        client.__exit__(None, None, None)
