@@ -74,7 +74,7 @@ def parse_infer(request: pb.ModelInferRequest, manifest: Manifest, max_images: i
     outputs = [{"name": o.name, "parameters": {key: _value(p) for key, p in o.parameters.items()}}
                for o in request.outputs]
     v2.check_outputs(outputs, manifest)
-    return v2.InferRequest(request.id or None, pixel_values, images, outputs, binary_output_default=True)
+    return v2.InferRequest(request.id or None, pixel_values, images, outputs, binary_output_default=False)
 
 
 def _value(parameter: pb.InferParameter) -> Any:
@@ -100,7 +100,7 @@ def encode_infer(request: v2.InferRequest, manifest: Manifest, logits: np.ndarra
 
 
 class Servicer:
-    """The six RPCs, on the app's Service; `handlers()` registers them with a grpc.aio server."""
+    """The V2 RPCs and the health check, on the app's Service; `handlers()` registers them with a grpc.aio server."""
 
     def __init__(self, service: Service):
         self.service = service
