@@ -11,8 +11,8 @@ class Metrics:
     def __init__(self, max_batch_size: int):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("vitserve_requests", "HTTP requests by route and status", ["route", "status"],
-                                registry=r)
+        self.requests = Counter("vitserve_requests", "requests by route (HTTP path or gRPC method) and status (HTTP "
+                                "status or gRPC code name)", ["route", "status"], registry=r)
         self.queue_depth = Gauge("vitserve_queue_depth", "images waiting for a batch", registry=r)
         sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch_size})
         self.batch_size = Histogram("vitserve_batch_size", "images per executed batch",
