@@ -68,6 +68,11 @@ class Service:
         server refuses early and cheaply instead of reading and decoding work it cannot finish in time."""
         return self.pending >= self.settings.max_queue
 
+    @property
+    def refusal(self) -> str:
+        """What a request refused because the server is `full` is told (HTTP 503, gRPC UNAVAILABLE)."""
+        return f"{self.pending} requests are in progress, the limit is {self.settings.max_queue}; try again later"
+
     def decode_one(self, data: bytes) -> np.ndarray:
         preprocess = self.manifest.preprocess
         min_side = draft_side(preprocess) if self.settings.fast_jpeg else None
@@ -166,7 +171,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             from vitserve.server.grpc_v2 import start_server
 
             grpc_server, app.state.grpc_port = await start_server(service, settings.host, settings.grpc_port,
-                                                                  int(settings.max_body_mb * 1024 * 1024))
+                                                                  settings.max_body_bytes)
         service.ready = True
         log.info("serving %s (%s), warmed at batch sizes %s", service.manifest.name, service.backend.description,
                  ", ".join(map(str, service.warmed_batch_sizes)))
@@ -185,7 +190,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.state.service = None
     app.state.grpc_port = None  # the port gRPC listens on, once started (settings.grpc_port 0: a free one)
     _install_error_handlers(app)
-    app.add_middleware(LimitsAndMetrics, max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+    app.add_middleware(LimitsAndMetrics, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log)
 
     from vitserve.server import routes_classify, routes_health, routes_v2
@@ -240,8 +245,8 @@ INFERENCE_PATH = re.compile(r"/classify|/v2/models/[^/]+(/versions/[^/]+)?/infer
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 
-def request_id(scope) -> bytes:
-    given = dict(scope.get("headers") or []).get(b"x-request-id", b"")
+def request_id(given: bytes) -> bytes:
+    """The client's request id (an HTTP header or gRPC metadata) if it looks like an identifier, else a new one."""
     return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex.encode()
 
 
@@ -263,7 +268,8 @@ class LimitsAndMetrics:
         started = time.perf_counter()
         status = {"code": 500}
         limit = self.max_body_bytes
-        rid = request_id(scope)
+        headers = dict(scope.get("headers") or [])
+        rid = request_id(headers.get(b"x-request-id", b""))
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def timed_send(message):
@@ -273,7 +279,7 @@ class LimitsAndMetrics:
                                                   (b"x-request-id", rid)]}
             await send(message)
 
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _error(413, f"request body is {int(declared)} bytes; the limit is {limit}")(scope, receive,
                                                                                               timed_send)
@@ -282,9 +288,7 @@ class LimitsAndMetrics:
         service = getattr(getattr(scope.get("app"), "state", None), "service", None)
         if service is not None and scope["method"] == "POST" and INFERENCE_PATH.fullmatch(scope["path"]):
             if service.full:
-                await _error(503, f"{service.pending} requests are in progress, the limit is "
-                             f"{service.settings.max_queue}; try again later", {"Retry-After": "1"})(
-                                 scope, receive, timed_send)
+                await _error(503, service.refusal, {"Retry-After": "1"})(scope, receive, timed_send)
                 route = "/classify" if scope["path"] == "/classify" else "/v2/models/{name}/infer"
                 self._record(scope, 503, started, route)
                 return

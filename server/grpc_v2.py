@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,7 +34,7 @@ from vitserve.errors import NotFoundError, RequestError, UnauthorizedError, VitS
 from vitserve.server import grpc_health_pb2 as health_pb
 from vitserve.server import open_inference_pb2 as pb
 from vitserve.server import v2
-from vitserve.server.app import REQUEST_ID, Service, access_log
+from vitserve.server.app import Service, access_log, request_id
 from vitserve.server.batching import BatchFailedError, DeadlineExceededError, QueueFullError, ShuttingDownError
 from vitserve.server.deps import api_key_matches
 
@@ -125,11 +124,11 @@ class Servicer:
         return pb.ServerMetadataResponse(name="vitserve", version=__version__, extensions=EXTENSIONS)
 
     async def model_ready(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        self._check_model(request.name, request.version)
+        v2.check_model(self.service.manifest, request.name, request.version)
         return pb.ModelReadyResponse(ready=not self.service.draining)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
-        self._check_model(request.name, request.version)
+        v2.check_model(self.service.manifest, request.name, request.version)
         meta = v2.model_metadata(self.service.manifest, self.service.backend.name)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -143,11 +142,10 @@ class Servicer:
             raise UnauthorizedError("missing or wrong API key: send the metadata `authorization: Bearer KEY` or "
                                     "`x-api-key: KEY`")
         if service.full:
-            raise QueueFullError(f"{service.pending} requests are in progress, the limit is "
-                                 f"{service.settings.max_queue}; try again later")
+            raise QueueFullError(service.refusal)
         service.pending += 1
         try:
-            self._check_model(request.model_name, request.model_version)
+            v2.check_model(service.manifest, request.model_name, request.model_version)
             with service.batcher.expecting():  # an open batch waits for this request while it is decoded
                 parsed = parse_infer(request, service.manifest, service.settings.max_images)
                 images = parsed.pixel_values if parsed.pixel_values is not None else await service.decode(
@@ -156,13 +154,6 @@ class Servicer:
         finally:
             service.pending -= 1
         return encode_infer(parsed, service.manifest, logits, service.labels)
-
-    def _check_model(self, name: str, version: str) -> None:
-        manifest = self.service.manifest
-        if name != manifest.name:
-            raise NotFoundError(f"unknown model {name!r}; this server serves {manifest.name!r}")
-        if version not in ("", "1"):
-            raise NotFoundError(f"model {name!r} has only version '1', not {version!r}")
 
     def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
         services = {
@@ -189,14 +180,14 @@ class Servicer:
         async def call(request, context):
             started, code = time.perf_counter(), grpc.StatusCode.OK
             given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
-            rid = given if REQUEST_ID.fullmatch(given.encode()) else uuid.uuid4().hex
+            rid = request_id(given.encode()).decode()
             await context.send_initial_metadata((("x-request-id", rid),))
             try:
                 return await method(request, context)
             except RequestError as e:
                 code = CLIENT_STATUSES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
                 await context.abort(code, str(e))
-            except (QueueFullError, ShuttingDownError, DeadlineExceededError, BatchFailedError) as e:
+            except tuple(SERVER_STATUSES) as e:
                 code = next(c for t, c in SERVER_STATUSES.items() if isinstance(e, t))
                 await context.abort(code, str(e))
             except asyncio.CancelledError:  # the client cancelled or its deadline passed

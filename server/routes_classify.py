@@ -52,7 +52,7 @@ async def classify(
     settings = service.settings
     started = request.state.arrived  # set by LimitsAndMetrics, which admitted the request
     with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
-        names, blobs = await _read_images(request, settings.max_images, int(settings.max_body_mb * 1024 * 1024))
+        names, blobs = await _read_images(request, settings.max_images, settings.max_body_bytes)
         service.check_image_count(len(blobs))
         decode_started = time.perf_counter()
         images = await service.decode(blobs)

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from vitserve import __version__
-from vitserve.errors import NotFoundError
 from vitserve.server import v2
 from vitserve.server.deps import Authorized, ServiceDep
 
@@ -73,13 +72,6 @@ def specialize_openapi(schema: dict, manifest) -> None:
                 tensor["name"] = {**tensor["name"], "enum": names}
 
 
-def _check_model(service, name: str, version: str | None = None) -> None:
-    if name != service.manifest.name:
-        raise NotFoundError(f"unknown model {name!r}; this server serves {service.manifest.name!r}")
-    if version is not None and version != "1":
-        raise NotFoundError(f"model {name!r} has only version '1', not {version!r}")
-
-
 @router.get("")
 def server_metadata() -> dict:
     return {"name": "vitserve", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
@@ -100,14 +92,14 @@ def ready(request: Request) -> JSONResponse:
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 def model_metadata(name: str, service: ServiceDep, version: str | None = None) -> dict:
-    _check_model(service, name, version)
+    v2.check_model(service.manifest, name, version)
     return v2.model_metadata(service.manifest, service.backend.name)
 
 
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
 def model_ready(name: str, service: ServiceDep, version: str | None = None) -> dict:
-    _check_model(service, name, version)
+    v2.check_model(service.manifest, name, version)
     return {"name": name, "ready": not service.draining}
 
 
@@ -115,7 +107,7 @@ def model_ready(name: str, service: ServiceDep, version: str | None = None) -> d
 @router.post("/models/{name}/versions/{version}/infer", dependencies=[Authorized],
              openapi_extra={"requestBody": INFER_BODY})
 async def infer(name: str, request: Request, service: ServiceDep, version: str | None = None) -> Response:
-    _check_model(service, name, version)
+    v2.check_model(service.manifest, name, version)
     with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
         body = await request.body()
         parsed = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH), service.manifest,

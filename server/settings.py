@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: readiness fails at once, requests keep being "
                                  "read and served this long, then no new connections are accepted")
 
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
         if self.grpc_port and self.grpc_port == self.port:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from vitserve.artifact import Manifest
-from vitserve.errors import RequestError
+from vitserve.errors import NotFoundError, RequestError
 
 IMAGES_INPUT = "images"
 HEADER_LENGTH = "inference-header-content-length"
@@ -58,6 +58,15 @@ def model_metadata(manifest: Manifest, backend: str) -> dict[str, Any]:
         ],
         "outputs": [{"name": manifest.output.name, "datatype": "FP32", "shape": list(manifest.output.shape)}],
     }
+
+
+def check_model(manifest: Manifest, name: str, version: str | None) -> None:
+    """NotFoundError unless `name` is the served model and `version` is None or empty (the server's choice) or
+    "1", its only version."""
+    if name != manifest.name:
+        raise NotFoundError(f"unknown model {name!r}; this server serves {manifest.name!r}")
+    if version and version != "1":
+        raise NotFoundError(f"model {name!r} has only version '1', not {version!r}")
 
 
 def parse_request(body: bytes, header_length: str | None, manifest: Manifest, max_images: int) -> InferRequest:
