@@ -25,9 +25,11 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
                Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend
                (as the export recorded: PyTorch's package loader, or where that fails the container runner, plain
-               calls); CUDA-graph replay alone, and whole calls from numpy (host-to-device copy and back, as the server
-               runs them); if that export fails, the same with --no-cuda-graphs (plain package calls; not
-               tried again for later models once it failed too, nor when PyTorch crashed loading the package);
+               calls); CUDA-graph replay alone, whole calls from numpy as the server runs them (the batch cast to
+               fp16 into pinned memory, copied to the GPU, the logits copied back), and the same graph called with
+               the float32 batch copied from pageable memory; if that export fails, the same with
+               --no-cuda-graphs (plain package calls; not tried again for later models once it failed too, nor
+               when PyTorch crashed loading the package);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
 and last, for the first two models (what the GEMMs can still give):
@@ -55,6 +57,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from torch.profiler import ProfilerActivity
@@ -194,12 +197,19 @@ class LoadCrash(RuntimeError):
     """PyTorch crashed loading the package, before any call: plain calls (--no-cuda-graphs) would not help."""
 
 
+def float32_pageable(graph, x) -> np.ndarray:
+    """A call of the artifact's CUDA graph (GraphBucket) with the copies done the plain way, for comparison with
+    its own: the float32 batch copied from pageable memory, cast on the GPU, the logits copied back to pageable
+    memory."""
+    graph.device_in.copy_(torch.from_numpy(x).to(DEVICE))
+    graph.graph.replay()
+    return graph.output.cpu().numpy()
+
+
 def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
                    max_autotune: bool = False, cuda_graphs: bool = True, dtype: str | None = None) -> list[dict]:
     """Exported by the CLI in a process of its own, as a user would, then loaded here like the server loads it.
     `dtype`: the export's --dtype (default the run's precision)."""
-    import numpy as np
-
     from vitserve.export.torch_package import TorchBackend
 
     dtype = dtype or DTYPE_NAMES[DTYPE]
@@ -209,14 +219,17 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
                "--device", DEVICE, "--dtype", dtype, "--max-batch", str(max(batches)),
                "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
     command += (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
+    log("exporting: " + " ".join(command[1:]))
     exported = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     print(exported.stdout, end="", flush=True)
+    log(f"export exited with {exported.returncode}; loading the artifact")
     if exported.returncode != 0:
         if "in aoti_load_package" in exported.stdout:  # the crash's Python stack, from the export's error
             raise LoadCrash(f"vitserve export exited with {exported.returncode}: PyTorch crashed loading the "
                             "package (its output is in the log above)")
         raise RuntimeError(f"vitserve export exited with {exported.returncode} (its output is in the log above)")
     backend = TorchBackend(artifact)
+    log(f"loaded: {backend.description}")
     manifest = backend.manifest
     rows = [{"runner": "export", "dtype": dtype, "compile_s": manifest.package["compile_seconds"],
              "max_autotune": max_autotune,
@@ -227,19 +240,25 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, *manifest.input.shape[1:]), dtype=np.float32)
         backend(x)  # warms the bucket (captures its CUDA graph)
+        log(f"b{batch} warm")
+        timed = {}
         if backend.cuda_graphs:
-            run_on_device = backend._graphs[batch][0].replay
+            graph = backend.graph(batch)
+            run_on_device = graph.graph.replay
+            timed["call, float32 copied from pageable memory"] = functools.partial(float32_pageable, graph, x)
         else:
             run_on_device = functools.partial(backend.model, torch.from_numpy(x).to(DEVICE))
-        on_device_ms = device_ms(run_on_device, iters=10 if batch > 64 else 20)
-        calls = []
-        for _ in range(10):
-            started = time.perf_counter()
-            backend(x)
-            calls.append((time.perf_counter() - started) * 1e3)
-        call_ms = statistics.median(calls)
-        for label, ms in ((f"vitserve torch artifact, {on_device}", on_device_ms),
-                          ("vitserve torch artifact, call from numpy", call_ms)):
+        timed["call from numpy"] = functools.partial(backend, x)
+        rows_ms = [(f"vitserve torch artifact, {on_device}", device_ms(run_on_device, iters=10 if batch > 64 else 20))]
+        for what, call in timed.items():
+            call()
+            calls = []
+            for _ in range(10):
+                started = time.perf_counter()
+                call()
+                calls.append((time.perf_counter() - started) * 1e3)
+            rows_ms.append((f"vitserve torch artifact, {what}", statistics.median(calls)))
+        for label, ms in rows_ms:
             rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
             print(f"  {label:<42} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)
         if batch == profile_batch:

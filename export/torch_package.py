@@ -188,16 +188,50 @@ class ContainerRunner:
         return self.runner.run([x])[0]
 
 
+class GraphBucket:
+    """One batch bucket's CUDA graph and its buffers. The host's float32 batch is cast on the CPU to the precision
+    the package computes in (`transfer_dtype`; the package's first operation casts its float32 input to it, so the
+    values are the same) into pinned memory, copied from there to the graph's input (half the bytes of float32 for
+    fp16/bf16, and a pinned copy runs at the bus's speed where a pageable one is staged by the driver), the graph
+    replayed (its first kernel turns the input back into the float32 the package takes), and the logits copied back
+    through pinned memory."""
+
+    def __init__(self, model, size: int, input_shape: tuple[int, ...], device: torch.device,
+                 transfer_dtype: torch.dtype):
+        self.device_in = torch.zeros((size, *input_shape), device=device, dtype=transfer_dtype)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the graph: lazy initialisation must not be captured
+                model(self.device_in.float())
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = model(self.device_in.float())  # .float() of a float32 input is the input itself
+        self.host_in = torch.empty(self.device_in.shape, dtype=transfer_dtype, pin_memory=True)
+        self.host_out = torch.empty(self.output.shape, dtype=self.output.dtype, pin_memory=True)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        n = len(x)
+        self.host_in[:n].copy_(x)  # the cast, on the CPU's threads
+        self.device_in[:n].copy_(self.host_in[:n], non_blocking=True)
+        self.device_in[n:].zero_()
+        self.graph.replay()
+        self.host_out[:n].copy_(self.output[:n], non_blocking=True)
+        torch.cuda.current_stream(self.device_in.device).synchronize()  # also: host_in may be written again
+        return self.host_out[:n].numpy().copy()
+
+
 class PackageRunner:
     """A loaded package, run on batches padded up to the smallest batch bucket that holds them. On CUDA (unless
-    `cuda_graphs` is False: plain calls of the package) each bucket gets a CUDA graph the first time it runs (the
-    server warms every batch size it can form at start-up, so all are captured before /readyz turns 200); later
-    batches copy into the bucket's static input, replay the graph and read its static output. `loader`: "package"
-    (PyTorch's package loader) or "runner" (ContainerRunner: plain calls, whatever `cuda_graphs` says).
-    (N, C, H, W) float32 -> (N, classes) float32."""
+    `cuda_graphs` is False: plain calls of the package) each bucket gets a CUDA graph (GraphBucket) the first time
+    it runs (the server warms every batch size it can form at start-up, so all are captured before /readyz turns
+    200); later batches reach the bucket's input in `transfer_dtype` (the package's compute precision; float32 by
+    default), replay the graph and read its output. `loader`: "package" (PyTorch's package loader) or "runner"
+    (ContainerRunner: plain calls, whatever `cuda_graphs` says). (N, C, H, W) float32 -> (N, classes) float32."""
 
     def __init__(self, path: Path, device: str, buckets: list[int], input_shape: tuple[int, ...],
-                 cuda_graphs: bool = True, loader: str = "package"):
+                 cuda_graphs: bool = True, loader: str = "package", transfer_dtype: torch.dtype = torch.float32):
         if loader not in LOADERS:
             raise ArtifactError(f"unknown package loader {loader!r}; this vitserve knows {', '.join(LOADERS)}")
         self.device = torch.device(device)
@@ -205,6 +239,7 @@ class PackageRunner:
         self.input_shape = tuple(input_shape)
         self.loader = loader
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and loader == "package"
+        self.transfer_dtype = transfer_dtype
         try:
             if loader == "runner":
                 self.model = ContainerRunner(path, self.device)
@@ -216,7 +251,7 @@ class PackageRunner:
             raise
         except Exception as e:  # torch raises RuntimeError for packages from another version or machine
             raise ArtifactError(f"PyTorch cannot load {path}: {e}") from e
-        self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static input, static output)
+        self._graphs: dict[int, GraphBucket] = {}
         self._lock = threading.Lock()
 
     def bucket(self, n: int) -> int:
@@ -225,35 +260,23 @@ class PackageRunner:
                 return b
         raise ArtifactError(f"a batch of {n} exceeds the package's largest bucket {self.buckets[-1]}")
 
+    def graph(self, size: int) -> GraphBucket:
+        """The bucket's CUDA graph, captured on first use."""
+        if size not in self._graphs:
+            self._graphs[size] = GraphBucket(self.model, size, self.input_shape, self.device, self.transfer_dtype)
+            log.info("captured a CUDA graph for batch bucket %d", size)
+        return self._graphs[size]
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
         size = self.bucket(n)
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         with torch.no_grad(), self._lock:
             if self.cuda_graphs:
-                graph, static_in, static_out = self._graphs.get(size) or self._capture(size)
-                static_in[:n].copy_(x, non_blocking=False)
-                static_in[n:].zero_()
-                graph.replay()
-                return static_out[:n].float().cpu().numpy()
+                return self.graph(size)(x)
             if size != n:
                 x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
             return self.model(x.to(self.device))[:n].float().cpu().numpy()
-
-    def _capture(self, size: int) -> tuple:
-        static_in = torch.zeros((size, *self.input_shape), device=self.device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the graph: lazy initialisation must not be captured
-                self.model(static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.model(static_in)
-        self._graphs[size] = (graph, static_in, static_out)
-        log.info("captured a CUDA graph for batch bucket %d", size)
-        return self._graphs[size]
 
 
 class TorchBackend(PackageRunner):
@@ -278,7 +301,7 @@ class TorchBackend(PackageRunner):
             import vitserve.models.window_attention  # noqa: F401  (registers the kernel the package calls)
         super().__init__(self.directory / self.manifest.model_file, built_for, package["batch_buckets"],
                          self.manifest.input.shape[1:], cuda_graphs=package.get("cuda_graphs", True),
-                         loader=package.get("loader", "package"))
+                         loader=package.get("loader", "package"), transfer_dtype=COMPUTE[package["dtype"]])
         self.description = (f"torch AOTInductor {built_for} {package['dtype']}"
                             f"{', container runner' if self.loader == 'runner' else ''}"
                             f"{', CUDA graphs' if self.cuda_graphs else ''} (buckets {self.buckets})")
@@ -294,7 +317,7 @@ def verify_package(path: Path, reference: nn.Module, preprocess, options: TorchO
     from vitserve.export.verify import ChildFailed, check_outputs, outputs_in_child, precision_gate, verification_inputs
 
     photo_names, inputs = verification_inputs(preprocess)
-    args = [str(path), "--device", options.device, "--buckets", ",".join(map(str, buckets)),
+    args = [str(path), "--device", options.device, "--dtype", options.dtype, "--buckets", ",".join(map(str, buckets)),
             "--input-shape", ",".join(map(str, preprocess.input_size)), "--max-batch", str(max_batch)]
     args += (["--fused"] if fused else []) + ([] if options.cuda_graphs else ["--no-cuda-graphs"])
     arrays = {name: x.numpy() for name, x in inputs.items()}
@@ -329,6 +352,8 @@ def _verification_child(argv: list[str]) -> None:
     parser.add_argument("outputs", type=Path)
     parser.add_argument("package", type=Path)
     parser.add_argument("--device", required=True)
+    parser.add_argument("--dtype", choices=COMPUTE, default="fp32", help="the package's --dtype (the precision "
+                        "its input crosses to the GPU in)")
     parser.add_argument("--buckets", required=True, help="comma-separated batch sizes")
     parser.add_argument("--input-shape", required=True, help="C,H,W")
     parser.add_argument("--max-batch", type=int, required=True)
@@ -340,7 +365,7 @@ def _verification_child(argv: list[str]) -> None:
         import vitserve.models.window_attention  # noqa: F401  (registers the op the package calls)
     runner = PackageRunner(args.package, args.device, [int(b) for b in args.buckets.split(",")],
                            tuple(int(d) for d in args.input_shape.split(",")), cuda_graphs=not args.no_cuda_graphs,
-                           loader=args.loader)
+                           loader=args.loader, transfer_dtype=COMPUTE[args.dtype])
     print(LOADED, file=sys.stderr, flush=True)
     run = in_chunks(runner, args.max_batch)
     with np.load(args.inputs) as inputs:

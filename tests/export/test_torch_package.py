@@ -331,6 +331,11 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     # the same package in plain calls, as exported with --no-cuda-graphs, gives the graphs' answers
     plain = PackageRunner(out / "model.pt2", "cuda", backend.buckets, backend.input_shape, cuda_graphs=False)
     assert not plain.cuda_graphs and np.abs(plain(x) - got).max() < 1e-3
+    # the batch crosses to the GPU in fp16, cast on the CPU as the package's first operation casts it on the GPU:
+    # exactly the answers of the same graphs fed float32 (a cast that rounds otherwise, to bf16, would change them)
+    assert backend.graph(backend.bucket(len(x))).host_in.dtype == torch.float16
+    float32_in = PackageRunner(out / "model.pt2", "cuda", backend.buckets, backend.input_shape)
+    assert float32_in.transfer_dtype == torch.float32 and np.array_equal(float32_in(x), got)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
