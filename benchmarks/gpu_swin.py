@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_swin.py --out results.json [--budget-s 420] [--sections ...]
     python benchmarks/gpu_swin.py --device cpu --models swin_digits --batches 1,4 --compile-batches 4 --out x.json
+    python benchmarks/gpu_swin.py --export-ahead --models ... --workdir DIR   (then the runs with --workdir DIR)
 
 The second is a dry run of every step on the CPU (bfloat16; the fused op runs its reference there, and a CPU
 package has no CUDA graphs): it checks the script, it measures nothing worth reporting (the test suite runs it).
@@ -23,7 +24,8 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                model, its scaled_dot_product_attention kept): the artifact's kernels compiled just in time, what
                the artifact should reach;
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
-               Swin, buckets 1 / 64 / 256) in a process of its own, then loaded by the server's torch backend
+               Swin, buckets 1 / 64 / 256) in a process of its own (or beforehand, by --export-ahead into the
+               same --workdir), then loaded by the server's torch backend
                (as the export recorded: PyTorch's package loader, or where that fails the container runner, plain
                calls); CUDA-graph replay alone, whole calls from numpy as the server runs them (the batch cast to
                fp16 into pinned memory, copied to the GPU, the logits copied back), and the same graph called with
@@ -206,30 +208,71 @@ def float32_pageable(graph, x) -> np.ndarray:
     return graph.output.cpu().numpy()
 
 
+def export_command(name: str, batches: list[int], artifact: Path, dtype: str, max_autotune: bool = False,
+                   cuda_graphs: bool = True) -> list[str]:
+    """`vitserve export --format torch` as a user would run it, buckets and largest batch from --batches."""
+    command = [sys.executable, "-m", "vitserve", "export", name, "--random-init", "--format", "torch",
+               "--device", DEVICE, "--dtype", dtype, "--max-batch", str(max(batches)),
+               "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
+    return command + (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
+
+
+def export_ahead(models: list[str], batches: list[int], workdir: Path) -> None:
+    """--export-ahead: the package section's exports of `models`, all at once in processes of their own, before
+    any timing (an export is compiling and starting processes on the CPU, then verifying in a fresh process:
+    minutes each on the H100 machine, whose 16 cores run them side by side). Each one's output and exit status are
+    kept beside its artifact, where the package section finds them instead of exporting again."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    running = []
+    for name in dict.fromkeys(models):
+        artifact = workdir / f"{name}-{DTYPE_NAMES[DTYPE]}"
+        output = beside(artifact, "log").open("w")
+        running.append((artifact, output, subprocess.Popen(
+            export_command(name, batches, artifact, DTYPE_NAMES[DTYPE]), stdout=output, stderr=subprocess.STDOUT)))
+        log(f"exporting {artifact.name}")
+    for artifact, output, process in running:
+        code = process.wait()
+        output.close()
+        beside(artifact, "exit").write_text(f"{code}\n")
+        log(f"{artifact.name}: export exited with {code}")
+
+
+def beside(artifact: Path, extension: str) -> Path:
+    """A file next to the artifact's folder: its export's output (log) and exit status (exit), --export-ahead's."""
+    return artifact.parent / f"{artifact.name}.{extension}"
+
+
+def export(command: list[str], artifact: Path) -> tuple[int, str]:
+    """Runs the export; or, where --export-ahead ran it, its exit status and output."""
+    if beside(artifact, "exit").exists():
+        log(f"exported ahead: {artifact.name}")
+        return int(beside(artifact, "exit").read_text()), beside(artifact, "log").read_text()
+    log("exporting: " + " ".join(command[1:]))
+    exported = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return exported.returncode, exported.stdout
+
+
 def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: int | None = None,
                    max_autotune: bool = False, cuda_graphs: bool = True, dtype: str | None = None) -> list[dict]:
-    """Exported by the CLI in a process of its own, as a user would, then loaded here like the server loads it.
-    `dtype`: the export's --dtype (default the run's precision)."""
+    """Exported by the CLI in a process of its own, as a user would (or ahead, by --export-ahead), then loaded here
+    like the server loads it. `dtype`: the export's --dtype (default the run's precision)."""
     from vitserve.export.torch_package import TorchBackend
 
     dtype = dtype or DTYPE_NAMES[DTYPE]
     artifact = workdir / (f"{name}-{dtype}{'-autotune' if max_autotune else ''}"
                           f"{'' if cuda_graphs else '-no-graphs'}")
-    command = [sys.executable, "-m", "vitserve", "export", name, "--random-init", "--format", "torch",
-               "--device", DEVICE, "--dtype", dtype, "--max-batch", str(max(batches)),
-               "--batch-buckets", ",".join(map(str, batches)), "--out", str(artifact)]
-    command += (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
-    log("exporting: " + " ".join(command[1:]))
-    exported = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(exported.stdout, end="", flush=True)
-    log(f"export exited with {exported.returncode}; loading the artifact")
-    if exported.returncode != 0:
-        if "in aoti_load_package" in exported.stdout:  # the crash's Python stack, from the export's error
-            raise LoadCrash(f"vitserve export exited with {exported.returncode}: PyTorch crashed loading the "
+    code, output = export(export_command(name, batches, artifact, dtype, max_autotune, cuda_graphs), artifact)
+    print(output, end="", flush=True)
+    log(f"export exited with {code}")
+    if code != 0:
+        if "in aoti_load_package" in output:  # the crash's Python stack, from the export's error
+            raise LoadCrash(f"vitserve export exited with {code}: PyTorch crashed loading the "
                             "package (its output is in the log above)")
-        raise RuntimeError(f"vitserve export exited with {exported.returncode} (its output is in the log above)")
+        raise RuntimeError(f"vitserve export exited with {code} (its output is in the log above)")
     backend = TorchBackend(artifact)
     log(f"loaded: {backend.description}")
+    if backend.buckets != sorted(batches):
+        raise RuntimeError(f"the artifact's buckets {backend.buckets} are not --batches {sorted(batches)}")
     manifest = backend.manifest
     rows = [{"runner": "export", "dtype": dtype, "compile_s": manifest.package["compile_seconds"],
              "max_autotune": max_autotune,
@@ -299,7 +342,9 @@ def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dty
 def main() -> None:
     global DEVICE, DTYPE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="the results' JSON file (required unless --export-ahead)")
+    parser.add_argument("--export-ahead", action="store_true", help="only export every --models' artifact for the "
+                        "package section, all at once, into --workdir, for later runs with the same --workdir")
     parser.add_argument("--budget-s", type=float, default=420, help="start no new step after this many seconds")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a dry run of every step")
     parser.add_argument("--batches", default="1,64,256")
@@ -312,6 +357,11 @@ def main() -> None:
     parser.add_argument("--models", default="swin_tiny_patch4_window7_224,vit_base_patch16_224,deit_small_patch16_224")
     args = parser.parse_args()
     DEVICE, DTYPE = args.device, torch.float16 if args.device == "cuda" else torch.bfloat16
+    if args.export_ahead:
+        export_ahead(args.models.split(","), [int(b) for b in args.batches.split(",")], args.workdir)
+        return
+    if args.out is None:
+        parser.error("--out is required")
     torch.backends.cuda.matmul.allow_tf32 = True
     result: dict = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (dry run)",
                     "torch": torch.__version__, "timm": timm.__version__, "budget_s": args.budget_s}

@@ -109,6 +109,8 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()
     assert "probe: exit 0" in log and "swin: exit 0" in log
+    # the artifact exported once, ahead of the timings, and the package section took it from there
+    assert "export ahead (swin_digits): exit 0" in log and "exported ahead: swin_digits-bf16" in log, log[-3000:]
     for name in ("vit", "deit", "gemm"):  # each ran, or was not started once TOTAL_S was nearly spent
         assert f"{name}: exit " in log or f"{name}: not run" in log, log[-3000:]
 
