@@ -217,6 +217,11 @@ def export_command(name: str, batches: list[int], artifact: Path, dtype: str, ma
     return command + (["--max-autotune"] if max_autotune else []) + ([] if cuda_graphs else ["--no-cuda-graphs"])
 
 
+def artifact_dir(workdir: Path, name: str, dtype: str, max_autotune: bool = False, cuda_graphs: bool = True) -> Path:
+    """Where the package section keeps the artifact exported with these options (--export-ahead's: the defaults)."""
+    return workdir / f"{name}-{dtype}{'-autotune' if max_autotune else ''}{'' if cuda_graphs else '-no-graphs'}"
+
+
 def export_ahead(models: list[str], batches: list[int], workdir: Path) -> None:
     """--export-ahead: the package section's exports of `models`, all at once in processes of their own, before
     any timing (an export is compiling and starting processes on the CPU, then verifying in a fresh process:
@@ -225,7 +230,7 @@ def export_ahead(models: list[str], batches: list[int], workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     running = []
     for name in dict.fromkeys(models):
-        artifact = workdir / f"{name}-{DTYPE_NAMES[DTYPE]}"
+        artifact = artifact_dir(workdir, name, DTYPE_NAMES[DTYPE])
         output = beside(artifact, "log").open("w")
         running.append((artifact, output, subprocess.Popen(
             export_command(name, batches, artifact, DTYPE_NAMES[DTYPE]), stdout=output, stderr=subprocess.STDOUT)))
@@ -259,8 +264,7 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
     from vitserve.export.torch_package import TorchBackend
 
     dtype = dtype or DTYPE_NAMES[DTYPE]
-    artifact = workdir / (f"{name}-{dtype}{'-autotune' if max_autotune else ''}"
-                          f"{'' if cuda_graphs else '-no-graphs'}")
+    artifact = artifact_dir(workdir, name, dtype, max_autotune, cuda_graphs)
     code, output = export(export_command(name, batches, artifact, dtype, max_autotune, cuda_graphs), artifact)
     print(output, end="", flush=True)
     log(f"export exited with {code}")
