@@ -15,11 +15,12 @@
 #                       only that model's remaining steps: kernel correctness and attention alone (first), then per
 #                       model eager, torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16),
 #                       vitserve's torch artifact (-swin, -vit, -deit); last, while the time lasts, what the GEMMs
-#                       can still give, ViT-B/16 first, then Swin-T (-gemm): fp8 GEMMs (the deploy form compiled,
-#                       then the --dtype fp8 artifact) and Inductor's GEMM autotuning. The artifact steps run only where the
-#                       probe's package loaded in a fresh process, by PyTorch's package loader or by the container
-#                       runner the export falls back to (its summary line: plain=ran or runner=ran): where neither
-#                       loads any CUDA package, they would cost minutes to show that crash again
+#                       can still give, ViT-B/16 first, then Swin-T (-gemm): the --dtype fp8 artifacts, then per
+#                       model fp8 GEMMs in the deploy form compiled and Inductor's GEMM autotuning. The artifact
+#                       steps run only where the probe's package loaded in a fresh process, by PyTorch's package
+#                       loader or by the container runner the export falls back to (its summary line: plain=ran or
+#                       runner=ran): where neither loads any CUDA package, they would cost minutes to show that
+#                       crash again
 #   gpu_swin.log        the probe's, the exports ahead's (below) and the benchmarks' output, one after the other
 # A crash in native code prints the Python stack of every thread (PYTHONFAULTHANDLER).
 # TOTAL_S (default 560) bounds the whole script; each benchmark process starts no new step in its last 60 seconds.
@@ -27,9 +28,10 @@
 # verification decides whether a package loads), KERNEL_TESTS=0, SWIN_SECTIONS / VIT_SECTIONS / DEIT_SECTIONS /
 # GEMM_SECTIONS (gpu_swin.py --sections for that process; empty: the process is not started) and
 # GPU_SWIN_ARGS (more options for every gpu_swin.py process, e.g. --compile-batches 256,1).
-# Before the benchmark processes, the artifacts their package sections time are exported all at once
-# (gpu_swin.py --export-ahead: compiling, process start-up and verification, minutes each on the H100 machine, side
-# by side on its 16 cores; nothing is timed meanwhile); EXPORT_AHEAD=0 leaves each to its own benchmark process.
+# Before the benchmark processes, the artifacts their package and fp8-package sections time are exported all at
+# once (gpu_swin.py --export-ahead: compiling, process start-up and verification, minutes each on the H100 machine,
+# side by side on its 16 cores; nothing is timed meanwhile); EXPORT_AHEAD=0 leaves each to its own benchmark
+# process.
 # DRY_RUN=1: the same steps on the CPU with the small swin_digits model in place of each of the three, small
 # batches, and pytest only collecting the GPU tests: a check of this script (the test suite runs it).
 # Where vitserve is not installed, the repository is laid out as the installed package under a temporary folder
@@ -109,22 +111,25 @@ bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of
 swin_sections=${SWIN_SECTIONS-correctness,attention,eager,compile,deploy$package$profile}
 vit_sections=${VIT_SECTIONS-eager,compile,deploy$package}
 deit_sections=${DEIT_SECTIONS-eager,compile$package}
-ahead=""  # the models whose package section runs: exported all at once before any timing (EXPORT_AHEAD=0: not)
+gemm_sections=${GEMM_SECTIONS-$gemm}
+ahead=""  # the artifacts the package and fp8-package sections time: exported all at once before any timing
+add_ahead() { if [[ ,$ahead, != *,$1,* ]]; then ahead+="${ahead:+,}$1"; fi; }
 for pair in "$swin $swin_sections" "$vit $vit_sections" "$deit $deit_sections"; do
     read -r model sections <<< "$pair"
-    if [[ ,$sections, == *,package,* && ,$ahead, != *,$model,* ]]; then ahead+="${ahead:+,}$model"; fi
+    if [[ ,$sections, == *,package,* ]]; then add_ahead "$model"; fi
 done
+if [[ ,$gemm_sections, == *,fp8-package,* ]]; then add_ahead "$vit:fp8"; add_ahead "$swin:fp8"; fi
 if [[ -n $ahead && ${EXPORT_AHEAD:-1} == 1 ]]; then
     echo "== export ahead" >> "$out/gpu_swin.log"
     # shellcheck disable=SC2086  # GPU_SWIN_ARGS, as in bench(): its --batches are the artifacts' buckets
-    timeout "$(left)" python benchmarks/gpu_swin.py --export-ahead --device "$device" "${sizes[@]}" \
-        --models "$ahead" --workdir "$work/artifacts" ${GPU_SWIN_ARGS:-} >> "$out/gpu_swin.log" 2>&1
+    timeout "$(left)" python benchmarks/gpu_swin.py --export-ahead "$ahead" --device "$device" "${sizes[@]}" \
+        --workdir "$work/artifacts" ${GPU_SWIN_ARGS:-} >> "$out/gpu_swin.log" 2>&1
     echo "export ahead ($ahead): exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
 fi
 bench swin --models "$swin" --sections "$swin_sections"
 bench vit --models "$vit" --sections "$vit_sections"
 bench deit --models "$deit" --sections "$deit_sections"
-bench gemm --models "$vit,$swin" --sections "${GEMM_SECTIONS-$gemm}"
+bench gemm --models "$vit,$swin" --sections "$gemm_sections"
 if (( loads && $(left) > 120 )); then
     gpu_tests $(( $(left) - 10 )) tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs \
         tests/export/test_torch_package.py::test_cuda_fp8_package

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_swin.py --out results.json [--budget-s 420] [--sections ...]
     python benchmarks/gpu_swin.py --device cpu --models swin_digits --batches 1,4 --compile-batches 4 --out x.json
-    python benchmarks/gpu_swin.py --export-ahead --models ... --workdir DIR   (then the runs with --workdir DIR)
+    python benchmarks/gpu_swin.py --export-ahead MODEL[:DTYPE],... --workdir DIR   (then the runs with --workdir DIR)
 
 The second is a dry run of every step on the CPU (bfloat16; the fused op runs its reference there, and a CPU
 package has no CUDA graphs): it checks the script, it measures nothing worth reporting (the test suite runs it).
@@ -24,8 +24,8 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                model, its scaled_dot_product_attention kept): the artifact's kernels compiled just in time, what
                the artifact should reach;
   package      vitserve's torch artifact: `vitserve export --format torch` (AOTInductor, fp16, the fused kernel for
-               Swin, buckets 1 / 64 / 256) in a process of its own (or beforehand, by --export-ahead into the
-               same --workdir), then loaded by the server's torch backend
+               Swin, buckets 1 / 64 / 256) in a process of its own (or beforehand, by --export-ahead MODEL into
+               the same --workdir), then loaded by the server's torch backend
                (as the export recorded: PyTorch's package loader, or where that fails the container runner, plain
                calls); CUDA-graph replay alone, whole calls from numpy as the server runs them (the batch cast to
                fp16 into pinned memory, copied to the GPU, the logits copied back), and the same graph called with
@@ -34,13 +34,15 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                when PyTorch crashed loading the package);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
-and last, for the first two models (what the GEMMs can still give):
+and last, for the first two models (what the GEMMs can still give), first for both
+  fp8-package  the torch artifact exported with --dtype fp8 (the blocks' Linear layers in fp8: models/fp8.py;
+               e4m3, per-row / per-channel scales; the rest bf16; fp8 tensor cores, GPUs of compute capability 8.9
+               and up), timed as under package (or exported beforehand: --export-ahead MODEL:fp8);
+then for each
   fp8          the deploy form under torch.compile (reduce-overhead) in bf16 at the largest compile batch, and with
-               the blocks' Linear layers in fp8 (models/fp8.py; e4m3, per-row / per-channel scales; the rest bf16)
-               at the largest and smallest: fp8 tensor cores, GPUs of compute capability 8.9 and up;
-  fp8-package  the torch artifact exported with --dtype fp8, timed as under package;
+               the Linear layers in fp8 at the largest and smallest;
   deploy-autotune  the deploy form under torch.compile(mode="max-autotune") at the largest compile batch;
-  autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning).
+  autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning; CUDA only).
 Once PyTorch has crashed loading one model's package (it then would for any), package, fp8-package and autotune
 are not run for the models after it.
 Random weights; CUDA events around whole forward passes; median of the timed iterations. --batches (default
@@ -222,18 +224,21 @@ def artifact_dir(workdir: Path, name: str, dtype: str, max_autotune: bool = Fals
     return workdir / f"{name}-{dtype}{'-autotune' if max_autotune else ''}{'' if cuda_graphs else '-no-graphs'}"
 
 
-def export_ahead(models: list[str], batches: list[int], workdir: Path) -> None:
-    """--export-ahead: the package section's exports of `models`, all at once in processes of their own, before
-    any timing (an export is compiling and starting processes on the CPU, then verifying in a fresh process:
-    minutes each on the H100 machine, whose 16 cores run them side by side). Each one's output and exit status are
-    kept beside its artifact, where the package section finds them instead of exporting again."""
+def export_ahead(artifacts: list[str], batches: list[int], workdir: Path) -> None:
+    """--export-ahead: the exports the package and fp8-package sections time, all at once in processes of their
+    own, before any timing (an export is compiling and starting processes on the CPU, then verifying in a fresh
+    process: minutes each on the H100 machine, whose 16 cores run them side by side). `artifacts`: MODEL (in the
+    run's precision, for package) or MODEL:DTYPE (e.g. MODEL:fp8, for fp8-package). Each one's output and exit
+    status are kept beside its artifact, where those sections find them instead of exporting again."""
     workdir.mkdir(parents=True, exist_ok=True)
     running = []
-    for name in dict.fromkeys(models):
-        artifact = artifact_dir(workdir, name, DTYPE_NAMES[DTYPE])
+    for spec in dict.fromkeys(artifacts):
+        name, _, dtype = spec.partition(":")
+        dtype = dtype or DTYPE_NAMES[DTYPE]
+        artifact = artifact_dir(workdir, name, dtype)
         output = beside(artifact, "log").open("w")
         running.append((artifact, output, subprocess.Popen(
-            export_command(name, batches, artifact, DTYPE_NAMES[DTYPE]), stdout=output, stderr=subprocess.STDOUT)))
+            export_command(name, batches, artifact, dtype), stdout=output, stderr=subprocess.STDOUT)))
         log(f"exporting {artifact.name}")
     for artifact, output, process in running:
         code = process.wait()
@@ -347,8 +352,9 @@ def main() -> None:
     global DEVICE, DTYPE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="the results' JSON file (required unless --export-ahead)")
-    parser.add_argument("--export-ahead", action="store_true", help="only export every --models' artifact for the "
-                        "package section, all at once, into --workdir, for later runs with the same --workdir")
+    parser.add_argument("--export-ahead", metavar="MODEL[:DTYPE],...", help="only export these artifacts (as the "
+                        "package section, or with :fp8 as fp8-package, exports them), all at once, into --workdir, "
+                        "for later runs with the same --workdir")
     parser.add_argument("--budget-s", type=float, default=420, help="start no new step after this many seconds")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a dry run of every step")
     parser.add_argument("--batches", default="1,64,256")
@@ -362,7 +368,7 @@ def main() -> None:
     args = parser.parse_args()
     DEVICE, DTYPE = args.device, torch.float16 if args.device == "cuda" else torch.bfloat16
     if args.export_ahead:
-        export_ahead(args.models.split(","), [int(b) for b in args.batches.split(",")], args.workdir)
+        export_ahead(args.export_ahead.split(","), [int(b) for b in args.batches.split(",")], args.workdir)
         return
     if args.out is None:
         parser.error("--out is required")
@@ -370,6 +376,9 @@ def main() -> None:
     result: dict = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (dry run)",
                     "torch": torch.__version__, "timm": timm.__version__, "budget_s": args.budget_s}
     sections = set(args.sections.split(","))
+    if DEVICE == "cpu" and "autotune" in sections:  # `vitserve export --max-autotune` refuses the CPU
+        sections.discard("autotune")
+        result["not_run"] = ["autotune: --max-autotune exports for --device cuda only"]
     models = args.models.split(",")
     batches = [int(b) for b in args.batches.split(",")]
     compile_batches = [int(b) for b in args.compile_batches.split(",")]
@@ -429,21 +438,23 @@ def main() -> None:
             step("package", f"{package_key}_no_cuda_graphs", name,
                  lambda n=name, p=profile_batch: torch_artifact(n, batches, args.workdir, profile_batch=p,
                                                                 cuda_graphs=False))
-    for name in models[:2]:  # then, while the budget lasts, what the GEMMs can still give: fp8 (the deploy form
-        # in bf16 and with fp8 GEMMs, compiled with CUDA graphs, at the largest and smallest compile batch, and the
-        # fp8 artifact); Inductor's GEMM autotuning (its Triton GEMMs fuse the bias, GELU and residual adds the
-        # library GEMMs leave to separate kernels), in the deploy form at the largest batch, and in the artifact
+    for name in models[:2]:  # then, while the budget lasts, what the GEMMs can still give: first the fp8 artifacts
+        # (where --export-ahead exported them, only their timing is left)
+        leave_out_once_crashed({"fp8-package"}, f"for {name}")
+        step("fp8-package", "torch_artifact_fp8", name,
+             lambda n=name: torch_artifact(n, batches, args.workdir, dtype="fp8"))
+    for name in models[:2]:  # then fp8 against bf16 in the deploy form, compiled with CUDA graphs, at the largest
+        # and smallest compile batch; Inductor's GEMM autotuning (its Triton GEMMs fuse the bias, GELU and residual
+        # adds the library GEMMs leave to separate kernels), in the deploy form at the largest batch, and in the
+        # artifact
         step("fp8", "fp8_compiled_reduce-overhead", name,
              lambda n=name: compiled(n, [largest], "reduce-overhead", deploy=True, dtype="bf16")
              + compiled(n, sorted({largest, smallest}, reverse=True), "reduce-overhead", deploy=True, dtype="fp8"))
-        leave_out_once_crashed({"fp8-package"}, f"for {name}")
-        step("fp8-package", "torch_artifact_fp8", name,
-             lambda n=name: torch_artifact(n, batches, args.workdir / "fp8", dtype="fp8"))
         step("deploy-autotune", f"deploy_compiled_{precision}_max-autotune", name,
              lambda n=name: compiled(n, [largest], "max-autotune", deploy=True))
         leave_out_once_crashed({"autotune"}, f"for {name}")
         step("autotune", f"{package_key}_max_autotune", name,
-             lambda n=name: torch_artifact(n, batches, args.workdir / "max_autotune", max_autotune=True))
+             lambda n=name: torch_artifact(n, batches, args.workdir, max_autotune=True))
     log("done")
 
 

@@ -109,17 +109,20 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()
     assert "probe: exit 0" in log and "swin: exit 0" in log
-    # the artifact exported once, ahead of the timings, and the package section took it from there
-    assert "export ahead (swin_digits): exit 0" in log and "exported ahead: swin_digits-bf16" in log, log[-3000:]
+    # the artifacts exported once, ahead of the timings (the package section's and the fp8 one the GEMM process
+    # times), and the package section took its own from there
+    assert "export ahead (swin_digits,swin_digits:fp8): exit 0" in log, log[-3000:]
+    assert "swin_digits-fp8: export exited with 0" in log and "exported ahead: swin_digits-bf16" in log, log[-3000:]
     for name in ("vit", "deit", "gemm"):  # each ran, or was not started once TOTAL_S was nearly spent
         assert f"{name}: exit " in log or f"{name}: not run" in log, log[-3000:]
 
 
 def test_device_script_narrowed_run(tmp_path):
     """device_run.sh narrowed to what a session still has to measure: no probe (the artifact steps run), no kernel
-    tests, chosen sections per benchmark process (none: the process is not started) and options for all of them."""
+    tests, chosen sections per benchmark process (none: the process is not started) and options for all of them;
+    the fp8 artifact the GEMM process times exported ahead, alone."""
     out = _device_run_dry(tmp_path, TOTAL_S="300", PROBE="0", KERNEL_TESTS="0", SWIN_SECTIONS="compile",
-                          VIT_SECTIONS="", DEIT_SECTIONS="", GEMM_SECTIONS="",
+                          VIT_SECTIONS="", DEIT_SECTIONS="", GEMM_SECTIONS="fp8-package",
                           GPU_SWIN_ARGS="--compile-batches 1")
     tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package test last, as time is left
     assert not (out / "probe.txt").exists() and "test_window_attention" not in tests
@@ -131,8 +134,13 @@ def test_device_script_narrowed_run(tmp_path):
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()
     assert "probe: not run" in log and "swin: exit 0" in log
-    for name in ("vit", "deit", "gemm"):
+    for name in ("vit", "deit"):
         assert f"{name}: not run, no sections" in log, log[-3000:]
+    assert "export ahead (swin_digits:fp8): exit 0" in log and "exported ahead: swin_digits-fp8" in log, log[-3000:]
+    gemm = json.loads((out / "gpu_swin-gemm.json").read_text())
+    export, *rows = gemm["torch_artifact_fp8"]["swin_digits"]  # both of the GEMM process's models are swin_digits
+    assert export["dtype"] == "fp8" and export["min_cosine"] >= 0.98 and {row["batch"] for row in rows} == {1, 4}
+    assert "not_run" not in gemm and not list(_errors(gemm)), gemm
 
 
 def test_decode_benchmark_runs():
