@@ -39,8 +39,9 @@ and last, for the first two models (what the GEMMs can still give), first for bo
                e4m3, per-row / per-channel scales; the rest bf16; fp8 tensor cores, GPUs of compute capability 8.9
                and up), timed as under package (or exported beforehand: --export-ahead MODEL:fp8);
 then for each
-  fp8          the deploy form under torch.compile (reduce-overhead) in bf16 at the largest compile batch, and with
-               the Linear layers in fp8 at the largest and smallest;
+  fp8          the deploy form under torch.compile (reduce-overhead) in bf16 at the largest compile batch, with
+               the Linear layers in fp8 at the largest and smallest, and in fp8 with fast accumulation
+               (torch._scaled_mm's use_fast_accum) at the largest;
   deploy-autotune  the deploy form under torch.compile(mode="max-autotune") at the largest compile batch;
   autotune     the torch artifact compiled with --max-autotune (Inductor's GEMM autotuning; CUDA only).
 Once PyTorch has crashed loading one model's package (it then would for any), package, fp8-package and autotune
@@ -68,6 +69,7 @@ from torch.profiler import ProfilerActivity
 
 from vitserve.export.torch_package import to_precision
 from vitserve.models.build import build_model
+from vitserve.models.fp8 import Fp8Linear
 from vitserve.models.registry import resolve
 from vitserve.models.rewrite import deploy_copy
 from vitserve.models.window_attention import reference, window_attention, window_attention_packed
@@ -328,18 +330,23 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:5.0f} s] {message}", flush=True)
 
 
-def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dtype: str | None = None) -> list[dict]:
+def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dtype: str | None = None,
+             fast_accum: bool = False) -> list[dict]:
     """torch.compile, one compilation per batch size (static shapes, as a server would warm), of timm's model or
     (deploy) of the form vitserve's torch artifact exports on CUDA: for Swin the window-order rewrite with the
     packed fused kernel, other models as they are. `dtype` (deploy form only; default the run's precision): fp16,
-    bf16, or fp8 (the blocks' Linear layers in fp8, the rest bf16, as `--dtype fp8` exports it)."""
+    bf16, or fp8 (the blocks' Linear layers in fp8, the rest bf16, as `--dtype fp8` exports it; `fast_accum`: their
+    GEMMs with fast accumulation, models/fp8.py)."""
     model = timm_model(name)  # not variants(): only the model compiled here
     if deploy:
         model, _ = deploy_copy(model, explicit=False)  # as the artifact: timm's fused attention where it has one
         use_fused_kernel(model)  # no-op for models without window attention
     to_precision(model, DEVICE, dtype or DTYPE_NAMES[DTYPE])  # as the torch artifact's export does
-    label = (f"{'vitserve deploy form' if deploy else 'timm'}{f', {dtype}' if dtype else ''} + "
-             f"torch.compile ({mode})")
+    for layer in model.modules():
+        if isinstance(layer, Fp8Linear):
+            layer.fast_accum = fast_accum
+    label = (f"{'vitserve deploy form' if deploy else 'timm'}{f', {dtype}' if dtype else ''}"
+             f"{' (fast accumulation)' if fast_accum else ''} + torch.compile ({mode})")
     rows = []
     for batch in batches:
         torch._dynamo.reset()
@@ -444,12 +451,13 @@ def main() -> None:
         step("fp8-package", "torch_artifact_fp8", name,
              lambda n=name: torch_artifact(n, batches, args.workdir, dtype="fp8"))
     for name in models[:2]:  # then fp8 against bf16 in the deploy form, compiled with CUDA graphs, at the largest
-        # and smallest compile batch; Inductor's GEMM autotuning (its Triton GEMMs fuse the bias, GELU and residual
-        # adds the library GEMMs leave to separate kernels), in the deploy form at the largest batch, and in the
-        # artifact
+        # and smallest compile batch, and fp8 with fast accumulation at the largest; Inductor's GEMM autotuning (its
+        # Triton GEMMs fuse the bias, GELU and residual adds the library GEMMs leave to separate kernels), in the
+        # deploy form at the largest batch, and in the artifact
         step("fp8", "fp8_compiled_reduce-overhead", name,
              lambda n=name: compiled(n, [largest], "reduce-overhead", deploy=True, dtype="bf16")
-             + compiled(n, sorted({largest, smallest}, reverse=True), "reduce-overhead", deploy=True, dtype="fp8"))
+             + compiled(n, sorted({largest, smallest}, reverse=True), "reduce-overhead", deploy=True, dtype="fp8")
+             + compiled(n, [largest], "reduce-overhead", deploy=True, dtype="fp8", fast_accum=True))
         step("deploy-autotune", f"deploy_compiled_{precision}_max-autotune", name,
              lambda n=name: compiled(n, [largest], "max-autotune", deploy=True))
         leave_out_once_crashed({"autotune"}, f"for {name}")

@@ -49,7 +49,8 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
         ("vitserve deploy form + torch.compile (reduce-overhead)", 4)]
     fp8 = result["fp8_compiled_reduce-overhead"]["swin_digits"]
     assert [(row["runner"], row["batch"]) for row in fp8] == [
-        (f"vitserve deploy form, {dtype} + torch.compile (reduce-overhead)", 4) for dtype in ("bf16", "fp8")]
+        (f"vitserve deploy form, {dtype} + torch.compile (reduce-overhead)", 4) for dtype in ("bf16", "fp8",
+                                                                                           "fp8 (fast accumulation)")]
     tuned = result["deploy_compiled_bf16_max-autotune"]["swin_digits"]
     assert [(row["runner"], row["batch"]) for row in tuned] == [
         ("vitserve deploy form + torch.compile (max-autotune)", 4)]

@@ -74,3 +74,18 @@ def test_every_classifier_head_stays():
     model = build_model(SPECS["deit_s_distilled"], random_init=True, num_classes=16).model.eval()
     assert use_fp8(model) == 12 * 4
     assert type(model.head) is nn.Linear and type(model.head_dist) is nn.Linear
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_fast_accumulation_reaches_the_gemm(fast):
+    """fast_accum is torch._scaled_mm's use_fast_accum in the exported graph (what AOTInductor compiles); the CPU
+    emulation ignores it, so only the graph can show it."""
+    model = nn.Sequential(nn.Linear(32, 16)).to(torch.bfloat16)
+    assert use_fp8(model, fast_accum=fast) == 1
+    layer = model[0]
+    program = torch.export.export(layer, (torch.randn(4, 32, dtype=torch.bfloat16),))
+    calls = [node for node in program.graph.nodes if node.target == torch.ops.aten._scaled_mm.default]
+    assert len(calls) == 1
+    arguments = calls[0].normalized_arguments(program.graph_module, normalize_to_only_use_kwargs=True)
+    assert arguments.kwargs["use_fast_accum"] is fast
+    assert ("fast_accum=True" in repr(layer)) is fast
