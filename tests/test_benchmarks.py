@@ -160,3 +160,35 @@ def test_protocols_benchmark_runs(digits_artifact):
     rows = [line.split(" | ")[0] for line in done.stdout.splitlines() if line.startswith("| ") and "x |" in line]
     assert rows == ["| POST /classify (httpx)", "| V2 REST (tritonclient.http)", "| V2 gRPC (tritonclient.grpc)",
                     "| V2 REST (tritonclient.http)", "| V2 gRPC (tritonclient.grpc)"], done.stdout
+
+
+# the runs whose tables README shows: benchmarks/results/ files, one run (one card) each
+README_RUNS = [("gpu_swin_h200.json", "gpu_swin_h200_cudagraphs.json"),
+               ("gpu_swin_h100-2026-11-27-swin.json", "gpu_swin_h100-2026-11-27-vit.json",
+                "gpu_swin_h100-2026-11-27-deit.json"),
+               ("gpu_swin_h100-2026-11-27-artifact-swin.json", "gpu_swin_h100-2026-11-27-artifact-vit.json")]
+
+
+def _gpu_table(*files: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_table.py"),
+                           *(str(ROOT / "benchmarks" / "results" / f) for f in files)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_readme_gpu_tables_are_the_runs_json():
+    """Every GPU timing table in README is rows that benchmarks/gpu_table.py prints for one run's JSON files (bold
+    aside): a number typed by hand, or a row of another run, fails here."""
+    tables = {run: set(_gpu_table(*run).stdout.splitlines()) for run in README_RUNS}
+    readme = (ROOT / "README.md").read_text().replace("**", "")
+    found = [block.splitlines() for block in readme.split("\n\n")
+             if block.startswith("| NVIDIA ") and "images/s (batch-1 ms)" in block.splitlines()[0]]
+    assert len(found) == len(README_RUNS), [rows[0] for rows in found]
+    for rows in found:
+        assert any(set(rows) <= printed for printed in tables.values()), rows
+
+
+def test_gpu_table_refuses_mixed_cards_and_doubled_rows():
+    mixed = _gpu_table("gpu_swin_h100-2026-11-27-deit.json", "gpu_swin_h200.json")
+    assert mixed.returncode != 0 and "one card a table" in mixed.stderr
+    doubled = _gpu_table("gpu_swin_h100-2026-11-27-artifact-vit.json", "gpu_swin_h100-2026-11-27-artifact-vit-2.json")
+    assert doubled.returncode != 0 and "ViT-B/16, timm eager at batch 1 is in more than one file" in doubled.stderr
