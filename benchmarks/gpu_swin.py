@@ -69,7 +69,6 @@ from torch.profiler import ProfilerActivity
 
 from vitserve.export.torch_package import to_precision
 from vitserve.models.build import build_model
-from vitserve.models.fp8 import Fp8Linear
 from vitserve.models.registry import resolve
 from vitserve.models.rewrite import deploy_copy
 from vitserve.models.window_attention import reference, window_attention, window_attention_packed
@@ -341,10 +340,7 @@ def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dty
     if deploy:
         model, _ = deploy_copy(model, explicit=False)  # as the artifact: timm's fused attention where it has one
         use_fused_kernel(model)  # no-op for models without window attention
-    to_precision(model, DEVICE, dtype or DTYPE_NAMES[DTYPE])  # as the torch artifact's export does
-    for layer in model.modules():
-        if isinstance(layer, Fp8Linear):
-            layer.fast_accum = fast_accum
+    to_precision(model, DEVICE, dtype or DTYPE_NAMES[DTYPE], fast_accum)  # as the torch artifact's export does
     label = (f"{'vitserve deploy form' if deploy else 'timm'}{f', {dtype}' if dtype else ''}"
              f"{' (fast accumulation)' if fast_accum else ''} + torch.compile ({mode})")
     rows = []

@@ -99,12 +99,12 @@ def check_options(options: TorchOptions, max_batch: int) -> tuple[int, ...]:
     return buckets
 
 
-def to_precision(model: nn.Module, device: torch.device | str, dtype: str) -> int:
+def to_precision(model: nn.Module, device: torch.device | str, dtype: str, fast_accum: bool = False) -> int:
     """Moves `model`, in place, to `device` in the precision `--dtype dtype` computes in (COMPUTE); for fp8 then
-    replaces its eligible Linear layers by fp8 ones (models/fp8.py) -- after `.to()`, which would turn their e4m3
-    weights back into bfloat16. Returns how many layers are in fp8."""
+    replaces its eligible Linear layers by fp8 ones (models/fp8.py; `fast_accum` as there) -- after `.to()`, which
+    would turn their e4m3 weights back into bfloat16. Returns how many layers are in fp8."""
     model.to(device=device, dtype=COMPUTE[dtype])
-    return fp8.use_fp8(model) if dtype == "fp8" else 0
+    return fp8.use_fp8(model, fast_accum) if dtype == "fp8" else 0
 
 
 def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: Path, options: TorchOptions,
