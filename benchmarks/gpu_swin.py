@@ -28,10 +28,11 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
                the same --workdir), then loaded by the server's torch backend
                (as the export recorded: PyTorch's package loader, or where that fails the container runner, plain
                calls); CUDA-graph replay alone, whole calls from numpy as the server runs them (the batch cast to
-               fp16 into pinned memory, copied to the GPU, the logits copied back), and the same graph called with
-               the float32 batch copied from pageable memory; if that export fails, the same with
-               --no-cuda-graphs (plain package calls; not tried again for later models once it failed too, nor
-               when PyTorch crashed loading the package);
+               fp16 into pinned memory, copied to the GPU, the logits copied back), the same from two threads at
+               once (the server's two batches in flight: one call's host work overlapping the other's on the GPU),
+               and the same graph called with the float32 batch copied from pageable memory; if that export
+               fails, the same with --no-cuda-graphs (plain package calls; not tried again for later models once
+               it failed too, nor when PyTorch crashed loading the package);
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
 and last, for the first two models (what the GEMMs can still give), first for both
@@ -53,6 +54,7 @@ Random weights; CUDA events around whole forward passes; median of the timed ite
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import json
 import statistics
@@ -211,6 +213,17 @@ def float32_pageable(graph, x) -> np.ndarray:
     return graph.output.cpu().numpy()
 
 
+def concurrent_calls_ms(backend, x, callers: int, calls: int = 10) -> float:
+    """Milliseconds a batch when `callers` threads call the backend at once, `calls` times each, as the server's
+    batcher does with that many batches in flight (one call's host work overlapping another's on the GPU)."""
+    backend(x)
+    with concurrent.futures.ThreadPoolExecutor(callers) as pool:
+        started = time.perf_counter()
+        for done in [pool.submit(lambda: [backend(x) for _ in range(calls)]) for _ in range(callers)]:
+            done.result()
+    return (time.perf_counter() - started) * 1e3 / (callers * calls)
+
+
 def export_command(name: str, batches: list[int], artifact: Path, dtype: str, max_autotune: bool = False,
                    cuda_graphs: bool = True) -> list[str]:
     """`vitserve export --format torch` as a user would run it, buckets and largest batch from --batches."""
@@ -311,6 +324,9 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
                 call()
                 calls.append((time.perf_counter() - started) * 1e3)
             rows_ms.append((f"vitserve torch artifact, {what}", statistics.median(calls)))
+        if backend.batches_in_flight > 1:
+            rows_ms.append((f"vitserve torch artifact, calls from numpy, {backend.batches_in_flight} at once",
+                            concurrent_calls_ms(backend, x, backend.batches_in_flight)))
         for label, ms in rows_ms:
             rows.append({"runner": label, "batch": batch, "ms": ms, "images_per_s": batch * 1000 / ms})
             print(f"  {label:<42} b{batch:<4} {ms:8.2f} ms  {batch * 1000 / ms:9.0f} img/s", flush=True)

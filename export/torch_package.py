@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import queue
 import shutil
 import sys
 import tempfile
@@ -194,10 +195,12 @@ class GraphBucket:
     values are the same) into pinned memory, copied from there to the graph's input (half the bytes of float32 for
     fp16/bf16, and a pinned copy runs at the bus's speed where a pageable one is staged by the driver), the graph
     replayed (its first kernel turns the input back into the float32 the package takes), and the logits copied back
-    through pinned memory."""
+    through pinned memory. Several threads may call it at once: each call casts into a pinned pair of buffers of
+    its own, without `gpu_lock`, so that the cast overlaps the GPU's work on another call's batch; then, holding the
+    lock, enqueues its copy in, the replay and its copy out on the one stream, and waits for them without it."""
 
     def __init__(self, model, size: int, input_shape: tuple[int, ...], device: torch.device,
-                 transfer_dtype: torch.dtype):
+                 transfer_dtype: torch.dtype, gpu_lock: threading.Lock):
         self.device_in = torch.zeros((size, *input_shape), device=device, dtype=transfer_dtype)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -208,18 +211,33 @@ class GraphBucket:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.output = model(self.device_in.float())  # .float() of a float32 input is the input itself
-        self.host_in = torch.empty(self.device_in.shape, dtype=transfer_dtype, pin_memory=True)
-        self.host_out = torch.empty(self.output.shape, dtype=self.output.dtype, pin_memory=True)
+        self.gpu_lock = gpu_lock
+        self._staging: queue.SimpleQueue = queue.SimpleQueue()  # idle (host input, host output, done event)
+        self._staging.put(self._new_staging())
+
+    def _new_staging(self) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
+        return (torch.empty(self.device_in.shape, dtype=self.device_in.dtype, pin_memory=True),
+                torch.empty(self.output.shape, dtype=self.output.dtype, pin_memory=True), torch.cuda.Event())
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         n = len(x)
-        self.host_in[:n].copy_(x)  # the cast, on the CPU's threads
-        self.device_in[:n].copy_(self.host_in[:n], non_blocking=True)
-        self.device_in[n:].zero_()
-        self.graph.replay()
-        self.host_out[:n].copy_(self.output[:n], non_blocking=True)
-        torch.cuda.current_stream(self.device_in.device).synchronize()  # also: host_in may be written again
-        return self.host_out[:n].numpy().copy()
+        try:
+            staging = self._staging.get_nowait()
+        except queue.Empty:  # another call holds the idle pair: this one gets its own
+            staging = self._new_staging()
+        host_in, host_out, done = staging
+        try:
+            host_in[:n].copy_(x)  # the cast, on the CPU's threads
+            with self.gpu_lock:  # one stream: the copy in waits for the replay before it, which read the input
+                self.device_in[:n].copy_(host_in[:n], non_blocking=True)
+                self.device_in[n:].zero_()
+                self.graph.replay()
+                host_out[:n].copy_(self.output[:n], non_blocking=True)  # before the next replay overwrites it
+                done.record()
+            done.synchronize()
+            return host_out[:n].numpy().copy()
+        finally:
+            self._staging.put(staging)
 
 
 class PackageRunner:
@@ -252,7 +270,7 @@ class PackageRunner:
         except Exception as e:  # torch raises RuntimeError for packages from another version or machine
             raise ArtifactError(f"PyTorch cannot load {path}: {e}") from e
         self._graphs: dict[int, GraphBucket] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the GPU's work: captures, replays, plain calls
 
     def bucket(self, n: int) -> int:
         for b in self.buckets:
@@ -261,22 +279,26 @@ class PackageRunner:
         raise ArtifactError(f"a batch of {n} exceeds the package's largest bucket {self.buckets[-1]}")
 
     def graph(self, size: int) -> GraphBucket:
-        """The bucket's CUDA graph, captured on first use."""
-        if size not in self._graphs:
-            self._graphs[size] = GraphBucket(self.model, size, self.input_shape, self.device, self.transfer_dtype)
-            log.info("captured a CUDA graph for batch bucket %d", size)
-        return self._graphs[size]
+        """The bucket's CUDA graph, captured on first use (no other work on the GPU meanwhile)."""
+        with self._lock:
+            if size not in self._graphs:
+                self._graphs[size] = GraphBucket(self.model, size, self.input_shape, self.device,
+                                                 self.transfer_dtype, self._lock)
+                log.info("captured a CUDA graph for batch bucket %d", size)
+            return self._graphs[size]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Safe to call from several threads; with CUDA graphs one call's host work overlaps another's GPU work."""
         n = len(batch)
         size = self.bucket(n)
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        with torch.no_grad(), self._lock:
+        with torch.no_grad():
             if self.cuda_graphs:
                 return self.graph(size)(x)
             if size != n:
                 x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
-            return self.model(x.to(self.device))[:n].float().cpu().numpy()
+            with self._lock:
+                return self.model(x.to(self.device))[:n].float().cpu().numpy()
 
 
 class TorchBackend(PackageRunner):
@@ -302,6 +324,7 @@ class TorchBackend(PackageRunner):
         super().__init__(self.directory / self.manifest.model_file, built_for, package["batch_buckets"],
                          self.manifest.input.shape[1:], cuda_graphs=package.get("cuda_graphs", True),
                          loader=package.get("loader", "package"), transfer_dtype=COMPUTE[package["dtype"]])
+        self.batches_in_flight = 2 if self.cuda_graphs else 1  # GraphBucket overlaps two calls
         self.description = (f"torch AOTInductor {built_for} {package['dtype']}"
                             f"{', container runner' if self.loader == 'runner' else ''}"
                             f"{', CUDA graphs' if self.cuda_graphs else ''} (buckets {self.buckets})")

@@ -130,7 +130,9 @@ def load_service(settings: Settings) -> Service:
             metrics.queue_seconds.observe(wait)
 
     batcher = DynamicBatcher(backend, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
-                             max_queue=settings.max_queue, on_batch=on_batch, on_queue_depth=metrics.queue_depth.set)
+                             max_queue=settings.max_queue,
+                             batches_in_flight=settings.batches_in_flight or backend.batches_in_flight,
+                             on_batch=on_batch, on_queue_depth=metrics.queue_depth.set)
     return Service(settings, manifest, labels, backend, batcher, metrics)
 
 
@@ -173,8 +175,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             grpc_server, app.state.grpc_port = await start_server(service, settings.host, settings.grpc_port,
                                                                   settings.max_body_bytes)
         service.ready = True
-        log.info("serving %s (%s), warmed at batch sizes %s", service.manifest.name, service.backend.description,
-                 ", ".join(map(str, service.warmed_batch_sizes)))
+        log.info("serving %s (%s), warmed at batch sizes %s, %d batch(es) in flight", service.manifest.name,
+                 service.backend.description, ", ".join(map(str, service.warmed_batch_sizes)),
+                 service.batcher.batches_in_flight)
         try:
             yield
         finally:

@@ -1,7 +1,8 @@
 """Inference backends: an artifact in, logits out. No torch here.
 
-Every backend is a callable (N, C, H, W) float32 -> (N, classes) logits with a `manifest`, a `description` and
-its `name` (as in --backend).
+Every backend is a callable (N, C, H, W) float32 -> (N, classes) logits with a `manifest`, a `description`, its
+`name` (as in --backend) and `batches_in_flight`, how many batches the server runs on it at once by default (2
+where one batch's host work overlaps another's on the GPU; every backend is safe to call from several threads).
 onnxruntime runs `model.onnx`; OpenVINO (optional extra `openvino`) runs `model.onnx` or an OpenVINO IR
 (`model.xml`, written by `vitserve export --format openvino` and by OpenVINO quantization).
 """
@@ -9,6 +10,7 @@ onnxruntime runs `model.onnx`; OpenVINO (optional extra `openvino`) runs `model.
 from __future__ import annotations
 
 import logging
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,7 @@ class OnnxRuntimeBackend:
     """The artifact's ONNX model in onnxruntime."""
 
     name = "onnxruntime"
+    batches_in_flight = 1
 
     def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "cpu"):
         import onnxruntime as ort
@@ -146,6 +149,7 @@ class OpenVINOBackend:
     """The artifact's model (ONNX or OpenVINO IR) compiled by OpenVINO for the CPU, in f32 or bf16."""
 
     name = "openvino"
+    batches_in_flight = 1
 
     def __init__(self, artifact_dir: str | Path, threads: int | None = None, precision: str = "auto"):
         try:
@@ -165,13 +169,20 @@ class OpenVINOBackend:
                                                config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for unreadable models
             raise ArtifactError(f"OpenVINO cannot load {self.directory / self.manifest.model_file}: {e}") from e
-        self.request = self.compiled.create_infer_request()
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()  # idle infer requests: one per concurrent call
         self.description = f"openvino CPU {self.precision}"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, num_classes) logits."""
-        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:  # an infer request runs one call at a time
+            request = self.compiled.create_infer_request()
+        try:
+            result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+            return np.array(result[self.compiled.output(0)], dtype=np.float32)
+        finally:
+            self._requests.put(request)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -3,8 +3,11 @@
 The contract (LitServe's): decode -> batch -> predict -> unbatch. A batch closes when it holds `max_batch_size`
 images or `max_wait` seconds after its first image was queued, whichever comes first -- and at once when nothing
 else can join it: the queue is empty and no request is between arrival and queueing (see `expecting`), so a
-lone request does not sit out the wait. The backend runs in a
-worker thread, so the event loop keeps accepting, decoding and queueing while a batch computes. An image whose
+lone request does not sit out the wait. The batch is stacked and the backend runs in a worker thread, so the event
+loop keeps accepting, decoding and queueing while a batch computes. Up to `batches_in_flight` batches run at once
+(a thread each): with 2, a GPU backend's host work for one batch (stacking, casting, copying) overlaps the GPU's
+work on the one before; the next batch is collected only once a slot is free, so images arriving meanwhile fill
+it. An image whose
 request has given up (deadline passed, client gone) is dropped from the queue and never computed. A backend
 error, or a backend that returns the wrong number of outputs, fails exactly the images of that batch.
 """
@@ -58,7 +61,8 @@ class _Item:
 
 
 class DynamicBatcher:
-    """Collects images into batches for `infer` ((N, C, H, W) -> (N, classes)), one batch at a time."""
+    """Collects images into batches for `infer` ((N, C, H, W) -> (N, classes)), up to `batches_in_flight` batches
+    at a time (`infer` must then be safe to call from that many threads at once)."""
 
     def __init__(
         self,
@@ -67,22 +71,24 @@ class DynamicBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        batches_in_flight: int = 1,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
     ):
-        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s >= 0")
+        if max_batch_size < 1 or max_queue < 1 or batches_in_flight < 1 or max_wait_s < 0:
+            raise ValueError("max_batch_size, max_queue and batches_in_flight must be >= 1, max_wait_s >= 0")
         self.infer = infer
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.batches_in_flight = batches_in_flight
         self._on_batch = on_batch or (lambda size, seconds, waits: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
         self._queue: collections.deque[_Item] = collections.deque()
         self._arrived = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-infer")
+        self._collecting: list[_Item] = []  # the batch being filled, out of the queue already
+        self._running: set[asyncio.Task] = set()  # batches computing
+        self._executor = ThreadPoolExecutor(max_workers=batches_in_flight, thread_name_prefix="vitserve-infer")
         self._worker: asyncio.Task | None = None
         self._accepting = False
         self._incoming = 0  # requests decoding their images, about to be submitted
@@ -107,24 +113,27 @@ class DynamicBatcher:
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuses new work, lets queued and running batches finish (up to the timeout), then stops."""
         self._accepting = False
+        self._arrived.set()  # a batch waiting for more images closes now
         try:
             await asyncio.wait_for(self._drained(), drain_timeout_s)
         except asyncio.TimeoutError:
-            log.warning("drain timed out with %d images queued; failing them", len(self._queue))
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-        for item in self._queue:
+            log.warning("drain timed out with %d images queued and %d batches computing; failing them",
+                        len(self._queue) + len(self._collecting), len(self._running))
+        for task in [self._worker, *self._running]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        for item in [*self._collecting, *self._queue]:
             if not item.future.done():
                 item.future.set_exception(ShuttingDownError("the server shut down before this image was computed"))
         self._queue.clear()
         self._executor.shutdown(wait=True)
 
     async def _drained(self) -> None:
-        while self._queue or not self._idle.is_set():
+        while self._queue or self._collecting or self._running:
             await asyncio.sleep(0.005)
 
     async def submit(self, images: np.ndarray, timeout_s: float) -> tuple[np.ndarray, BatchStats]:
@@ -173,7 +182,7 @@ class DynamicBatcher:
                 break
             self._arrived.clear()
             await self._arrived.wait()
-        batch = [first]
+        batch = self._collecting = [first]
         close_at = first.queued_at + self.max_wait_s
         while len(batch) < self.max_batch_size:
             item = self._next_live()
@@ -181,7 +190,7 @@ class DynamicBatcher:
                 batch.append(item)
                 continue
             remaining = close_at - time.perf_counter()
-            if remaining <= 0 or self._incoming == 0:
+            if remaining <= 0 or self._incoming == 0 or not self._accepting:  # stopping: no image can join
                 break
             self._arrived.clear()
             try:
@@ -192,22 +201,31 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.batches_in_flight)
         while True:
+            await slots.acquire()  # collecting starts once a batch may run: until then the queue fills
             batch = await self._collect()
-            self._idle.clear()
             self._on_queue_depth(len(self._queue))
-            try:
-                await self._execute(loop, batch)
-            finally:
-                self._idle.set()
+            task = loop.create_task(self._execute(loop, batch))
+            self._collecting = []
+            self._running.add(task)
+            task.add_done_callback(lambda t: (self._running.discard(t), slots.release()))
+
+    def _infer(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.infer(np.stack(images))  # in the worker thread: stacking a large batch takes tens of ms
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()
         waits = [started - item.queued_at for item in batch]
         try:
-            outputs = await loop.run_in_executor(self._executor, self.infer, np.stack([i.image for i in batch]))
+            outputs = await loop.run_in_executor(self._executor, self._infer, [i.image for i in batch])
             if len(outputs) != len(batch):
                 raise BatchFailedError(f"the backend returned {len(outputs)} outputs for {len(batch)} images")
+        except asyncio.CancelledError:  # stop() after its drain timed out: the requests learn why at once
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(ShuttingDownError("the server shut down while this image computed"))
+            raise
         except Exception as e:  # noqa: BLE001 - any backend failure fails this batch only
             log.exception("batch of %d failed", len(batch))
             error = e if isinstance(e, BatchFailedError) else BatchFailedError(f"inference failed: {e}")

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="... or this long after its first image arrived")
     max_queue: int = Field(256, ge=1, description="images waiting for a batch, and inference requests in progress: "
                            "beyond this many, 503 at once")
+    batches_in_flight: int | None = Field(None, ge=1, description="batches computing at once (default: the "
+                                          "backend's, 2 for a torch package with CUDA graphs, else 1)")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
     threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
     backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] = Field(

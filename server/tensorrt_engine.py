@@ -139,6 +139,7 @@ class TensorRTBackend:
     """The server's `tensorrt` backend on an artifact written by `vitserve export --format tensorrt`."""
 
     name = "tensorrt"
+    batches_in_flight = 1  # EngineRunner serializes calls: one set of buffers
 
     def __init__(self, artifact_dir: str | Path, threads: int | None = None, device: str = "auto"):
         self.directory = Path(artifact_dir)

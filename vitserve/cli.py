@@ -229,6 +229,9 @@ SERVE_FLAGS = {  # flag -> (Settings field, type, help)
     "--max-batch-size": ("max_batch_size", int, "a batch closes at this many images (default 32)"),
     "--max-wait-ms": ("max_wait_ms", float, "... or this long after its first image (default 5)"),
     "--max-queue": ("max_queue", int, "images waiting, and requests in progress; beyond, 503 (default 256)"),
+    "--batches-in-flight": ("batches_in_flight", int, "batches computing at once (default: the backend's; 2 for a "
+                            "torch package with CUDA graphs, where one batch's host work overlaps another's on the "
+                            "GPU, else 1)"),
     "--timeout-ms": ("timeout_ms", float, "answer within this or 504 (default 10000)"),
     "--threads": ("threads", int, "inference threads (default: all cores)"),
     "--backend": ("backend", str, "auto (default: the one the artifact was exported for: onnxruntime for ONNX, "

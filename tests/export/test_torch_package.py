@@ -3,6 +3,7 @@ backend. The CPU package is compiled and served here; the CUDA one (fp16, fused 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 import zipfile
@@ -142,6 +143,12 @@ def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_arti
         assert got.shape == (n, 10) and np.abs(got - expected).max() < 1e-4
     with pytest.raises(ArtifactError, match="exceeds the package's largest bucket 16"):
         backend(np.zeros((17, 3, 32, 32), np.float32))
+    # plain calls (no CUDA graphs): one batch in flight by default, and calls from several threads are still safe
+    assert backend.batches_in_flight == 1
+    batches = [x[:1], x[3:], x[:5]] * 3
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(backend, batches))
+    assert all(np.abs(got - reference(batch)).max() < 1e-4 for batch, got in zip(batches, answers))
 
 
 def test_served_by_the_torch_backend(cpu_package):
@@ -333,9 +340,17 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     assert not plain.cuda_graphs and np.abs(plain(x) - got).max() < 1e-3
     # the batch crosses to the GPU in fp16, cast on the CPU as the package's first operation casts it on the GPU:
     # exactly the answers of the same graphs fed float32 (a cast that rounds otherwise, to bf16, would change them)
-    assert backend.graph(backend.bucket(len(x))).host_in.dtype == torch.float16
+    assert backend.graph(backend.bucket(len(x))).device_in.dtype == torch.float16
     float32_in = PackageRunner(out / "model.pt2", "cuda", backend.buckets, backend.input_shape)
     assert float32_in.transfer_dtype == torch.float32 and np.array_equal(float32_in(x), got)
+    # two batches in flight, as the server runs this backend: calls from two threads at once, of two buckets and
+    # of one, each get their own batch's answers (a call reading another's staging buffers or output would not)
+    assert backend.batches_in_flight == 2
+    batches = [x[:1], x, x[::-1].copy(), x[:3]] * 4
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(backend, batches))
+    for batch, answer in zip(batches, answers):
+        assert np.array_equal(answer, backend(batch))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),

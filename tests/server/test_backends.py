@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -53,13 +55,33 @@ def test_precision_errors(digits_artifact, monkeypatch):
     assert load_backend(digits_artifact, "openvino", precision="auto").precision == "f32"
 
 
+@pytest.mark.parametrize("backend_class", [OnnxRuntimeBackend, OpenVINOBackend])
+def test_backends_take_calls_from_several_threads(digits_artifact, pixels, backend_class):
+    """The server may run several batches at once (--batches-in-flight): each call gets its own batch's answers
+    (OpenVINO: an infer request runs one call at a time, so concurrent calls each need their own)."""
+    backend = backend_class(digits_artifact)
+    assert backend.batches_in_flight == 1  # the default on a CPU: batches would only compete for its cores
+    batches = [pixels[i:i + 3] for i in range(8)] * 2
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(backend, batches))
+    for batch, got in zip(batches, answers):
+        assert np.abs(got - backend(batch)).max() < 1e-5
+
+
 def test_server_on_openvino(digits_artifact):
-    settings = Settings(artifact=digits_artifact, backend="openvino", precision="f32")
+    settings = Settings(artifact=digits_artifact, backend="openvino", precision="f32", batches_in_flight=2)
     with TestClient(create_app(settings)) as client:
         body = (ROOT / "examples" / "digit_8.png").read_bytes()
         answer = client.post("/classify?top_k=1", content=body, headers={"content-type": "image/png"}).json()
         assert answer["results"][0]["predictions"][0]["label"] == "8"
         assert client.app.state.service.backend.description == "openvino CPU f32"
+        assert client.app.state.service.batcher.batches_in_flight == 2  # the setting over the backend's 1
+        files = [("file", (f"digit_{d}.png", (ROOT / "examples" / f"digit_{d}.png").read_bytes(), "image/png"))
+                 for d in range(10)]
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:  # requests at once: batches computing at once
+            answers = list(pool.map(lambda d: client.post("/classify?top_k=1", files=files[d:d + 1]).json(),
+                                    range(10)))
+        assert [a["results"][0]["predictions"][0]["label"] for a in answers] == [str(d) for d in range(10)]
 
 
 def test_export_openvino_ir_serves_only_on_openvino(tmp_path, pixels):

@@ -199,3 +199,93 @@ def test_stop_drains_queued_work_and_refuses_new():
     backend, results = run(main())
     assert sorted(x for batch in backend.batches for x in batch) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert [r[0][0, 0] for r in results] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+class ConcurrencyProbe(FakeBackend):
+    """FakeBackend that records how many calls were inside it at once."""
+
+    def __init__(self, delay_s: float = 0.0):
+        super().__init__(delay_s)
+        self.inside = 0
+        self.most_inside = 0
+        self._count = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self._count:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            return super().__call__(x)
+        finally:
+            with self._count:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_batches_in_flight_bounds_concurrent_backend_calls(in_flight):
+    async def main():
+        backend = ConcurrencyProbe(delay_s=0.03)
+        b = DynamicBatcher(backend, max_batch_size=2, max_wait_s=0.0, max_queue=100, batches_in_flight=in_flight)
+        b.start()
+        results = await asyncio.gather(*[b.submit(images(i), 5) for i in range(12)])
+        await b.stop()
+        return backend, results
+
+    backend, results = run(main())
+    assert backend.most_inside == in_flight
+    assert [r[0][0, 0] for r in results] == [float(i) for i in range(12)]  # every answer to its own image
+    assert sorted(x for batch in backend.batches for x in batch) == [float(i) for i in range(12)]
+
+
+def test_two_batches_compute_at_once():
+    """With two batches in flight, a second batch enters the backend while the first is still inside it."""
+    both_inside = threading.Barrier(2, timeout=5)
+
+    def backend(x):
+        both_inside.wait()  # breaks (BrokenBarrierError: the batch fails) unless another call comes in meanwhile
+        return x[:, 0, 0, :1]
+
+    async def main():
+        b = DynamicBatcher(backend, max_batch_size=1, max_wait_s=0.0, max_queue=10, batches_in_flight=2)
+        b.start()
+        results = await asyncio.gather(b.submit(images(1), 10), b.submit(images(2), 10))
+        await b.stop()
+        return results
+
+    assert [r[0][0, 0] for r in run(main())] == [1.0, 2.0]
+
+
+def test_stop_closes_a_batch_waiting_for_more_images():
+    """A batch held open for a request still decoding closes when the server stops (no image can join it now),
+    and is computed: its request is answered, not failed or left to time out."""
+    async def main():
+        backend = FakeBackend()
+        b = DynamicBatcher(backend, max_batch_size=8, max_wait_s=30.0, max_queue=100)
+        b.start()
+        with b.expecting():
+            pending = asyncio.create_task(b.submit(images(7), 60))
+            await asyncio.sleep(0.05)  # the batch holds image 7 and waits for the decoding request
+            assert backend.batches == []
+            await asyncio.wait_for(b.stop(drain_timeout_s=20), 10)  # not after the 30 s wait, nor the drain's 20
+        return backend, await pending
+
+    backend, (outputs, _) = run(main())
+    assert backend.batches == [[7.0]] and outputs[0, 0] == 7.0
+
+
+def test_drain_timeout_fails_the_computing_batch_at_once():
+    """A batch still computing when the drain times out fails with ShuttingDownError, rather than leaving its
+    requests to wait out their own timeout."""
+    async def main():
+        backend = FakeBackend()
+        backend.gate.clear()  # the backend blocks until the gate opens
+        b = DynamicBatcher(backend, max_batch_size=1, max_wait_s=0.0, max_queue=10)
+        b.start()
+        pending = asyncio.create_task(b.submit(images(3), 60))
+        await asyncio.sleep(0.05)
+        threading.Timer(0.5, backend.gate.set).start()  # lets the worker thread end, so stop() can return
+        await b.stop(drain_timeout_s=0.1)
+        with pytest.raises(ShuttingDownError, match="while this image computed"):
+            await asyncio.wait_for(pending, 1)
+
+    run(main())

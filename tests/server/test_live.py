@@ -64,13 +64,16 @@ def test_official_tritonclient(server, digits_artifact):
         client.infer("swin_digits", [bad])
 
 
-def test_sigterm_under_load_loses_nothing(digits_artifact):
-    """Requests in flight when SIGTERM arrives are all answered, readiness fails at once, the process exits.
+@pytest.mark.parametrize("in_flight", ["1", "2"])
+def test_sigterm_under_load_loses_nothing(digits_artifact, in_flight):
+    """Requests in flight when SIGTERM arrives are all answered, readiness fails at once, the process exits; with
+    one batch computing at a time and with two.
 
     One image per batch on one thread makes the 24 x 8 images take a good fraction of a second, so the signal
     lands while most of them are still queued (checked: some answers must come after the signal).
     """
-    server = Server(digits_artifact, "--max-batch-size", "1", "--threads", "1", "--max-images", "8")
+    server = Server(digits_artifact, "--max-batch-size", "1", "--threads", "1", "--max-images", "8",
+                    "--batches-in-flight", in_flight)
     server.wait_ready()
     files = [("file", (f"{d}.png", EXAMPLES[d], "image/png")) for d in range(8)]
 
