@@ -1,8 +1,10 @@
 """Closed-loop load on `vitserve serve` over loopback: batching on vs off, against the raw backend, side by side.
 
     python benchmarks/serve_load.py ARTIFACT [--concurrency 1,8,32] [--seconds 10] [--max-batch-size 8]
+                                             [--batches-in-flight 1,2]
 
-For each server mode (dynamic batching with --max-batch-size, and batching off = --max-batch-size 1) a fresh
+For each server mode (dynamic batching with --max-batch-size, once per --batches-in-flight value, and batching
+off = --max-batch-size 1) a fresh
 `vitserve serve` process is started on 127.0.0.1; N clients each send one image, wait for the answer and send the
 next (closed loop) for a fixed time. The clients are `wrk` (Debian package `wrk`; a light C load generator) when it
 is installed, else Python threads with httpx, which take noticeably more of the machine's CPU. Each load window is
@@ -169,6 +171,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="server inference threads (default: all)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms (default 5)")
+    parser.add_argument("--batches-in-flight", default="1",
+                        help="the batching server's --batches-in-flight, a row set per value (default 1)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -198,11 +202,15 @@ def main() -> None:
     rows = []
     overhead: dict[str, float] = {}
     load = "wrk" if shutil.which("wrk") else "httpx threads"
-    for label, batch in ((f"batching on (max {args.max_batch_size})", args.max_batch_size), ("batching off", 1)):
+    in_flight = [int(n) for n in args.batches_in_flight.split(",")]
+    modes = [(f"batching on (max {args.max_batch_size}"
+              f"{f', {n} in flight' if in_flight != [1] else ''})", args.max_batch_size, n) for n in in_flight]
+    for label, batch, n in [*modes, ("batching off", 1, 1)]:
         x = np.repeat(pixels[None], batch, axis=0)
-        proc, url = start_server(args.artifact, batch, args.threads, args.max_wait_ms)
+        proc, url = start_server(args.artifact, batch, args.threads, args.max_wait_ms,
+                                 ("--batches-in-flight", str(n)))
         try:
-            if batch > 1:
+            if batch > 1 and not overhead:
                 overhead = {"http": http_round_trip_ms(url), "server": server_overhead_ms(url, image)}
             for c in levels:
                 rates, raws, p50s, p99s, errors = [], [], [], [], 0
