@@ -132,7 +132,8 @@ def load_service(settings: Settings) -> Service:
     batcher = DynamicBatcher(backend, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
                              max_queue=settings.max_queue,
                              batches_in_flight=settings.batches_in_flight or backend.batches_in_flight,
-                             on_batch=on_batch, on_queue_depth=metrics.queue_depth.set)
+                             on_batch=on_batch, on_queue_depth=metrics.queue_depth.set,
+                             on_computing=metrics.batches_computing.set)
     return Service(settings, manifest, labels, backend, batcher, metrics)
 
 

@@ -74,6 +74,7 @@ class DynamicBatcher:
         batches_in_flight: int = 1,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        on_computing: Callable[[int], None] | None = None,
     ):
         if max_batch_size < 1 or max_queue < 1 or batches_in_flight < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size, max_queue and batches_in_flight must be >= 1, max_wait_s >= 0")
@@ -84,6 +85,7 @@ class DynamicBatcher:
         self.batches_in_flight = batches_in_flight
         self._on_batch = on_batch or (lambda size, seconds, waits: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
+        self._on_computing = on_computing or (lambda batches: None)
         self._queue: collections.deque[_Item] = collections.deque()
         self._arrived = asyncio.Event()
         self._collecting: list[_Item] = []  # the batch being filled, out of the queue already
@@ -209,7 +211,13 @@ class DynamicBatcher:
             task = loop.create_task(self._execute(loop, batch))
             self._collecting = []
             self._running.add(task)
-            task.add_done_callback(lambda t: (self._running.discard(t), slots.release()))
+            self._on_computing(len(self._running))
+            task.add_done_callback(lambda t: self._finished(t, slots))
+
+    def _finished(self, task: asyncio.Task, slots: asyncio.Semaphore) -> None:
+        self._running.discard(task)
+        self._on_computing(len(self._running))
+        slots.release()
 
     def _infer(self, images: list[np.ndarray]) -> np.ndarray:
         return self.infer(np.stack(images))  # in the worker thread: stacking a large batch takes tens of ms

@@ -14,6 +14,9 @@ class Metrics:
         self.requests = Counter("vitserve_requests", "requests by route (HTTP path or gRPC method) and status (HTTP "
                                 "status or gRPC code name)", ["route", "status"], registry=r)
         self.queue_depth = Gauge("vitserve_queue_depth", "images waiting for a batch", registry=r)
+        self.batches_computing = Gauge("vitserve_batches_computing", "batches in the backend now (at most "
+                                       "--batches-in-flight: at that limit all the time, the backend is the "
+                                       "bottleneck)", registry=r)
         sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch_size})
         self.batch_size = Histogram("vitserve_batch_size", "images per executed batch",
                                     buckets=[s for s in sizes if s <= max_batch_size], registry=r)

@@ -55,6 +55,7 @@ def test_health_ready_metrics_docs(client):
     assert client.get("/readyz").json() == {"status": "ready", "model": "swin_digits"}
     client.post("/classify", files={"file": ("3.png", EXAMPLES[3], "image/png")})
     metrics = client.get("/metrics").text
+    assert "vitserve_batches_computing 0.0" in metrics  # the batch of that request has finished
     for name in ("vitserve_requests_total", "vitserve_queue_depth", "vitserve_batch_size_bucket",
                  "vitserve_decode_seconds_bucket", "vitserve_queue_wait_seconds_bucket",
                  "vitserve_inference_seconds_bucket", "vitserve_request_seconds_bucket"):

@@ -223,9 +223,12 @@ class ConcurrencyProbe(FakeBackend):
 
 @pytest.mark.parametrize("in_flight", [1, 2])
 def test_batches_in_flight_bounds_concurrent_backend_calls(in_flight):
+    computing = []
+
     async def main():
         backend = ConcurrencyProbe(delay_s=0.03)
-        b = DynamicBatcher(backend, max_batch_size=2, max_wait_s=0.0, max_queue=100, batches_in_flight=in_flight)
+        b = DynamicBatcher(backend, max_batch_size=2, max_wait_s=0.0, max_queue=100, batches_in_flight=in_flight,
+                           on_computing=computing.append)
         b.start()
         results = await asyncio.gather(*[b.submit(images(i), 5) for i in range(12)])
         await b.stop()
@@ -233,6 +236,7 @@ def test_batches_in_flight_bounds_concurrent_backend_calls(in_flight):
 
     backend, results = run(main())
     assert backend.most_inside == in_flight
+    assert max(computing) == in_flight and computing[-1] == 0  # what the metric vitserve_batches_computing shows
     assert [r[0][0, 0] for r in results] == [float(i) for i in range(12)]  # every answer to its own image
     assert sorted(x for batch in backend.batches for x in batch) == [float(i) for i in range(12)]
 
