@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import queue
 import shutil
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export import toolchain
 from vitserve.export.precision import Float32Boundary
 from vitserve.models import fp8
+from vitserve.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,8 @@ class GraphBucket:
         with torch.cuda.graph(self.graph):
             self.output = model(self.device_in.float())  # .float() of a float32 input is the input itself
         self.gpu_lock = gpu_lock
-        self._staging: queue.SimpleQueue = queue.SimpleQueue()  # idle (host input, host output, done event)
-        self._staging.put(self._new_staging())
+        self._staging = Pool(self._new_staging)  # (host input, host output, done event) per concurrent call
+        self._staging.add(self._new_staging())  # the first, allocated at warm-up rather than in a call
 
     def _new_staging(self) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
         return (torch.empty(self.device_in.shape, dtype=self.device_in.dtype, pin_memory=True),
@@ -221,12 +221,7 @@ class GraphBucket:
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         n = len(x)
-        try:
-            staging = self._staging.get_nowait()
-        except queue.Empty:  # another call holds the idle pair: this one gets its own
-            staging = self._new_staging()
-        host_in, host_out, done = staging
-        try:
+        with self._staging.take() as (host_in, host_out, done):
             host_in[:n].copy_(x)  # the cast, on the CPU's threads
             with self.gpu_lock:  # one stream: the copy in waits for the replay before it, which read the input
                 self.device_in[:n].copy_(host_in[:n], non_blocking=True)
@@ -236,8 +231,6 @@ class GraphBucket:
                 done.record()
             done.synchronize()
             return host_out[:n].numpy().copy()
-        finally:
-            self._staging.put(staging)
 
 
 class PackageRunner:

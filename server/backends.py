@@ -10,13 +10,13 @@ onnxruntime runs `model.onnx`; OpenVINO (optional extra `openvino`) runs `model.
 from __future__ import annotations
 
 import logging
-import queue
 from pathlib import Path
 
 import numpy as np
 
 from vitserve.artifact import Manifest, backend_for, read_manifest, read_manifest_for
 from vitserve.errors import ArtifactError
+from vitserve.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +169,14 @@ class OpenVINOBackend:
                                                config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for unreadable models
             raise ArtifactError(f"OpenVINO cannot load {self.directory / self.manifest.model_file}: {e}") from e
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()  # idle infer requests: one per concurrent call
+        self._requests = Pool(self.compiled.create_infer_request)  # an infer request runs one call at a time
         self.description = f"openvino CPU {self.precision}"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, num_classes) logits."""
-        try:
-            request = self._requests.get_nowait()
-        except queue.Empty:  # an infer request runs one call at a time
-            request = self.compiled.create_infer_request()
-        try:
+        with self._requests.take() as request:
             result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
             return np.array(result[self.compiled.output(0)], dtype=np.float32)
-        finally:
-            self._requests.put(request)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
