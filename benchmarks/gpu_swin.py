@@ -215,16 +215,13 @@ def float32_pageable(graph, x) -> np.ndarray:
 
 def concurrent_calls_ms(backend, x, callers: int, calls: int = 10) -> float:
     """Milliseconds a batch when `callers` threads call the backend at once, `calls` times each, as the server's
-    batcher does with that many batches in flight (one call's host work overlapping another's on the GPU). One
-    untimed round first: a second concurrent call allocates pinned buffers of its own, which is not a batch's time."""
-    def each_calls(count: int) -> None:
-        with concurrent.futures.ThreadPoolExecutor(callers) as pool:
-            for done in [pool.submit(lambda: [backend(x) for _ in range(count)]) for _ in range(callers)]:
-                done.result()
-
-    each_calls(1)
+    batcher does with that many batches in flight (one call's host work overlapping another's on the GPU). The
+    pinned buffers each concurrent call needs are reserved first, as the server reserves them before warming."""
+    backend.reserve(callers)
     started = time.perf_counter()
-    each_calls(calls)
+    with concurrent.futures.ThreadPoolExecutor(callers) as pool:
+        for done in [pool.submit(lambda: [backend(x) for _ in range(calls)]) for _ in range(callers)]:
+            done.result()
     return (time.perf_counter() - started) * 1e3 / (callers * calls)
 
 

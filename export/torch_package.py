@@ -197,10 +197,11 @@ class GraphBucket:
     replayed (its first kernel turns the input back into the float32 the package takes), and the logits copied back
     through pinned memory. Several threads may call it at once: each call casts into a pinned pair of buffers of
     its own, without `gpu_lock`, so that the cast overlaps the GPU's work on another call's batch; then, holding the
-    lock, enqueues its copy in, the replay and its copy out on the one stream, and waits for them without it."""
+    lock, enqueues its copy in, the replay and its copy out on the one stream, and waits for them without it.
+    Staging buffers for `calls` calls at once are allocated at capture, more when more calls come at once."""
 
     def __init__(self, model, size: int, input_shape: tuple[int, ...], device: torch.device,
-                 transfer_dtype: torch.dtype, gpu_lock: threading.Lock):
+                 transfer_dtype: torch.dtype, gpu_lock: threading.Lock, calls: int = 1):
         self.device_in = torch.zeros((size, *input_shape), device=device, dtype=transfer_dtype)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -212,8 +213,8 @@ class GraphBucket:
         with torch.cuda.graph(self.graph):
             self.output = model(self.device_in.float())  # .float() of a float32 input is the input itself
         self.gpu_lock = gpu_lock
-        self._staging = Pool(self._new_staging)  # (host input, host output, done event) per concurrent call
-        self._staging.add(self._new_staging())  # the first, allocated at warm-up rather than in a call
+        self.staging = Pool(self._new_staging)  # (host input, host output, done event) per concurrent call
+        self.staging.reserve(calls)  # allocated now, at warm-up, rather than in a call while serving
 
     def _new_staging(self) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
         return (torch.empty(self.device_in.shape, dtype=self.device_in.dtype, pin_memory=True),
@@ -221,7 +222,7 @@ class GraphBucket:
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         n = len(x)
-        with self._staging.take() as (host_in, host_out, done):
+        with self.staging.take() as (host_in, host_out, done):
             host_in[:n].copy_(x)  # the cast, on the CPU's threads
             with self.gpu_lock:  # one stream: the copy in waits for the replay before it, which read the input
                 self.device_in[:n].copy_(host_in[:n], non_blocking=True)
@@ -264,6 +265,7 @@ class PackageRunner:
             raise ArtifactError(f"PyTorch cannot load {path}: {e}") from e
         self._graphs: dict[int, GraphBucket] = {}
         self._lock = threading.Lock()  # the GPU's work: captures, replays, plain calls
+        self._calls = 1  # how many calls at once each bucket's graph holds staging buffers for (reserve)
 
     def bucket(self, n: int) -> int:
         for b in self.buckets:
@@ -276,9 +278,18 @@ class PackageRunner:
         with self._lock:
             if size not in self._graphs:
                 self._graphs[size] = GraphBucket(self.model, size, self.input_shape, self.device,
-                                                 self.transfer_dtype, self._lock)
+                                                 self.transfer_dtype, self._lock, self._calls)
                 log.info("captured a CUDA graph for batch bucket %d", size)
             return self._graphs[size]
+
+    def reserve(self, calls: int) -> None:
+        """Staging buffers for `calls` calls at once in every bucket's graph, captured or to come, so that no call
+        allocates pinned memory while serving (the server reserves for its batches in flight before warming)."""
+        with self._lock:
+            self._calls = max(self._calls, calls)
+            graphs = list(self._graphs.values())
+        for graph in graphs:
+            graph.staging.reserve(calls)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Safe to call from several threads; with CUDA graphs one call's host work overlaps another's GPU work."""

@@ -147,6 +147,9 @@ def warm_batch_sizes(max_batch_size: int) -> list[int]:
 
 
 def _warm_up(service: Service) -> None:
+    reserve = getattr(service.backend, "reserve", None)
+    if reserve is not None:  # what each batch in flight needs of its own, made before serving starts
+        reserve(service.batcher.batches_in_flight)
     shape = service.manifest.input.shape[1:]
     for size in warm_batch_sizes(service.settings.max_batch_size):
         service.backend(np.zeros((size, *shape), dtype=np.float32))

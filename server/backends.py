@@ -3,6 +3,8 @@
 Every backend is a callable (N, C, H, W) float32 -> (N, classes) logits with a `manifest`, a `description`, its
 `name` (as in --backend) and `batches_in_flight`, how many batches the server runs on it at once by default (2
 where one batch's host work overlaps another's on the GPU; every backend is safe to call from several threads).
+A backend that keeps something per concurrent call (OpenVINO's infer requests, a CUDA graph's pinned buffers) has
+`reserve(calls)`, which the server calls with its batches in flight before warming up.
 onnxruntime runs `model.onnx`; OpenVINO (optional extra `openvino`) runs `model.onnx` or an OpenVINO IR
 (`model.xml`, written by `vitserve export --format openvino` and by OpenVINO quantization).
 """
@@ -177,6 +179,10 @@ class OpenVINOBackend:
         with self._requests.take() as request:
             result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
             return np.array(result[self.compiled.output(0)], dtype=np.float32)
+
+    def reserve(self, calls: int) -> None:
+        """An infer request for each of `calls` calls at once, made now rather than in a call while serving."""
+        self._requests.reserve(calls)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -30,3 +30,17 @@ def test_pool_makes_one_object_per_concurrent_user_and_reuses_them():
     assert len(made) == 2 and {id(i) for i in taken} == {id(m) for m in made}  # reused, none made
     with pool.take() as again:
         assert again in made
+
+
+
+def test_reserve_makes_objects_ahead_for_that_many_users():
+    made = []
+    pool = Pool(lambda: made.append(object()) or made[-1])
+    pool.reserve(3)
+    assert len(made) == pool.size == 3
+    pool.reserve(2)  # already enough
+    with pool.take() as a, pool.take() as b, pool.take() as c:
+        assert {id(a), id(b), id(c)} == {id(m) for m in made}  # three users at once: nothing made while serving
+    assert len(made) == 3
+    with pool.take(), pool.take(), pool.take(), pool.take():  # a fourth at once: made on demand, and counted
+        assert pool.size == len(made) == 4

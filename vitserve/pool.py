@@ -1,10 +1,12 @@
 """Objects made on demand and reused, one per concurrent user: an OpenVINO infer request, a CUDA graph's pinned
-staging buffers. The pool grows to the largest number of calls that ever ran at once, and no further."""
+staging buffers. The pool grows to the largest number of calls that ever ran at once, or that it was reserved for,
+and no further."""
 
 from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -15,9 +17,19 @@ class Pool(Generic[T]):
     def __init__(self, make: Callable[[], T]):
         self._make = make
         self._idle: queue.SimpleQueue[T] = queue.SimpleQueue()
+        self._count_lock = threading.Lock()
+        self.size = 0  # objects made so far
 
-    def add(self, item: T) -> None:
-        self._idle.put(item)
+    def _new(self) -> T:
+        item = self._make()
+        with self._count_lock:
+            self.size += 1
+        return item
+
+    def reserve(self, users: int) -> None:
+        """Makes objects until there are enough for `users` at once, so that none is made while serving."""
+        while self.size < users:
+            self._idle.put(self._new())
 
     @contextlib.contextmanager
     def take(self) -> Iterator[T]:
@@ -25,7 +37,7 @@ class Pool(Generic[T]):
         try:
             item = self._idle.get_nowait()
         except queue.Empty:
-            item = self._make()
+            item = self._new()
         try:
             yield item
         finally:

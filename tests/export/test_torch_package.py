@@ -346,11 +346,15 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     # two batches in flight, as the server runs this backend: calls from two threads at once, of two buckets and
     # of one, each get their own batch's answers (a call reading another's staging buffers or output would not)
     assert backend.batches_in_flight == 2
+    backend.reserve(2)  # as the server does before warming: pinned buffers for two calls in every bucket's graph
     batches = [x[:1], x, x[::-1].copy(), x[:3]] * 4
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(backend, batches))
     for batch, answer in zip(batches, answers):
         assert np.array_equal(answer, backend(batch))
+    # captured before the reservation or after it, each graph holds two calls' buffers, and serving made no more
+    assert {len(batch): backend.graph(backend.bucket(len(batch))).staging.size for batch in batches} == \
+        {1: 2, len(x): 2, 3: 2}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),

@@ -76,6 +76,7 @@ def test_server_on_openvino(digits_artifact):
         assert answer["results"][0]["predictions"][0]["label"] == "8"
         assert client.app.state.service.backend.description == "openvino CPU f32"
         assert client.app.state.service.batcher.batches_in_flight == 2  # the setting over the backend's 1
+        assert client.app.state.service.backend._requests.size == 2  # an infer request each, made before serving
         files = [("file", (f"digit_{d}.png", (ROOT / "examples" / f"digit_{d}.png").read_bytes(), "image/png"))
                  for d in range(10)]
         with concurrent.futures.ThreadPoolExecutor(5) as pool:  # requests at once: batches computing at once
