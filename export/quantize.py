@@ -29,6 +29,7 @@ import numpy as np
 from vitserve.artifact import (
     LABELS_NAME,
     Manifest,
+    check_files,
     check_output_dir,
     install_artifact,
     read_labels,
@@ -157,6 +158,7 @@ def quantize_artifact(
     if samples < 1:
         raise VitServeError(f"--samples must be at least 1, got {samples}")
     manifest = read_manifest(artifact)
+    check_files(artifact, manifest)
     if not manifest.model_file.endswith(".onnx") or manifest.package.get("dtype", "fp32") != "fp32":
         what = manifest.package.get("dtype", manifest.model_file)
         raise VitServeError(f"{artifact} is not an fp32 ONNX artifact ({what}); quantize the fp32 artifact that "

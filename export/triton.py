@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitserve.artifact import MANIFEST_NAME, install_artifact, read_manifest
+from vitserve.artifact import MANIFEST_NAME, check_files, install_artifact, read_manifest
 from vitserve.errors import ArtifactError
 
 CONFIG_NAME = "config.pbtxt"
@@ -137,6 +137,7 @@ def write_triton_repo(artifact_dir: str | Path, repo: str | Path, options: Trito
     anything else under that name is left alone and reported."""
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
+    check_files(artifact_dir, manifest)  # the repository gets the files the export verified, or nothing
     text = config_text(manifest, options)
     repo = Path(repo)
     target = repo / (options.name or manifest.name)

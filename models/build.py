@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitserve.artifact import read_labels
+from vitserve.artifact import read_labels, sha256
 from vitserve.errors import ExportError, LabelsError, WeightsError, WeightsUnavailableError
 from vitserve.models import timm_folder
 from vitserve.models import weights as w
@@ -55,20 +55,20 @@ def build_model(
         model = create(spec.timm_name, kwargs, num_classes)
         path = Path(weights)
         w.fit_state_dict(model, w.read_state_dict(path), str(path))
-        info = {"source": "file", "path": str(path), "sha256": w.sha256(path)}
+        info = {"source": "file", "path": str(path), "sha256": sha256(path)}
     elif random_init:
         model = create(spec.timm_name, kwargs, num_classes)
         info = {"source": "random-init"}
     elif spec.bundled_weights is not None:
         model = create(spec.timm_name, kwargs, num_classes)
         w.fit_state_dict(model, w.read_state_dict(spec.bundled_weights), spec.bundled_weights.name)
-        info = {"source": "bundled", "path": spec.bundled_weights.name, "sha256": w.sha256(spec.bundled_weights)}
+        info = {"source": "bundled", "path": spec.bundled_weights.name, "sha256": sha256(spec.bundled_weights)}
     elif spec.source is not None:
         source, _, ref = spec.source.partition(":")
         path = timm_folder.weights_file(source, ref)
         model = create(spec.timm_name, kwargs, num_classes)
         w.fit_state_dict(model, w.read_state_dict(path), spec.source)
-        info = {"source": source, "path": str(path) if source == "local-dir" else ref, "sha256": w.sha256(path)}
+        info = {"source": source, "path": str(path) if source == "local-dir" else ref, "sha256": sha256(path)}
     else:
         model, info = _pretrained(spec, kwargs, num_classes)
     model.eval()
@@ -154,7 +154,7 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tu
     log.info("model hub not reachable; using cached weights %s", cached)
     model = create(spec.timm_name, kwargs, num_classes)
     w.fit_state_dict(model, w.read_state_dict(cached), str(cached))
-    return model, {"source": "pretrained", "hub_id": hub_id, "sha256": w.sha256(cached)}
+    return model, {"source": "pretrained", "hub_id": hub_id, "sha256": sha256(cached)}
 
 
 def default_labels(spec: ModelSpec, num_classes: int) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import socket
 import sys
@@ -21,14 +20,6 @@ from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavai
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 SHOWN_KEYS = 8
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

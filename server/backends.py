@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitserve.artifact import Manifest, backend_for, read_manifest, read_manifest_for
+from vitserve.artifact import Manifest, backend_for, check_files, read_manifest, read_manifest_for
 from vitserve.errors import ArtifactError
 from vitserve.pool import Pool
 
@@ -71,8 +71,11 @@ def local_device(backend: str) -> str:
 
 def load_backend(artifact_dir: str | Path, backend: str = "auto", *, threads: int | None = None,
                  device: str = "auto", precision: str = "auto"):
-    """The named backend (or "auto": see resolve_backend) on an artifact; ArtifactError when it cannot run it."""
-    backend = resolve_backend(artifact_dir, backend)
+    """The named backend (or "auto": see resolve_backend) on an artifact; ArtifactError when it cannot run it, or
+    when the artifact's files are not those its export wrote and verified (check_files)."""
+    manifest = read_manifest(artifact_dir)
+    check_files(artifact_dir, manifest)
+    backend = backend_for(manifest) if backend == "auto" else backend
     if backend == "onnxruntime":
         if precision not in ("auto", "f32"):
             raise ArtifactError(f"onnxruntime runs artifacts at their own precision; --precision {precision} "

@@ -3,16 +3,18 @@
 An artifact is a directory::
 
     model.onnx      the graph, batch dimension dynamic (1..max_batch); or model.xml + model.bin (OpenVINO IR),
-                    or model.pt2 (AOTInductor package, `--format torch`)
+                    or model.pt2 (AOTInductor package, `--format torch`), or model.engine (TensorRT)
     labels.txt      one class name per line, line i = class index i
-    vitserve.json   the manifest below
+    vitserve.json   the manifest below, with the size and SHA-256 of every other file (`files`)
 
 Only the standard library is used here: the server reads manifests without torch or onnx.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from vitserve.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "vitserve.json"
@@ -112,6 +116,9 @@ class Manifest:
     quantization: dict[str, Any] = field(default_factory=dict)
     # --format torch / tensorrt: device, dtype, batch buckets, ...; an fp16 ONNX: dtype
     package: dict[str, Any] = field(default_factory=dict)
+    # every file of the artifact but the manifest: name -> {"bytes": size, "sha256": hex digest}; write_manifest
+    # records it, check_files compares (empty in artifacts written before vitserve recorded it)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
@@ -165,10 +172,45 @@ def read_manifest_for(directory: str | Path, backend: str) -> Manifest:
     return manifest
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
-    path = Path(directory) / MANIFEST_NAME
+    """Writes the manifest of a finished artifact folder; `manifest.files` becomes the record of every other file in
+    it (size and SHA-256), what check_files compares with later."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    manifest.files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)}
+                      for f in sorted(directory.iterdir()) if f.is_file() and f.name != MANIFEST_NAME}
     path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return path
+
+
+def check_files(directory: str | Path, manifest: Manifest) -> None:
+    """ArtifactError unless every file the manifest records is in `directory` with the size and SHA-256 the export
+    recorded: the model served is the model that was verified, not one changed or copied incompletely since."""
+    directory = Path(directory)
+    if not manifest.files:
+        log.warning("%s was written by a vitserve that did not record its files' checksums; they are not checked "
+                    "(export it again to have them checked)", directory)
+        return
+    for name, record in manifest.files.items():
+        path = directory / name
+        fix = "copy the whole artifact folder again, or export it again"
+        if not path.is_file():
+            raise ArtifactError(f"{directory} has no {name}, which its export wrote; {fix}")
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise ArtifactError(f"{path} has {size} bytes where its export wrote {record['bytes']}: it was changed "
+                                f"or copied incompletely; {fix}")
+        if sha256(path) != record["sha256"]:
+            raise ArtifactError(f"{path} is not the file its export wrote and verified (its SHA-256 differs from "
+                                f"the manifest's); {fix}")
 
 
 def read_manifest(directory: str | Path) -> Manifest:

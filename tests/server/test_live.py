@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.live_server import Server, free_port
+from vitserve.artifact import read_manifest, write_manifest
 from vitserve.models.registry import SPECS
 from vitserve.server.backends import OnnxRuntimeBackend
 from vitserve.server.preprocess import decode_image, transform
@@ -110,6 +111,11 @@ def test_missing_and_corrupt_artifact_fail_at_start(tmp_path, digits_artifact):
     for f in digits_artifact.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     (broken / "model.onnx").write_bytes(b"garbage")
+    result = subprocess.run([sys.executable, "-m", "vitserve", "serve", str(broken)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "has 7 bytes where its export wrote" in result.stderr
+    assert "Traceback" not in result.stderr
+    write_manifest(broken, read_manifest(broken))  # the garbage recorded as the artifact's model: the runtime refuses
     result = subprocess.run([sys.executable, "-m", "vitserve", "serve", str(broken)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "onnxruntime cannot load" in result.stderr
