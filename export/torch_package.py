@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import shutil
 import sys
@@ -154,6 +155,45 @@ def check_shared_libstdcxx(path: Path) -> None:
                         "libstdc++ as a shared library.")
 
 
+def compiled_for(path: Path) -> dict[str, str]:
+    """What AOTInductor recorded in the package about the machine it compiled the model for (the compiled model's
+    metadata): AOTI_DEVICE_KEY ("cpu", "cuda"), AOTI_CPU_ISA (the host code's vector instructions, "AVX512
+    AVX512_VNNI"), AOTI_COMPUTE_CAPABILITY (a CUDA package's GPU generation, major * 10 + minor: "90"), ...;
+    {} for a package without it, or that cannot be read (loading it says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if MODEL_FOLDER in name and name.endswith("wrapper_metadata.json"):
+                    return json.loads(archive.read(name))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        pass
+    return {}
+
+
+def check_machine(path: Path, device: torch.device) -> None:
+    """ArtifactError, before anything is loaded, when this machine cannot run the package's compiled code: the
+    host code (on every device) is compiled for the vector instructions of the CPU that compiled it, which stop a
+    CPU without them with an illegal instruction; a CUDA package's kernels are machine code for one GPU generation,
+    which no other loads. A package that does not record its machine passes."""
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list  # the check PyTorch's loader runs too, cached
+
+    target = compiled_for(path)
+    isa = target.get("AOTI_CPU_ISA", "")
+    if isa and isa != "INVALID_VEC_ISA":
+        here = [str(i).upper() for i in valid_vec_isa_list()]
+        if isa not in here:
+            raise ArtifactError(f"{path} was compiled on a CPU with {isa} and its code uses those instructions; "
+                                f"this CPU has {', '.join(here) or 'none of the vector extensions PyTorch uses'}. "
+                                "Export it again on this kind of machine")
+    capability = target.get("AOTI_COMPUTE_CAPABILITY", "")
+    if device.type == "cuda" and capability.isdigit():
+        major, minor = torch.cuda.get_device_capability(device)
+        if capability != f"{major}{minor}":
+            raise ArtifactError(f"{path}'s kernels were compiled for GPUs of compute capability {capability[:-1]}."
+                                f"{capability[-1]}, and {torch.cuda.get_device_name(device)} is {major}.{minor}: "
+                                "export it again on this kind of GPU")
+
+
 class ContainerRunner:
     """The package's compiled model run by AOTInductor's container runner (`torch._C._aoti`) without PyTorch's
     package loader: the package's model folder unpacked into a temporary folder that lives as long as this object
@@ -252,6 +292,7 @@ class PackageRunner:
         self.loader = loader
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and loader == "package"
         self.transfer_dtype = transfer_dtype
+        check_machine(path, self.device)
         try:
             if loader == "runner":
                 self.model = ContainerRunner(path, self.device)

@@ -21,7 +21,9 @@ from vitserve.export.torch_package import (
     ContainerRunner,
     PackageRunner,
     TorchOptions,
+    check_machine,
     check_options,
+    compiled_for,
     verify_package,
 )
 from vitserve.export.triton import write_triton_repo
@@ -76,12 +78,42 @@ def test_verification_runs_the_package_in_a_child_process(cpu_package, tmp_path)
         verify_package(broken, other, spec.preprocess, **verify)
 
 
-def _with_archive_version(package: Path, out: Path, version: bytes) -> Path:
-    """A copy of `package` whose archive_version entry says `version` (the compiled model untouched)."""
+def _with_entry(package: Path, out: Path, ending: str, data: bytes) -> Path:
+    """A copy of `package` whose entry named ...`ending` holds `data` (the compiled model untouched)."""
     with zipfile.ZipFile(package) as src, zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
-            dst.writestr(info, version if info.filename.endswith("/archive_version") else src.read(info.filename))
+            dst.writestr(info, data if info.filename.endswith(ending) else src.read(info.filename))
     return out
+
+
+def test_a_package_for_another_machine_is_refused_before_it_is_loaded(cpu_package, tmp_path, monkeypatch):
+    """AOTInductor records in the package the machine it compiled for; a package whose host code uses vector
+    instructions this CPU lacks, or whose kernels are for another GPU generation, is refused by name, not left to
+    stop the server with an illegal instruction or a CUDA error on its first call."""
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+    recorded = compiled_for(cpu_package / "model.pt2")
+    assert recorded["AOTI_DEVICE_KEY"] == "cpu"
+    assert recorded["AOTI_CPU_ISA"] in [str(isa).upper() for isa in valid_vec_isa_list()]  # this machine's own
+    check_machine(cpu_package / "model.pt2", torch.device("cpu"))
+
+    def recording(**changes) -> bytes:
+        return json.dumps({**recorded, **changes}).encode()
+
+    arm = _with_entry(cpu_package / "model.pt2", tmp_path / "arm.pt2", "wrapper_metadata.json",
+                      recording(AOTI_CPU_ISA="ASIMD"))
+    with pytest.raises(ArtifactError, match="compiled on a CPU with ASIMD and its code uses those instructions; "
+                                            "this CPU has"):
+        PackageRunner(arm, "cpu", [1, 4, 16], (3, 32, 32))
+
+    h100 = _with_entry(cpu_package / "model.pt2", tmp_path / "h100.pt2", "wrapper_metadata.json",
+                       recording(AOTI_DEVICE_KEY="cuda", AOTI_COMPUTE_CAPABILITY="90"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ArtifactError, match=r"compute capability 9\.0, and NVIDIA A100-SXM4-80GB is 8\.0: export"):
+        check_machine(h100, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_machine(h100, torch.device("cuda"))  # on the GPU generation it was compiled for
 
 
 def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
@@ -89,7 +121,7 @@ def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
     version entry; on the H100 it crashed), verification loads the compiled model with AOTInductor's container
     runner instead, and the report says so; the runner gives the package loader's answers."""
     spec = SPECS["swin_digits"]
-    refused = _with_archive_version(cpu_package / "model.pt2", tmp_path / "model.pt2", b"999")
+    refused = _with_entry(cpu_package / "model.pt2", tmp_path / "model.pt2", "/archive_version", b"999")
     with pytest.raises(ArtifactError, match="archive version 999"):
         PackageRunner(refused, "cpu", [1, 4, 16], (3, 32, 32))
     report = verify_package(refused, build_model(spec).model.eval(), spec.preprocess,
@@ -345,6 +377,8 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     assert float32_in.transfer_dtype == torch.float32 and np.array_equal(float32_in(x), got)
     # two batches in flight, as the server runs this backend: calls from two threads at once, of two buckets and
     # of one, each get their own batch's answers (a call reading another's staging buffers or output would not)
+    major, minor = torch.cuda.get_device_capability()
+    assert compiled_for(out / "model.pt2")["AOTI_COMPUTE_CAPABILITY"] == f"{major}{minor}"  # what check_machine reads
     assert backend.batches_in_flight == 2
     backend.reserve(2)  # as the server does before warming: pinned buffers for two calls in every bucket's graph
     batches = [x[:1], x, x[::-1].copy(), x[:3]] * 4
