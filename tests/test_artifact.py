@@ -9,8 +9,10 @@ import shutil
 
 import pytest
 
+from tests.conftest import ROOT
 from vitserve.artifact import check_files, read_manifest, write_manifest
 from vitserve.errors import ArtifactError
+from vitserve.export.quantize import quantize_artifact
 from vitserve.export.triton import write_triton_repo
 from vitserve.server.backends import load_backend
 
@@ -41,6 +43,9 @@ def test_a_changed_byte_a_short_copy_or_a_missing_file_is_refused(copy, tmp_path
     with pytest.raises(ArtifactError, match="SHA-256 differs"):
         write_triton_repo(copy, tmp_path / "repo")
     assert not (tmp_path / "repo" / "swin_digits").exists()
+    with pytest.raises(ArtifactError, match="SHA-256 differs"):
+        quantize_artifact(copy, ROOT / "examples", tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()
 
     model.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(ArtifactError, match=f"has {len(data) // 2} bytes where its export wrote {len(data)}"):
