@@ -73,9 +73,8 @@ def load_backend(artifact_dir: str | Path, backend: str = "auto", *, threads: in
                  device: str = "auto", precision: str = "auto"):
     """The named backend (or "auto": see resolve_backend) on an artifact; ArtifactError when it cannot run it, or
     when the artifact's files are not those its export wrote and verified (check_files)."""
-    manifest = read_manifest(artifact_dir)
-    check_files(artifact_dir, manifest)
-    backend = backend_for(manifest) if backend == "auto" else backend
+    check_files(artifact_dir, read_manifest(artifact_dir))
+    backend = resolve_backend(artifact_dir, backend)
     if backend == "onnxruntime":
         if precision not in ("auto", "f32"):
             raise ArtifactError(f"onnxruntime runs artifacts at their own precision; --precision {precision} "
