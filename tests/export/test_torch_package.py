@@ -59,6 +59,12 @@ def test_cpu_package_is_verified_and_described(cpu_package):
     report = manifest["verification"]
     assert report["passed"] and report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
     assert set(report["inputs"]) == {"random", "photos", "single_photo"}
+    # compiled with freezing: the Linear layers became oneDNN products on prepacked weights, their GELU and
+    # residual adds taken in (without freezing: aten addmm on the weights as given)
+    assert package["freezing"] is True
+    with zipfile.ZipFile(cpu_package / "model.pt2") as archive:
+        wrapper = next(archive.read(n) for n in archive.namelist() if n.endswith("wrapper.cpp"))
+    assert wrapper.count(b"aoti_torch_cpu__linear_pointwise") >= 24 and b"aoti_torch_cpu_addmm_out(" not in wrapper
 
 
 def test_verification_runs_the_package_in_a_child_process(cpu_package, tmp_path):
