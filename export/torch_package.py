@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import logging
+import platform
 import shutil
 import sys
 import tempfile
@@ -178,21 +179,29 @@ def compiled_for(path: Path) -> dict[str, str]:
     return {}
 
 
+def cpu_vector_isa() -> set[str] | None:
+    """This CPU's vector instruction sets as AOTInductor names them in a package ("avx2", "avx512", "avx512_vnni",
+    "amx_tile"), read from the CPU itself, where PyTorch's own list (`valid_vec_isa_list`) also compiles a test
+    program for each, which needs a C++ compiler that a serving machine need not have (PyTorch loads a package
+    without one); None on other architectures, where no such reading is at hand."""
+    from torch._inductor.cpu_vec_isa import x86_isa_checker
+
+    return set(x86_isa_checker()) if platform.machine() in ("x86_64", "AMD64") else None
+
+
 def check_machine(path: Path, device: torch.device) -> None:
     """ArtifactError, before anything is loaded, when this machine cannot run the package's compiled code: the
     host code (on every device) is compiled for the vector instructions of the CPU that compiled it, which stop a
     CPU without them with an illegal instruction; a CUDA package's kernels are machine code for one GPU generation,
-    which no other loads. A package that does not record its machine passes."""
-    from torch._inductor.cpu_vec_isa import valid_vec_isa_list  # the check PyTorch's loader runs too, cached
-
+    which no other loads. A package that does not record its machine passes, as does host code on a CPU that is not
+    x86 (cpu_vector_isa)."""
     target = compiled_for(path)
     isa = target.get("AOTI_CPU_ISA", "")
-    if isa and isa != "INVALID_VEC_ISA":
-        here = [str(i).upper() for i in valid_vec_isa_list()]
-        if isa not in here:
-            raise ArtifactError(f"{path} was compiled on a CPU with {isa} and its code uses those instructions; "
-                                f"this CPU has {', '.join(here) or 'none of the vector extensions PyTorch uses'}. "
-                                "Export it again on this kind of machine")
+    here = cpu_vector_isa()
+    if isa and isa != "INVALID_VEC_ISA" and here is not None and not set(isa.lower().split()) <= here:
+        has = " ".join(sorted(here)).upper() or "none of the vector extensions PyTorch uses"
+        raise ArtifactError(f"{path} was compiled on a CPU with {isa} and its code uses those instructions; "
+                            f"this CPU has {has}. Export it again on this kind of machine")
     capability = target.get("AOTI_COMPUTE_CAPABILITY", "")
     if device.type == "cuda" and capability.isdigit():
         major, minor = torch.cuda.get_device_capability(device)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -224,6 +227,20 @@ def test_cli_classify_with_the_torch_backend(cpu_package):
     assert json.loads(result.stdout)["results"][0]["top_k"][0]["label"] == "3"
     result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--backend", "onnxruntime")
     assert result.returncode == 1 and "serve it with --backend torch (or auto, the default)" in result.stderr
+
+
+def test_served_where_there_is_no_cpp_compiler(cpu_package, tmp_path):
+    """A serving machine (a slim container) need not have a C++ compiler. PyTorch loads a compiled package without
+    one, and so must the torch backend: its machine check reads the CPU's instruction sets from the CPU, where
+    PyTorch's own list of them compiles a test program for each and fails here."""
+    (tmp_path / "bin").mkdir()
+    env = {"PATH": str(tmp_path / "bin"), "CXX": "no-such-c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    probe = subprocess.run([sys.executable, "-c", "from torch._inductor.cpu_vec_isa import valid_vec_isa_list\n"
+                            "valid_vec_isa_list()"], capture_output=True, text=True, env={**os.environ, **env})
+    assert probe.returncode != 0 and "InvalidCxxCompiler" in probe.stderr  # really no compiler
+    result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--json", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["results"][0]["top_k"][0]["label"] == "3"
 
 
 def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_artifact):
