@@ -63,7 +63,7 @@ class TorchOptions:
     batch_buckets: tuple[int, ...] = ()  # default: 1, 8, 32 and max_batch, within max_batch
     max_autotune: bool = False  # Inductor benchmarks GEMM kernels (its own, with fused epilogues, and the library's)
     cuda_graphs: bool = True  # CUDA: verified and served with a CUDA graph per bucket; False: plain calls
-    freezing: bool = True  # CPU: the weights compiled in as constants (Inductor's freezing); CUDA packages never
+    freezing: bool = True  # CPU: the weights compiled in as constants (Inductor's freezing); not on CUDA
 
 
 def default_buckets(max_batch: int) -> tuple[int, ...]:
@@ -131,7 +131,7 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
     link = toolchain.inductor_configs()  # the shared libstdc++ where the compiler would copy it in
     configs = {"max_autotune": True} if options.max_autotune else {}
     # Freezing treats the weights as constants: Inductor prepacks them into the layout oneDNN's matrix products
-    # read and folds what depends on them alone; on the CPU 1.06-1.24x (benchmarks/cpu_freezing.py). Not used on
+    # read and folds what depends on them alone; on the CPU 1.08-1.22x (benchmarks/cpu_freezing.py). Not used on
     # CUDA, where it has not been measured.
     freezing = device.type == "cpu" and options.freezing
     if freezing:
