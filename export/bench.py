@@ -21,6 +21,8 @@ from vitserve.artifact import backend_for, can_run, read_manifest
 from vitserve.errors import ArtifactError
 from vitserve.server.backends import cpu_supports_bf16, load_backend, local_device
 
+TORCH_DTYPES = {"f32": "fp32", "bf16": "bf16"}  # --precisions -> the CPU torch package's --dtype
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -60,6 +62,35 @@ def artifact_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[
     return f"{backend} {precision} ({artifact.name})", model
 
 
+def export_for_bench(spec, out: Path, backends: list[str], precisions: list[str], batch_sizes: list[int],
+                     progress: Callable[[str], None]) -> tuple[Path, list[Path]]:
+    """A model name's artifacts, with random weights (speed does not depend on them): the ONNX artifact, and with
+    "torch" among `backends` a CPU torch package per precision (compiled for this machine, every batch size a
+    bucket, so that none is padded to a larger one). Returns the artifact and the packages."""
+    from vitserve.export.pipeline import ExportOptions, export_artifact
+    from vitserve.models.build import build_model
+
+    built = build_model(spec, random_init=True)
+    artifact = out / "artifact"
+    progress(f"exporting {spec.name} with random weights to {artifact}")
+    export_artifact(built, ExportOptions(out=artifact, max_batch=max(batch_sizes)), progress=progress)
+    packages = []
+    if "torch" in backends:
+        from vitserve.export.torch_package import TorchOptions
+
+        for precision in precisions:
+            if precision == "bf16" and not cpu_supports_bf16():
+                continue
+            dtype = TORCH_DTYPES[precision]
+            package = out / f"artifact-torch-{dtype}"
+            progress(f"exporting {spec.name} with random weights to {package} (--format torch --dtype {dtype})")
+            torch_options = TorchOptions(device="cpu", dtype=dtype, batch_buckets=tuple(batch_sizes))
+            export_artifact(built, ExportOptions(out=package, max_batch=max(batch_sizes), format="torch",
+                                                 torch_options=torch_options), progress=progress)
+            packages.append(package)
+    return artifact, packages
+
+
 def runners_for(artifact: Path, backends: list[str], precisions: list[str], threads: int | None,
                 eager: bool, also: list[Path] = ()) -> dict[str, Callable[[np.ndarray], Any]]:
     """timm eager, the artifact in each of `backends` x `precisions` that can run it (in the backend it was made
@@ -72,6 +103,10 @@ def runners_for(artifact: Path, backends: list[str], precisions: list[str], thre
         label, model = artifact_runner(artifact, threads)
         runners[label] = model
     for backend in (b for b in backends if can_run(b, manifest)):  # onnxruntime cannot run an OpenVINO IR
+        if backend == "torch":  # a package runs at the precision it was compiled for
+            label, model = artifact_runner(artifact, threads)
+            runners[label] = model
+            continue
         for precision in precisions:
             if backend == "onnxruntime" and precision != "f32":
                 continue  # onnxruntime runs the artifact at its own precision

@@ -169,21 +169,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     target = Path(args.model)
     out = Path(args.out)
+    also = [Path(a) for a in args.also]
     if (target / "vitserve.json").is_file():
         artifact = target
-    else:  # a model name: export it (random weights: speed does not depend on them) and bench that
-        from vitserve.export.pipeline import ExportOptions, export_artifact
-        from vitserve.models.build import build_model
+    else:  # a model name: export it (and torch packages for --backends ...,torch) and bench that
+        from vitserve.export.bench import export_for_bench
         from vitserve.models.registry import resolve
 
-        spec = resolve(args.model)
-        artifact = out / "artifact"
-        _progress(f"exporting {spec.name} with random weights to {artifact}")
-        export_artifact(build_model(spec, random_init=True),
-                        ExportOptions(out=artifact, max_batch=max(args.batch_sizes)), progress=_progress)
+        artifact, packages = export_for_bench(resolve(args.model), out, args.backends, args.precisions,
+                                              args.batch_sizes, _progress)
+        also = packages + also
     report = bench_artifact(artifact, out, backends=args.backends, precisions=args.precisions,
                             batch_sizes=args.batch_sizes, rounds=args.rounds, threads=args.threads,
-                            eager=not args.no_eager, also=[Path(a) for a in args.also])
+                            eager=not args.no_eager, also=also)
     print(f"{report['model']} on {report['machine']}, threads {args.threads or 'all'}, median of {args.rounds} "
           "rounds\n")
     print(format_table(report))
@@ -405,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and bench.png.",
     )
     p.add_argument("model", help="artifact directory, or a model name")
-    p.add_argument("--backends", type=_choice_list(("onnxruntime", "openvino")), default=["onnxruntime", "openvino"])
+    p.add_argument("--backends", type=_choice_list(("onnxruntime", "openvino", "torch")),
+                   default=["onnxruntime", "openvino"], help="default onnxruntime,openvino; torch: a model name is "
+                   "also exported to a CPU torch package per precision, timed in the torch backend")
     p.add_argument("--precisions", type=_choice_list(("f32", "bf16")), default=["f32", "bf16"])
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32])
     p.add_argument("--rounds", type=int, default=10, help="timed runs of each runner per batch size (default 10)")

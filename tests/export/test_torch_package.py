@@ -256,6 +256,18 @@ def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_arti
     assert np.abs(runners["onnxruntime f32"](x) - runners[label](x)).max() < 1e-4
 
 
+def test_bench_exports_torch_packages_for_a_model_name(tmp_path):
+    """`vitserve bench MODEL --backends ...,torch`: the model is exported to ONNX and to a CPU torch package per
+    precision, every batch size a bucket of it, and each is timed in its own backend in the same rounds."""
+    out = tmp_path / "bench"
+    result = run_cli("bench", "swin_digits", "--backends", "onnxruntime,torch", "--precisions", "f32",
+                     "--batch-sizes", "1,3", "--rounds", "2", "--no-eager", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runners = {r["runner"] for r in json.loads((out / "bench.json").read_text())["results"]}
+    assert runners == {"onnxruntime f32", "torch fp32 (artifact-torch-fp32)"}
+    assert json.loads((out / "artifact-torch-fp32" / "vitserve.json").read_text())["package"]["batch_buckets"] == [1, 3]
+
+
 @pytest.mark.parametrize("options,message", [
     (TorchOptions(device="cpu", dtype="fp16"), "fp16 on the CPU"),
     (TorchOptions(device="cpu", dtype="fp32", batch_buckets=(0, 8)), "within 1..--max-batch 32"),
