@@ -99,14 +99,11 @@ def runners_for(artifact: Path, backends: list[str], precisions: list[str], thre
     if eager:
         runners["timm eager (PyTorch)"] = eager_runner(artifact, threads)
     manifest = read_manifest(artifact)
-    if not any(can_run(backend, manifest) for backend in backends):
+    able = [b for b in backends if can_run(b, manifest)]  # onnxruntime cannot run an OpenVINO IR
+    if not able or "torch" in able:  # its own backend; a torch package runs at the precision it was compiled for
         label, model = artifact_runner(artifact, threads)
         runners[label] = model
-    for backend in (b for b in backends if can_run(b, manifest)):  # onnxruntime cannot run an OpenVINO IR
-        if backend == "torch":  # a package runs at the precision it was compiled for
-            label, model = artifact_runner(artifact, threads)
-            runners[label] = model
-            continue
+    for backend in (b for b in able if b != "torch"):
         for precision in precisions:
             if backend == "onnxruntime" and precision != "f32":
                 continue  # onnxruntime runs the artifact at its own precision

@@ -251,6 +251,8 @@ def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_arti
     label = "torch fp32 (swin_digits-torch)"
     runners = runners_for(cpu_package, ["onnxruntime", "openvino"], ["f32"], threads=1, eager=False)
     assert list(runners) == [label] and runners[label](x).shape == (2, 10)
+    runners = runners_for(cpu_package, ["onnxruntime", "torch"], ["f32", "bf16"], threads=1, eager=False)
+    assert list(runners) == [label]  # --backends torch: once, at the package's own precision
     runners = runners_for(digits_artifact, ["onnxruntime"], ["f32"], threads=1, eager=False, also=[cpu_package])
     assert list(runners) == ["onnxruntime f32", label]
     assert np.abs(runners["onnxruntime f32"](x) - runners[label](x)).max() < 1e-4
