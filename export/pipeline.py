@@ -190,7 +190,7 @@ def _to_onnx_fp16(tmp: Path, built, deploy, options: ExportOptions, progress):
 def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: TorchOptions,
               buckets: tuple[int, ...], progress):
     """model.pt2 (AOTInductor) for the device and precision asked for, verified against the fp32 model."""
-    from vitserve.export.torch_package import PACKAGE_NAME, compile_package, verify_package
+    from vitserve.export.torch_package import PACKAGE_NAME, calls_fused_op, compile_package, verify_package
 
     spec = built.spec
     progress(f"compiling an AOTInductor package ({torch_options.device}, {torch_options.dtype}, batch "
@@ -205,7 +205,7 @@ def _to_torch(tmp: Path, built, deploy, options: ExportOptions, torch_options: T
     progress(f"  {package['compile_seconds']:.0f}s; verifying against the fp32 PyTorch model")
     report = verify_package(tmp / PACKAGE_NAME, built.model, spec.preprocess, torch_options, atol=options.atol,
                             max_batch=options.max_batch, buckets=buckets,
-                            fused=package["fused_window_attention_blocks"] > 0)
+                            fused=calls_fused_op(package))
     package["loader"] = report["loader"]  # the way it passed is the way the server loads it
     if report["loader"] == "runner":
         package["cuda_graphs"] = False

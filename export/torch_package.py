@@ -145,7 +145,8 @@ def compile_package(deploy: nn.Module, input_size: tuple[int, int, int], path: P
     return {"format": "aotinductor", "device": options.device, "dtype": options.dtype,
             "max_autotune": options.max_autotune, "cuda_graphs": device.type == "cuda" and options.cuda_graphs,
             "freezing": freezing,
-            "fused_window_attention_blocks": fused, "fp8_linear_layers": fp8_layers,
+            "fused_window_attention_blocks": fused, "dispatcher_calls": dispatcher_calls(path),
+            "fp8_linear_layers": fp8_layers,
             "libstdcxx_linked_explicitly": bool(link),
             "compile_seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
 
@@ -164,19 +165,44 @@ def check_shared_libstdcxx(path: Path) -> None:
                         "libstdc++ as a shared library.")
 
 
+def _package_json(path: Path, ending: str) -> Any:
+    """The JSON entry of the package's compiled model whose name ends with `ending`, or None (no such entry, or a
+    package that cannot be read: loading it says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if MODEL_FOLDER in name and name.endswith(ending):
+                    return json.loads(archive.read(name))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        pass
+    return None
+
+
 def compiled_for(path: Path) -> dict[str, str]:
     """What AOTInductor recorded in the package about the machine it compiled the model for (the compiled model's
     metadata): AOTI_DEVICE_KEY ("cpu", "cuda"), AOTI_CPU_ISA (the host code's vector instructions, "AVX512
     AVX512_VNNI"), AOTI_COMPUTE_CAPABILITY (a CUDA package's GPU generation, major * 10 + minor: "90"), ...;
-    {} for a package without it, or that cannot be read (loading it says why)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if MODEL_FOLDER in name and name.endswith("wrapper_metadata.json"):
-                    return json.loads(archive.read(name))
-    except (zipfile.BadZipFile, OSError, ValueError):
-        pass
-    return {}
+    {} for a package without it, or that cannot be read."""
+    return _package_json(path, "wrapper_metadata.json") or {}
+
+
+def dispatcher_calls(path: Path) -> list[str]:
+    """The ops the package's compiled model calls back through PyTorch's dispatcher rather than running compiled
+    code of its own (AOTInductor's description of those calls), sorted, without repeats: a custom op that
+    AOTInductor cannot see into ("mylib::op"). The process that runs the package must have registered them."""
+    calls = _package_json(path, "wrapper.json") or {}
+    return sorted({entry["node"]["target"] for entry in calls.get("nodes", [])})
+
+
+def calls_fused_op(package: dict[str, Any]) -> bool:
+    """Whether a package (the manifest's record of it) calls vitserve's fused window-attention op back through the
+    dispatcher, so that the process running it must import the op (models/window_attention.py): with Triton at
+    export, the kernel is compiled into the package instead. A record without `dispatcher_calls` (an older
+    package): whenever it has fused blocks."""
+    calls = package.get("dispatcher_calls")
+    if calls is None:
+        return bool(package.get("fused_window_attention_blocks"))
+    return any(call.startswith("vitserve::") for call in calls)
 
 
 def cpu_vector_isa() -> set[str] | None:
@@ -215,7 +241,7 @@ class ContainerRunner:
     """The package's compiled model run by AOTInductor's container runner (`torch._C._aoti`) without PyTorch's
     package loader: the package's model folder unpacked into a temporary folder that lives as long as this object
     (the shared object, the kernels it loads on its first call, and the description of the calls it makes back into
-    PyTorch, such as the fused window-attention op), the shared object loaded as the package loader would load it.
+    PyTorch's dispatcher, if any: dispatcher_calls), the shared object loaded as the package loader would load it.
     The weights must be inside the shared object (AOTInductor's default); a package that keeps them apart is
     refused. The runner's model pool queries a CUDA event on each call, and PyTorch's Python API gives it no
     single-threaded mode: no CUDA graphs. (N, ...) tensor -> (N, classes) tensor."""
@@ -381,8 +407,8 @@ class TorchBackend(PackageRunner):
             raise ArtifactError("this package was compiled for CUDA and no CUDA GPU is visible")
         if threads:
             torch.set_num_threads(threads)
-        if package.get("fused_window_attention_blocks"):
-            import vitserve.models.window_attention  # noqa: F401  (registers the kernel the package calls)
+        if calls_fused_op(package):
+            import vitserve.models.window_attention  # noqa: F401  (registers the op the package calls)
         super().__init__(self.directory / self.manifest.model_file, built_for, package["batch_buckets"],
                          self.manifest.input.shape[1:], cuda_graphs=package.get("cuda_graphs", True),
                          loader=package.get("loader", "package"), transfer_dtype=COMPUTE[package["dtype"]])

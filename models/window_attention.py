@@ -15,12 +15,12 @@ cosine variant (Swin V2) normalizes q and k and multiplies by a per-head logit s
       qkv: (B * nW, N, 3 * nH * D), the qkv projection's output as it comes (q, k, v thirds, heads within each);
       out: (B * nW, N, nH * D), the layout the output projection reads: no copies around the kernel
 
-Both are PyTorch custom ops (`torch.ops.vitserve.window_attention`, `..._packed`): the reference implementation
-below runs on any device (and is what the tests compare with); on CUDA the Triton kernel runs (one kernel, the
-layout a compile-time switch). torch.compile and AOTInductor keep each in the graph as one op. `compile_kernel`
-compiles the same kernel (separate q, k, v) ahead of time to PTX (no GPU needed) for launchers outside Python,
-TensorRT's plugin (trt_plugin.py): its parameters come in the order such a launch passes them, input pointers, then
-the int32 scalars, then the output pointer.
+Both are PyTorch custom ops (`torch.ops.vitserve.window_attention`, `..._packed`; `_define` below): on CUDA the
+Triton kernel runs (one kernel, the layout a compile-time switch), elsewhere the reference implementation (what
+the tests compare with). torch.export keeps each op whole; torch.compile and AOTInductor compile the kernel itself
+into what they produce. `compile_kernel` compiles the same kernel (separate q, k, v) ahead of time to PTX (no
+GPU needed) for launchers outside Python, TensorRT's plugin (trt_plugin.py): its parameters come in the order such
+a launch passes them, input pointers, then the int32 scalars, then the output pointer.
 """
 
 from __future__ import annotations
@@ -54,17 +54,6 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     return out.to(q.dtype)
 
 
-@torch.library.custom_op("vitserve::window_attention", mutates_args=())
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     logit_scale: torch.Tensor | None, scale: float) -> torch.Tensor:
-    return reference(q, k, v, bias, logit_scale, scale)
-
-
-@window_attention.register_fake
-def _(q, k, v, bias, logit_scale, scale):
-    return q.new_empty(q.shape)  # contiguous, like both implementations' outputs
-
-
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W, N, 3 * nH * D) -> q, k, v, each (W, nH, N, D) (views)."""
     windows, n, width = qkv.shape
@@ -75,17 +64,6 @@ def merge_heads(out: torch.Tensor) -> torch.Tensor:
     """(W, nH, N, D) -> (W, N, nH * D), the layout the output projection reads."""
     windows, heads, n, head_dim = out.shape
     return out.transpose(1, 2).reshape(windows, n, heads * head_dim)
-
-
-@torch.library.custom_op("vitserve::window_attention_packed", mutates_args=())
-def window_attention_packed(qkv: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor | None, scale: float,
-                            heads: int) -> torch.Tensor:
-    return merge_heads(reference(*split_heads(qkv.contiguous(), heads), bias, logit_scale, scale))
-
-
-@window_attention_packed.register_fake
-def _(qkv, bias, logit_scale, scale, heads):
-    return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)
 
 
 def launch_arguments(shape, bias_windows):
@@ -158,7 +136,7 @@ if triton is not None:
         logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
         programs, scalars = launch_arguments(shape, bias.shape[0])
         block_n, block_d = _blocks(shape[2], shape[3])
-        _window_attention_kernel[(programs,)](
+        torch.library.wrap_triton(_window_attention_kernel)[(programs,)](
             q, k, v, bias, logit, *scalars, out, SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d, PACKED=packed,
         )
         return out
@@ -178,13 +156,40 @@ if triton is not None:
         out = qkv.new_empty(windows, n, heads * head_dim)
         return _launch(qkv, qkv, qkv, bias, logit_scale, scale, out, (windows, heads, n, head_dim), packed=True)
 
-    @window_attention.register_kernel("cuda")
-    def _(q, k, v, bias, logit_scale, scale):
-        return triton_window_attention(q, k, v, bias, logit_scale, scale)
 
-    @window_attention_packed.register_kernel("cuda")
-    def _(qkv, bias, logit_scale, scale, heads):
+def _on_triton(t: torch.Tensor) -> bool:
+    return triton is not None and t.device.type == "cuda"
+
+
+def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                      logit_scale: torch.Tensor | None, scale: float) -> torch.Tensor:
+    if _on_triton(q):
+        return triton_window_attention(q, k, v, bias, logit_scale, scale)
+    return reference(q, k, v, bias, logit_scale, scale)
+
+
+def _window_attention_packed(qkv: torch.Tensor, bias: torch.Tensor, logit_scale: torch.Tensor | None, scale: float,
+                             heads: int) -> torch.Tensor:
+    if _on_triton(qkv):
         return triton_window_attention_packed(qkv, bias, logit_scale, scale, heads)
+    return merge_heads(reference(*split_heads(qkv.contiguous(), heads), bias, logit_scale, scale))
+
+
+def _define(name: str, implementation):
+    """The op `vitserve::name`. With Triton, a `triton_op`: eager calls launch the kernel, and torch.compile and
+    AOTInductor trace through the op to the kernel launch and compile the kernel into what they produce (a package
+    runs it without Python, Triton or a compiler); torch.export keeps the op whole (the ONNX exporter's translation
+    to TensorRT's plugin node). The implementation also serves as the fake kernel: on tensors without data it
+    allocates the output as the real call does (contiguous)."""
+    if triton is not None:
+        return torch.library.triton_op(name, implementation, mutates_args=())
+    op = torch.library.custom_op(name, implementation, mutates_args=())
+    op.register_fake(implementation)
+    return op
+
+
+window_attention = _define("vitserve::window_attention", _window_attention)
+window_attention_packed = _define("vitserve::window_attention_packed", _window_attention_packed)
 
 
 # Ahead-of-time compilation: the kernel as PTX, for launchers that are not Python (TensorRT's AOT plugins).

@@ -24,9 +24,11 @@ from vitserve.export.torch_package import (
     ContainerRunner,
     PackageRunner,
     TorchOptions,
+    calls_fused_op,
     check_machine,
     check_options,
     compiled_for,
+    dispatcher_calls,
     verify_package,
 )
 from vitserve.export.triton import write_triton_repo
@@ -58,7 +60,7 @@ def test_cpu_package_is_verified_and_described(cpu_package):
     package = manifest["package"]
     assert package["format"] == "aotinductor" and (package["device"], package["dtype"]) == ("cpu", "fp32")
     assert package["batch_buckets"] == [1, 4, 16]  # --max-batch is always a bucket
-    assert package["cuda_graphs"] is False
+    assert package["cuda_graphs"] is False and package["dispatcher_calls"] == []
     report = manifest["verification"]
     assert report["passed"] and report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
     assert set(report["inputs"]) == {"random", "photos", "single_photo"}
@@ -229,15 +231,28 @@ def test_cli_classify_with_the_torch_backend(cpu_package):
     assert result.returncode == 1 and "serve it with --backend torch (or auto, the default)" in result.stderr
 
 
+def _slim_machine(tmp_path: Path) -> dict[str, str]:
+    """The environment of a slim serving machine: no C or C++ compiler on the path, Triton not importable, empty
+    Inductor and Triton caches."""
+    for folder in ("bin", "no-triton/triton"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "no-triton/triton/__init__.py").write_text("raise ImportError('no Triton on this machine')\n")
+    return {"PATH": str(tmp_path / "bin"), "CC": "no-such-cc", "CXX": "no-such-c++",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "no-triton"), os.environ.get("PYTHONPATH")])),
+            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache"), "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+
+
 def test_served_where_there_is_no_cpp_compiler(cpu_package, tmp_path):
-    """A serving machine (a slim container) need not have a C++ compiler. PyTorch loads a compiled package without
-    one, and so must the torch backend: its machine check reads the CPU's instruction sets from the CPU, where
-    PyTorch's own list of them compiles a test program for each and fails here."""
-    (tmp_path / "bin").mkdir()
-    env = {"PATH": str(tmp_path / "bin"), "CXX": "no-such-c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    """A serving machine (a slim container) need not have a C++ compiler, nor Triton. PyTorch loads a compiled
+    package without them, and so must the torch backend: its machine check reads the CPU's instruction sets from
+    the CPU, where PyTorch's own list of them compiles a test program for each and fails here."""
+    env = _slim_machine(tmp_path)
     probe = subprocess.run([sys.executable, "-c", "from torch._inductor.cpu_vec_isa import valid_vec_isa_list\n"
                             "valid_vec_isa_list()"], capture_output=True, text=True, env={**os.environ, **env})
     assert probe.returncode != 0 and "InvalidCxxCompiler" in probe.stderr  # really no compiler
+    probe = subprocess.run([sys.executable, "-c", "import triton"], capture_output=True, text=True,
+                           env={**os.environ, **env})
+    assert probe.returncode != 0 and "no Triton on this machine" in probe.stderr
     result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--json", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["results"][0]["top_k"][0]["label"] == "3"
@@ -332,9 +347,10 @@ def test_fp8_is_for_the_torch_format_only(tmp_path):
 
 
 def test_fused_op_inside_an_aotinductor_package(tmp_path):
-    """The CUDA package's deploy form calls the fused op (`vitserve::window_attention_packed`); AOTInductor keeps it
-    as one call into PyTorch's dispatcher. Here on the CPU, where the op runs its reference implementation: the
-    op survives torch.export, the package loads single-threaded (as for CUDA graphs) and matches the model at
+    """The CUDA package's deploy form calls the fused op (`vitserve::window_attention_packed`), which torch.export
+    keeps whole and AOTInductor traces through: on CUDA to the Triton kernel's launch, here on the CPU to the
+    reference implementation, compiled into the package with the rest. The package calls nothing back through the
+    dispatcher, loads single-threaded (as for CUDA graphs) and in the container runner, and matches the model at
     every batch size of its dynamic range."""
     from vitserve.models.rewrite import deploy_copy
     from vitserve.models.windows import use_fused_kernel
@@ -348,12 +364,43 @@ def test_fused_op_inside_an_aotinductor_package(tmp_path):
         assert any("window_attention_packed" in str(node.target) for node in program.graph.nodes)
         path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"),
                                                         inductor_configs=toolchain.inductor_configs())  # as exported
+        assert dispatcher_calls(Path(path)) == []
         package = torch._inductor.aoti_load_package(path, run_single_threaded=True)
-        runner = ContainerRunner(Path(path), torch.device("cpu"))  # calls back into the op just as well
+        runner = ContainerRunner(Path(path), torch.device("cpu"))
         for n in (1, 3, 8):
             x = torch.randn(n, 3, 32, 32)
             assert (package(x) - built.model(x)).abs().max() < 1e-4
             assert (runner(x) - built.model(x)).abs().max() < 1e-4
+
+
+@torch.library.custom_op("vitserve_tests::doubled", mutates_args=())
+def _doubled(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@_doubled.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def test_package_records_the_ops_it_calls_back(tmp_path):
+    """An op AOTInductor cannot see into (a plain custom op) stays a call back through PyTorch's dispatcher, which
+    the package describes and the manifest records; the process that serves it must have the op registered."""
+
+    class Calls(torch.nn.Module):
+        def forward(self, x):
+            return _doubled(x + 1) - 3
+
+    program = torch.export.export(Calls(), (torch.randn(4, 8),))
+    path = Path(torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "calls.pt2"),
+                                                         inductor_configs=toolchain.inductor_configs()))
+    assert dispatcher_calls(path) == ["vitserve_tests::doubled"]
+    assert torch.equal(torch._inductor.aoti_load_package(str(path))(torch.ones(4, 8)), torch.ones(4, 8))
+    assert dispatcher_calls(tmp_path / "missing.pt2") == []
+    assert calls_fused_op({"dispatcher_calls": ["vitserve::window_attention_packed"]})
+    assert not calls_fused_op({"dispatcher_calls": [], "fused_window_attention_blocks": 12})
+    assert calls_fused_op({"fused_window_attention_blocks": 12})  # recorded before dispatcher_calls was
+    assert not calls_fused_op({"fused_window_attention_blocks": 0})
 
 
 def test_the_package_keeps_fused_attention(tmp_path, monkeypatch):
@@ -396,7 +443,12 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
                             torch_options=TorchOptions(device="cuda", dtype="fp16"))
     manifest = export_artifact(build_model(SPECS["swin_digits"]), options, progress=lambda m: None)
     assert manifest.package["fused_window_attention_blocks"] > 0
+    assert manifest.package["dispatcher_calls"] == []  # the kernel compiled in, no call back into Python
     assert manifest.verification["min_cosine"] >= 0.999
+    # and so served where neither Triton nor a compiler is, CUDA graphs and all
+    result = run_cli("classify", str(out), str(EXAMPLES[3]), "--json", env=_slim_machine(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["results"][0]["top_k"][0]["label"] == "3"
     backend = load_backend(out, "torch")
     assert backend.cuda_graphs
     x = _pixels(backend.manifest)

@@ -5,6 +5,7 @@ CUDA at full size in fp16 / bf16 (skipped without a GPU)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import subprocess
@@ -126,6 +127,55 @@ def test_cuda_kernel_full_size(dtype, cosine):
 
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+
+@needs_triton
+@pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="this PyTorch has no CUDA support to trace for")
+@pytest.mark.parametrize("layout", ["packed", "split"])
+def test_compilers_trace_through_the_op_to_the_kernel(layout, monkeypatch):
+    """For CUDA, torch.export keeps each fused op whole (the ONNX exporter translates it to TensorRT's plugin node)
+    and AOTInductor's trace (AOTAutograd, as torch.compile's) goes through it to the Triton kernel's launch, which
+    Inductor compiles into the package: no call back into Python. Traced here on fake CUDA tensors (no GPU needed)
+    with the swin_digits deploy form in fp16, one launch of this kernel per block in place of each op."""
+    from torch._functorch.aot_autograd import aot_export_module
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vitserve.models.build import build_model
+    from vitserve.models.registry import SPECS
+    from vitserve.models.rewrite import deploy_copy
+    from vitserve.models.window_attention import _window_attention_kernel
+    from vitserve.models.windows import WindowOrderAttention, use_fused_kernel
+
+    class Logits(torch.nn.Module):  # AOTAutograd's export wants a tuple out
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return (self.model(x),)
+
+    # Which pointers the kernel writes is read from its compiled form, which needs a GPU: without one, PyTorch
+    # warns and takes every one as written (copies of the inputs in the trace, not there on a GPU)
+    monkeypatch.setattr(logging.getLogger("torch._higher_order_ops.triton_kernel_wrap"), "disabled", True)
+    deploy, _ = deploy_copy(build_model(SPECS["swin_digits"]).model.eval())
+    blocks = use_fused_kernel(deploy, layout)
+    op = "window_attention_packed" if layout == "packed" else "window_attention.default"
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        model = Logits(deploy).to(device="cuda", dtype=torch.float16)
+        x = torch.empty(4, 3, 32, 32, device="cuda", dtype=torch.float16)
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", max=16)},))
+        assert sum(op in str(node.target) for node in program.graph.nodes) == blocks
+        traced, _ = aot_export_module(program.module(), (x,), trace_joint=False)
+    calls = [node for node in traced.graph.nodes if node.op == "call_function"]
+    assert not [node for node in calls if "vitserve" in str(node.target)]
+    launches = [node.kwargs for node in calls if node.target.__name__ == "triton_kernel_wrapper_functional"]
+    assert len(launches) == blocks
+    for launch in launches:
+        assert kernel_side_table.get_kernel(launch["kernel_idx"]) is _window_attention_kernel
+        assert launch["kwargs"]["PACKED"] == (layout == "packed")
+    areas = [m.window_area for m in deploy.modules() if isinstance(m, WindowOrderAttention)]
+    assert [launch["kwargs"]["n"] for launch in launches] == areas  # each block's own window, in order
 
 
 @needs_triton
