@@ -10,7 +10,8 @@
 #                       tests/models/test_window_attention.py (the kernel at full size in fp16/bf16, and its
 #                       ahead-of-time PTX launched through the CUDA driver exactly as TensorRT launches it); the
 #                       tensorrt backend's CUDA buffers and copies (cuda-bindings); last, if the probe's package
-#                       loaded and time is left, the CUDA torch packages (fp16, fused kernel, CUDA graphs; fp8)
+#                       loaded and time is left, the CUDA torch packages (fp16, fused kernel, CUDA graphs; fp8;
+#                       PACKAGE_TESTS=first: before the benchmarks instead, within 300 s; =0: not at all)
 #   gpu_swin-*.json     benchmarks/gpu_swin.py after the probe has ended, one process per model so that a crash costs
 #                       only that model's remaining steps: kernel correctness and attention alone (first), then per
 #                       model eager, torch.compile, the deploy form compiled with CUDA graphs (Swin-T, ViT-B/16),
@@ -25,9 +26,9 @@
 # A crash in native code prints the Python stack of every thread (PYTHONFAULTHANDLER).
 # TOTAL_S (default 560) bounds the whole script; each benchmark process starts no new step in its last 60 seconds.
 # A run can be narrowed to what is still unmeasured: PROBE=0 (no probe; the artifact steps run, the export's own
-# verification decides whether a package loads), KERNEL_TESTS=0, SWIN_SECTIONS / VIT_SECTIONS / DEIT_SECTIONS /
-# GEMM_SECTIONS (gpu_swin.py --sections for that process; empty: the process is not started) and
-# GPU_SWIN_ARGS (more options for every gpu_swin.py process, e.g. --compile-batches 256,1).
+# verification decides whether a package loads), KERNEL_TESTS=0, PACKAGE_TESTS (above), SWIN_SECTIONS /
+# VIT_SECTIONS / DEIT_SECTIONS / GEMM_SECTIONS (gpu_swin.py --sections for that process; empty: the process is not
+# started) and GPU_SWIN_ARGS (more options for every gpu_swin.py process, e.g. --compile-batches 256,1).
 # Before the benchmark processes, the artifacts their package and fp8-package sections time are exported all at
 # once (gpu_swin.py --export-ahead: compiling, process start-up and verification, minutes each on the H100 machine,
 # side by side on its 16 cores; nothing is timed meanwhile); EXPORT_AHEAD=0 leaves each to its own benchmark
@@ -96,6 +97,13 @@ else
         "runner: the torch artifact's steps are left out" \
         | tee -a "$out/gpu_swin.log"
 fi
+package_tests() {  # package_tests SECONDS: the CUDA torch packages' GPU tests (export, verify, serve; fp16, fp8)
+    gpu_tests "$1" tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs \
+        tests/export/test_torch_package.py::test_cuda_fp8_package
+}
+if (( loads )) && [[ ${PACKAGE_TESTS:-last} == first ]]; then
+    package_tests $(( $(left) < 310 ? $(left) - 10 : 300 ))  # the benchmarks keep what is left
+fi
 bench() {  # bench NAME ARGS...: one gpu_swin.py process, within what is left of TOTAL_S
     local name=$1 left
     left=$(left)
@@ -130,7 +138,6 @@ bench swin --models "$swin" --sections "$swin_sections"
 bench vit --models "$vit" --sections "$vit_sections"
 bench deit --models "$deit" --sections "$deit_sections"
 bench gemm --models "$vit,$swin" --sections "$gemm_sections"
-if (( loads && $(left) > 120 )); then
-    gpu_tests $(( $(left) - 10 )) tests/export/test_torch_package.py::test_cuda_fp16_package_with_cuda_graphs \
-        tests/export/test_torch_package.py::test_cuda_fp8_package
+if (( loads && $(left) > 120 )) && [[ ${PACKAGE_TESTS:-last} == last ]]; then
+    package_tests $(( $(left) - 10 ))
 fi

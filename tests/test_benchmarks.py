@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -124,17 +125,19 @@ def test_device_script_narrowed_run(tmp_path):
     the fp8 artifact the GEMM process times exported ahead, alone."""
     out = _device_run_dry(tmp_path, TOTAL_S="300", PROBE="0", KERNEL_TESTS="0", SWIN_SECTIONS="compile",
                           VIT_SECTIONS="", DEIT_SECTIONS="", GEMM_SECTIONS="fp8-package",
-                          GPU_SWIN_ARGS="--compile-batches 1")
-    tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package test last, as time is left
+                          GPU_SWIN_ARGS="--compile-batches 1", PACKAGE_TESTS="first")
+    tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package tests first, and only then
     assert not (out / "probe.txt").exists() and "test_window_attention" not in tests
-    assert "test_cuda_fp16_package_with_cuda_graphs tests/export/test_torch_package.py::test_cuda_fp8_package: " \
-           "exit 0" in tests
+    ran = re.findall(r"test_cuda_fp16_package_with_cuda_graphs tests/export/test_torch_package.py::"
+                     r"test_cuda_fp8_package: exit 0 after (\d+) s", tests)
+    assert len(ran) == 1, tests
     swin = json.loads((out / "gpu_swin-swin.json").read_text())
     assert "compiled_bf16_default" in swin and "eager_bf16" not in swin, swin
     assert [row["batch"] for row in swin["compiled_bf16_default"]["swin_digits"]] == [1]  # GPU_SWIN_ARGS
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()
     assert "probe: not run" in log and "swin: exit 0" in log
+    assert int(ran[0]) <= int(re.search(r"export ahead \(.*\): exit 0 after (\d+) s", log).group(1))
     for name in ("vit", "deit"):
         assert f"{name}: not run, no sections" in log, log[-3000:]
     assert "export ahead (swin_digits:fp8): exit 0" in log and "exported ahead: swin_digits-fp8" in log, log[-3000:]
