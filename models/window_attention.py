@@ -74,6 +74,13 @@ def launch_arguments(shape, bias_windows):
     return windows * heads, (heads, tokens, head_dim, bias_windows)
 
 
+# One window-head per program, its whole score tile at once: windows of up to 8x8 tokens (Swin's 7x7, Swin V2's
+# 8x8; the sizes the kernel has run at full size on a GPU). A 12x12 window (144 tokens, Swin at 384 px) would
+# take a 256x256 tile (the next power of two), more than MAX_STATIC_SHARED ahead of time: larger windows keep the
+# unfused ops (use_fused_kernel), and TensorRT's plugin refuses them.
+MAX_TOKENS = 64
+
+
 def _blocks(tokens: int, head_dim: int) -> tuple[int, int]:
     """The kernel's tile sizes: powers of two, at least 16 (tl.dot's minimum)."""
     return max(16, triton.next_power_of_2(tokens)), max(16, triton.next_power_of_2(head_dim))
@@ -197,7 +204,6 @@ window_attention_packed = _define("vitserve::window_attention_packed", _window_a
 TRITON_TYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 SCALARS = 4  # heads, tokens, head_dim, bias_windows: int32, between the input and the output pointers
 MAX_STATIC_SHARED = 48 * 1024  # more needs an opt-in attribute that a plain launch does not set
-MAX_AOT_TOKENS = 64  # one window per program: 8x8 windows fit MAX_STATIC_SHARED, 12x12 (144 tokens) do not
 
 
 @dataclass(frozen=True)
