@@ -183,7 +183,7 @@ def _window_attention_packed(qkv: torch.Tensor, bias: torch.Tensor, logit_scale:
 
 
 def _define(name: str, implementation):
-    """The op `vitserve::name`. With Triton, a `triton_op`: eager calls launch the kernel, and torch.compile and
+    """The op `name` ("vitserve::..."). With Triton, a `triton_op`: eager calls launch the kernel, and torch.compile and
     AOTInductor trace through the op to the kernel launch and compile the kernel into what they produce (a package
     runs it without Python, Triton or a compiler); torch.export keeps the op whole (the ONNX exporter's translation
     to TensorRT's plugin node). The implementation also serves as the fake kernel: on tensors without data it
