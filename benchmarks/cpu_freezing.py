@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from timing import side_by_side  # benchmarks/timing.py, beside this script
 
-from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.torch_package import TorchBackend, TorchOptions
+from vitserve.export.bench import export_cpu_package
+from vitserve.export.torch_package import TorchBackend
 from vitserve.models.build import build_model
 from vitserve.models.registry import resolve
 
@@ -41,10 +41,7 @@ def main() -> None:
             backends = {}
             for freezing in (True, False):
                 out = Path(tmp) / f"{name}-{'frozen' if freezing else 'not-frozen'}"
-                torch_options = TorchOptions(device="cpu", dtype=args.dtype, batch_buckets=tuple(batches),
-                                             freezing=freezing)
-                export_artifact(built, ExportOptions(out=out, max_batch=max(batches), format="torch",
-                                                     torch_options=torch_options), progress=lambda m: None)
+                export_cpu_package(built, out, args.dtype, batches, freezing=freezing)
                 backends[freezing] = TorchBackend(out, threads=args.threads)
             for batch in batches:
                 x = np.random.default_rng(0).standard_normal((batch, *backends[True].input_shape), dtype=np.float32)

@@ -76,19 +76,27 @@ def export_for_bench(spec, out: Path, backends: list[str], precisions: list[str]
     export_artifact(built, ExportOptions(out=artifact, max_batch=max(batch_sizes)), progress=progress)
     packages = []
     if "torch" in backends:
-        from vitserve.export.torch_package import TorchOptions
-
         for precision in precisions:
             if precision == "bf16" and not cpu_supports_bf16():
                 continue
             dtype = TORCH_DTYPES[precision]
             package = out / f"artifact-torch-{dtype}"
             progress(f"exporting {spec.name} with random weights to {package} (--format torch --dtype {dtype})")
-            torch_options = TorchOptions(device="cpu", dtype=dtype, batch_buckets=tuple(batch_sizes))
-            export_artifact(built, ExportOptions(out=package, max_batch=max(batch_sizes), format="torch",
-                                                 torch_options=torch_options), progress=progress)
+            export_cpu_package(built, package, dtype, batch_sizes, progress=progress)
             packages.append(package)
     return artifact, packages
+
+
+def export_cpu_package(built, out: Path, dtype: str, batch_sizes: list[int], *, freezing: bool = True,
+                       progress: Callable[[str], None] = lambda message: None) -> None:
+    """`built` exported to a CPU torch package at `out` for timing: every batch size a bucket (none padded to a
+    larger one), --max-batch the largest."""
+    from vitserve.export.pipeline import ExportOptions, export_artifact
+    from vitserve.export.torch_package import TorchOptions
+
+    torch_options = TorchOptions(device="cpu", dtype=dtype, batch_buckets=tuple(batch_sizes), freezing=freezing)
+    export_artifact(built, ExportOptions(out=out, max_batch=max(batch_sizes), format="torch",
+                                         torch_options=torch_options), progress=progress)
 
 
 def runners_for(artifact: Path, backends: list[str], precisions: list[str], threads: int | None,
