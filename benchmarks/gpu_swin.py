@@ -9,11 +9,12 @@ package has no CUDA graphs): it checks the script, it measures nothing worth rep
 
 Steps, each written to the JSON file as soon as it is done; a step that would start after --budget-s seconds is
 listed under "not_run" instead (a run cut short keeps what it measured):
-  correctness  the kernel at full size (Swin-T stage 1 at batch 64; Swin V2 cosine, 64-token windows) in fp16 and
-               bf16 against the float32 reference: max |error|;
+  correctness  the kernel at full size (Swin-T stage 1 at batch 64; Swin V2 cosine, 64-token windows; the tiled
+               form at 144 tokens and, cosine, 256) in fp16 and bf16 against the float32 reference: max |error|;
   attention    window attention alone at Swin-T stage-1 shapes, batch 256: stock ops vs
                scaled_dot_product_attention with the bias as mask vs the fused kernel (q, k, v apart, and packed:
-               from the qkv projection's output to the output projection's input);
+               from the qkv projection's output to the output projection's input); the same at Swin-B's stage-1
+               shapes at 384 px (12x12 windows, 144 tokens: the kernel's tiled form);
 then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows before the next starts:
   eager        fp16, batch 1 / 64 / 256: timm eager; for Swin also the window-order rewrite, and the rewrite with
                the fused kernel in either layout (split: q, k, v copied apart and the output back; packed: none);
@@ -106,7 +107,10 @@ def device_ms(fn, iters: int = 20, warmup: int = 5) -> float:
 def kernel_correctness() -> list[dict]:
     rows = []
     torch.manual_seed(0)
-    for cosine, n, windows, bias_windows in ((False, 49, 64 * 64, 64), (True, 64, 64 * 16, 16)):
+    # Swin-T stage 1 at batch 64, Swin V2's 8x8 windows (whole windows); 12x12 and Swin V2's 16x16 (tiled)
+    for cosine, n, windows, bias_windows in ((False, 49, 64 * 64, 64), (True, 64, 64 * 16, 16),
+                                             (False, 144, 64 * 16, 64), (True, 256, 16 * 16, 16)):
+        windows = windows if DEVICE == "cuda" else windows // 16  # the dry run: a batch of 4, not 64
         for dtype in (torch.float16, torch.bfloat16):
             q, k, v = (torch.randn(windows, 3, n, 32, device=DEVICE, dtype=dtype) for _ in range(3))
             bias = torch.randn(bias_windows, 3, n, n, device=DEVICE)
@@ -120,8 +124,10 @@ def kernel_correctness() -> list[dict]:
     return rows
 
 
-def attention_alone(batch: int) -> dict:
-    windows, heads, n, d = batch * 64, 3, 49, 32
+def attention_alone(batch: int, n: int = 49, heads: int = 3) -> dict:
+    """64 windows of n tokens per image: Swin-T's stage 1 (7x7 windows, 3 heads), or Swin-B's at 384 px (12x12,
+    4 heads)."""
+    windows, d = batch * 64, 32
     q, k, v = (torch.randn(windows, heads, n, d, device=DEVICE, dtype=DTYPE) for _ in range(3))
     bias = torch.randn(64, heads, n, n, device=DEVICE)
     bias16 = bias.to(DTYPE)
@@ -143,8 +149,10 @@ def attention_alone(batch: int) -> dict:
     def packed():  # from the qkv projection's layout to the output projection's
         return window_attention_packed(qkv, bias, None, 1.0, heads)
 
-    return {name: device_ms(fn, iters=50) for name, fn in (("stock ops", stock), ("sdpa with bias mask", sdpa),
-                                                         ("fused kernel", fused), ("fused kernel, packed", packed))}
+    iters, warmup = (50, 5) if DEVICE == "cuda" else (1, 1)  # the dry run only checks that each runs
+    runners = (("stock ops", stock), ("sdpa with bias mask", sdpa), ("fused kernel", fused),
+               ("fused kernel, packed", packed))
+    return {name: device_ms(fn, iters, warmup) for name, fn in runners}
 
 
 def timm_model(name: str) -> torch.nn.Module:
@@ -428,6 +436,8 @@ def main() -> None:
 
     step("correctness", "kernel_correctness", None, kernel_correctness)
     step("attention", f"attention_stage1_b{max(batches)}_ms", None, lambda: attention_alone(max(batches)))
+    step("attention", f"attention_w12_stage1_b{max(batches)}_ms", None,
+         lambda: attention_alone(max(batches), n=144, heads=4))
     package_key = f"torch_artifact_{precision}"
 
     def leave_out_once_crashed(names: set[str], when: str) -> None:

@@ -93,17 +93,13 @@ def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, 
     from vitserve.export.onnx import export_onnx
     from vitserve.export.precision import mixed_precision
     from vitserve.export.torch_package import DTYPES
-    from vitserve.models.window_attention import MAX_TOKENS  # (and registers torch.ops.vitserve.window_attention)
-    from vitserve.models.windows import WindowOrderAttention, use_fused_kernel
+    from vitserve.models import window_attention  # noqa: F401  (registers torch.ops.vitserve.window_attention)
+    from vitserve.models.windows import use_fused_kernel
 
     model = mixed_precision(deploy, DTYPES[dtype])
-    if not use_fused_kernel(model, layout="split", every_window=True):  # the plugin node takes q, k, v
+    if not use_fused_kernel(model, layout="split"):  # the plugin node takes q, k, v
         raise ExportError("the TensorRT plugin replaces Swin's window attention; this model has none (export it "
                           "with --format onnx and build the engine with TensorRT's own layers)")
-    tokens = max(m.window_area for m in model.modules() if isinstance(m, WindowOrderAttention))
-    if tokens > MAX_TOKENS:
-        raise ExportError(f"the TensorRT plugin's kernel takes windows of up to {MAX_TOKENS} tokens (8x8); this "
-                          f"model's have {tokens}: use --format torch or --format onnx")
     export_onnx(model, input_size, path, max_batch=max_batch, opset=opset,
                 custom_translation_table={torch.ops.vitserve.window_attention.default: _translation()})
     graph = onnx.load(str(path))

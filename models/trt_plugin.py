@@ -6,10 +6,11 @@ Importing this module registers `vitserve::WindowAttention` and `vitserve::Cosin
 `plugin_namespace` = "vitserve" and `aot` = 1, so TensorRT's ONNX parser picks these plugins' ahead-of-time
 implementation). While the engine is built, TensorRT calls `_plain_aot` / `_cosine_aot` once per plugin node with
 the node's tensor descriptions; they compile the Triton kernel of `vitserve.models.window_attention` to PTX for this
-GPU and these dtypes and return it with its launch: one program per (window, head), the window count symbolic in
-the batch. TensorRT stores the PTX in the engine and launches it itself: running the engine needs neither Python
-nor this module (trtexec, Triton's TensorRT backend and `vitserve serve --backend tensorrt` load it alike).
-Building needs TensorRT >= 10.9, triton and a GPU; no torch.
+GPU and these dtypes and return it with its launch: one program per (window, head) and block of query rows, the
+window count symbolic in the batch. TensorRT stores the PTX in the engine and launches it itself: running the
+engine needs neither Python nor this module (trtexec, Triton's TensorRT backend and `vitserve serve --backend
+tensorrt` load it alike). Building needs TensorRT >= 10.9, triton, torch (the kernel's module imports it) and a
+GPU.
 """
 
 # No `from __future__ import annotations`: tensorrt.plugin reads the type hints as objects.
@@ -58,7 +59,7 @@ def _aot(q: trtp.TensorDesc, bias: trtp.TensorDesc, logit_scale, scale: float) -
         logit_dtype=None if logit_scale is None else _dtype(logit_scale, "the logit scale"), scale=scale,
         tokens=_constant(shape[2], "window area"), head_dim=_constant(shape[3], "head dimension"),
         arch=arch, ptx_version=loadable_ptx_version(arch))
-    programs, scalars = launch_arguments(shape, bias.shape_expr[0])
+    programs, scalars = launch_arguments(shape, bias.shape_expr[0], kernel.query_blocks)
     launch = trtp.KernelLaunchParams()
     launch.grid_x = programs
     launch.block_x = kernel.threads

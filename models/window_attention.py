@@ -3,7 +3,8 @@
 Swin spends its GPU time in many small attentions (49 or 64 tokens per window) whose score matrices are written
 and read back several times by the stock ops (matmul, add bias, add mask, softmax, matmul). This kernel keeps one
 window-head in registers from q, k, v to the output: scores, the constant bias (relative position bias + shift
-mask, as built by windows.py), softmax and the product with v in one pass, fp16/bf16 in, fp32 accumulation. The
+mask, as built by windows.py), softmax and the product with v in one pass, fp16/bf16 in, fp32 accumulation;
+windows of more than 64 tokens in blocks of query rows, the keys in steps with the softmax kept online (`tiles`). The
 cosine variant (Swin V2) normalizes q and k and multiplies by a per-head logit scale.
 
     window_attention(q, k, v, bias, logit_scale, scale) -> out
@@ -66,85 +67,154 @@ def merge_heads(out: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).reshape(windows, n, heads * head_dim)
 
 
-def launch_arguments(shape, bias_windows):
-    """(programs, int32 scalars) of a launch for q of `shape` (windows, heads, tokens, head_dim): one program per
-    (window, head); the scalars go between the input and output pointers. Works on ints and on TensorRT's symbolic
-    dimensions alike."""
+# Tiles. Windows of up to 8x8 tokens (Swin's 7x7, Swin V2's 8x8) go whole into one program per (window, head): the
+# score tile padded to a power of two, one softmax. Larger windows (12x12 in Swin at 384 px, 16x16 and 24x24 in
+# Swin V2's fine-tuned models) would need a 256x256 or 1024x1024 tile: they are cut into blocks of query rows, one
+# program each, which take the keys a block at a time with the softmax kept online (running maximum and sum, the
+# partial output rescaled whenever the maximum grows).
+WHOLE_WINDOW_TOKENS = 64
+QUERY_BLOCK, KEY_BLOCK = 64, 32
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """How the kernel covers one (window, head) of `tokens` x `head_dim`: its compile-time tile sizes and how many
+    programs the launch gives it."""
+
+    block_m: int  # query rows per program
+    block_n: int  # keys per step
+    block_d: int
+    key_steps: int  # 1: the whole window in one pass
+    query_blocks: int  # programs per (window, head)
+
+
+def _power_of_two(n: int) -> int:
+    """The next power of two, at least 16 (tl.dot's smallest tile)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def tiles(tokens: int, head_dim: int) -> Tiles:
+    if tokens <= WHOLE_WINDOW_TOKENS:
+        block = _power_of_two(tokens)
+        return Tiles(block, block, _power_of_two(head_dim), key_steps=1, query_blocks=1)
+    return Tiles(QUERY_BLOCK, KEY_BLOCK, _power_of_two(head_dim), key_steps=-(-tokens // KEY_BLOCK),
+                 query_blocks=-(-tokens // QUERY_BLOCK))
+
+
+def tile_constants(cover: Tiles) -> dict[str, int]:
+    """The kernel's compile-time arguments for `cover`."""
+    return {"BLOCK_M": cover.block_m, "BLOCK_N": cover.block_n, "BLOCK_D": cover.block_d,
+            "KEY_STEPS": cover.key_steps}
+
+
+def launch_arguments(shape, bias_windows, query_blocks: int):
+    """(programs, int32 scalars) of a launch for q of `shape` (windows, heads, tokens, head_dim): `query_blocks`
+    programs per (window, head) (Tiles.query_blocks); the scalars go between the input and output pointers. Works on
+    ints and on TensorRT's symbolic dimensions alike."""
     windows, heads, tokens, head_dim = shape
-    return windows * heads, (heads, tokens, head_dim, bias_windows)
-
-
-# One window-head per program, its whole score tile at once: windows of up to 8x8 tokens (Swin's 7x7, Swin V2's
-# 8x8; the sizes the kernel has run at full size on a GPU). A 12x12 window (144 tokens, Swin at 384 px) would
-# take a 256x256 tile (the next power of two), more than MAX_STATIC_SHARED ahead of time: larger windows keep the
-# unfused ops (use_fused_kernel), and TensorRT's plugin refuses them.
-MAX_TOKENS = 64
-
-
-def _blocks(tokens: int, head_dim: int) -> tuple[int, int]:
-    """The kernel's tile sizes: powers of two, at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(tokens)), max(16, triton.next_power_of_2(head_dim))
+    return windows * heads * query_blocks, (heads, tokens, head_dim, bias_windows)
 
 
 if triton is not None:
+
+    @triton.jit
+    def _scores(q, k, bias_ptr, logit_ptr, bias_base, rows, keys, n, head, SCALE: tl.constexpr):
+        """Scores of the query rows `rows` against the keys `keys` (q already normalized for cosine attention) plus
+        their bias; keys past the window -inf."""
+        if logit_ptr is not None:  # cosine attention: normalize in fp32, like F.normalize (eps 1e-12)
+            kf = k.to(tl.float32)
+            kf = kf / tl.maximum(tl.sqrt(tl.sum(kf * kf, axis=1)), 1e-12)[:, None]
+            scores = tl.dot(q, tl.trans(kf), input_precision="ieee")
+            scores = scores * tl.load(logit_ptr + head).to(tl.float32)
+        else:
+            scores = tl.dot(q, tl.trans(k)) * SCALE  # fp32 accumulation
+        pair_ok = (rows[:, None] < n) & (keys[None, :] < n)
+        bias = tl.load(bias_ptr + bias_base + rows[:, None] * n + keys[None, :], mask=pair_ok, other=0.0)
+        return tl.where(keys[None, :] < n, scores + bias.to(tl.float32), float("-inf"))
+
+    @triton.jit
+    def _input_offsets(tokens, window, head, heads, n, d, cols, PACKED: tl.constexpr):
+        """Offsets of q's elements for the token indices `tokens` (k's and v's: plus the shift of their third in
+        the packed layout, the same offsets in their own tensors otherwise)."""
+        if PACKED:  # token rows of 3 * C (q | k | v, heads within each)
+            width = heads * d
+            return window * n * 3 * width + tokens[:, None] * 3 * width + head * d + cols[None, :]
+        else:  # (W, nH, N, D), contiguous
+            return (window * heads + head) * n * d + tokens[:, None] * d + cols[None, :]
 
     @triton.jit
     def _window_attention_kernel(
         q_ptr, k_ptr, v_ptr, bias_ptr, logit_ptr,  # inputs; logit_ptr is None for plain attention
         heads, n, d, bias_windows,  # int32 scalars
         out_ptr,  # the output, last: TensorRT launches (inputs..., int32 scalars..., outputs...)
-        SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        KEY_STEPS: tl.constexpr,  # 1: the whole window at once (BLOCK_M = BLOCK_N >= n); more: an online softmax
         PACKED: tl.constexpr = False,  # q_ptr = k_ptr = v_ptr: one (W, N, 3 * nH * D) tensor; out (W, N, nH * D)
     ):
-        pid = tl.program_id(0)  # one program per (window, head)
-        head = pid % heads
-        window = pid // heads
-        rows = tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_D)
-        row_ok = rows < n
-        tile_ok = row_ok[:, None] & (cols[None, :] < d)
-        if PACKED:  # token rows of 3 * C (q | k | v, heads within each), output rows of C
-            width = heads * d
-            q_offsets = window * n * 3 * width + rows[:, None] * 3 * width + head * d + cols[None, :]
-            k_offsets = q_offsets + width
-            v_offsets = q_offsets + 2 * width
-            offsets = window * n * width + rows[:, None] * width + head * d + cols[None, :]
-        else:  # each (W, nH, N, D), contiguous
-            offsets = pid * n * d + rows[:, None] * d + cols[None, :]
-            q_offsets = offsets
-            k_offsets = offsets
-            v_offsets = offsets
-        q = tl.load(q_ptr + q_offsets, mask=tile_ok, other=0.0)
-        k = tl.load(k_ptr + k_offsets, mask=tile_ok, other=0.0)
-        v = tl.load(v_ptr + v_offsets, mask=tile_ok, other=0.0)
-        if logit_ptr is not None:  # cosine attention: normalize in fp32, like F.normalize (eps 1e-12)
-            qf = q.to(tl.float32)
-            kf = k.to(tl.float32)
-            qf = qf / tl.maximum(tl.sqrt(tl.sum(qf * qf, axis=1)), 1e-12)[:, None]
-            kf = kf / tl.maximum(tl.sqrt(tl.sum(kf * kf, axis=1)), 1e-12)[:, None]
-            scores = tl.dot(qf, tl.trans(kf), input_precision="ieee")
-            scores = scores * tl.load(logit_ptr + head).to(tl.float32)
+        pid = tl.program_id(0)  # one program per (window, head, block of query rows), query blocks innermost
+        if KEY_STEPS == 1:  # the whole window in one program
+            query_blocks = 1
         else:
-            scores = tl.dot(q, tl.trans(k)) * SCALE  # fp32 accumulation
+            query_blocks = tl.cdiv(n, BLOCK_M)
+        head = pid // query_blocks % heads
+        window = pid // query_blocks // heads
+        rows = pid % query_blocks * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_D)
+        if PACKED:
+            k_shift = heads * d
+            v_shift = 2 * heads * d
+        else:
+            k_shift = 0
+            v_shift = 0
+        col_ok = cols[None, :] < d
+        q_offsets = _input_offsets(rows, window, head, heads, n, d, cols, PACKED)
+        q = tl.load(q_ptr + q_offsets, mask=(rows[:, None] < n) & col_ok, other=0.0)
+        if logit_ptr is not None:
+            q = q.to(tl.float32)
+            q = q / tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), 1e-12)[:, None]
         bias_base = ((window % bias_windows) * heads + head) * n * n
-        pair_ok = row_ok[:, None] & (rows[None, :] < n)
-        bias = tl.load(bias_ptr + bias_base + rows[:, None] * n + rows[None, :], mask=pair_ok, other=0.0)
-        bias = bias.to(tl.float32)
-        scores = tl.where(rows[None, :] < n, scores + bias, float("-inf"))
-        scores = scores - tl.max(scores, axis=1)[:, None]
-        p = tl.exp(scores)
-        p = p / tl.sum(p, axis=1)[:, None]
-        out = tl.dot(p.to(v.dtype), v)
-        tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=tile_ok)
+        if KEY_STEPS == 1:
+            keys = rows  # every token of the window, as query and as key
+            key_ok = (keys[:, None] < n) & col_ok
+            k = tl.load(k_ptr + (q_offsets + k_shift), mask=key_ok, other=0.0)
+            v = tl.load(v_ptr + (q_offsets + v_shift), mask=key_ok, other=0.0)
+            scores = _scores(q, k, bias_ptr, logit_ptr, bias_base, rows, keys, n, head, SCALE)
+            scores = scores - tl.max(scores, axis=1)[:, None]
+            p = tl.exp(scores)
+            p = p / tl.sum(p, axis=1)[:, None]
+            out = tl.dot(p.to(v.dtype), v)
+        else:
+            top = tl.full([BLOCK_M], float("-inf"), tl.float32)  # each row's largest score so far
+            total = tl.zeros([BLOCK_M], tl.float32)  # each row's sum of exp(score - top) so far
+            out = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            for step in range(KEY_STEPS):
+                keys = step * BLOCK_N + tl.arange(0, BLOCK_N)
+                key_ok = (keys[:, None] < n) & col_ok
+                key_offsets = _input_offsets(keys, window, head, heads, n, d, cols, PACKED)
+                k = tl.load(k_ptr + (key_offsets + k_shift), mask=key_ok, other=0.0)
+                v = tl.load(v_ptr + (key_offsets + v_shift), mask=key_ok, other=0.0)
+                scores = _scores(q, k, bias_ptr, logit_ptr, bias_base, rows, keys, n, head, SCALE)
+                new_top = tl.maximum(top, tl.max(scores, axis=1))
+                rescale = tl.exp(top - new_top)
+                p = tl.exp(scores - new_top[:, None])
+                total = total * rescale + tl.sum(p, axis=1)
+                out = out * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+                top = new_top
+            out = out / total[:, None]
+        if PACKED:  # output rows of C
+            out_offsets = window * n * heads * d + rows[:, None] * heads * d + head * d + cols[None, :]
+        else:
+            out_offsets = q_offsets
+        tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < n) & col_ok)
 
     def _launch(q, k, v, bias, logit_scale, scale: float, out: torch.Tensor, shape, packed: bool) -> torch.Tensor:
-        """One launch over `shape` (windows, heads, tokens, head_dim), one program per (window, head)."""
+        """One launch over `shape` (windows, heads, tokens, head_dim)."""
         bias = bias.contiguous()
         logit = None if logit_scale is None else logit_scale.contiguous().float().view(-1)
-        programs, scalars = launch_arguments(shape, bias.shape[0])
-        block_n, block_d = _blocks(shape[2], shape[3])
+        cover = tiles(shape[2], shape[3])
+        programs, scalars = launch_arguments(shape, bias.shape[0], cover.query_blocks)
         torch.library.wrap_triton(_window_attention_kernel)[(programs,)](
-            q, k, v, bias, logit, *scalars, out, SCALE=float(scale), BLOCK_N=block_n, BLOCK_D=block_d, PACKED=packed,
+            q, k, v, bias, logit, *scalars, out, SCALE=float(scale), **tile_constants(cover), PACKED=packed,
         )
         return out
 
@@ -210,14 +280,16 @@ MAX_STATIC_SHARED = 48 * 1024  # more needs an opt-in attribute that a plain lau
 class CompiledKernel:
     """The kernel compiled for one GPU architecture, one set of dtypes and one window size.
 
-    Launch it with grid (windows * heads, 1, 1), `threads` threads per block, `shared` bytes of dynamic shared
-    memory and the arguments (q, k, v, bias[, logit_scale], heads, tokens, head_dim, bias_windows, out)."""
+    Launch it with grid (windows * heads * query_blocks, 1, 1) (launch_arguments), `threads` threads per block,
+    `shared` bytes of dynamic shared memory and the arguments (q, k, v, bias[, logit_scale], heads, tokens,
+    head_dim, bias_windows, out)."""
 
     name: str
     ptx: str
     threads: int
     shared: int
     inputs: int  # 4 pointers, or 5 with cosine attention's logit scale
+    query_blocks: int  # programs per (window, head)
 
 
 def compile_kernel(*, dtype: str, bias_dtype: str, logit_dtype: str | None, scale: float, tokens: int,
@@ -227,13 +299,13 @@ def compile_kernel(*, dtype: str, bias_dtype: str, logit_dtype: str | None, scal
     highest PTX ISA the driver that will load it accepts (e.g. 84 for CUDA 12.4), None for Triton's own."""
     from triton.backends.compiler import GPUTarget
 
-    block_n, block_d = _blocks(tokens, head_dim)
+    cover = tiles(tokens, head_dim)
     signature = {"q_ptr": TRITON_TYPES[dtype], "k_ptr": TRITON_TYPES[dtype], "v_ptr": TRITON_TYPES[dtype],
                  "bias_ptr": TRITON_TYPES[bias_dtype],
                  "logit_ptr": "constexpr" if logit_dtype is None else TRITON_TYPES[logit_dtype],
-                 "heads": "i32", "n": "i32", "d": "i32", "bias_windows": "i32", "out_ptr": TRITON_TYPES[dtype],
-                 "SCALE": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr", "PACKED": "constexpr"}
-    constexprs = {"SCALE": float(scale), "BLOCK_N": block_n, "BLOCK_D": block_d, "PACKED": False}
+                 "heads": "i32", "n": "i32", "d": "i32", "bias_windows": "i32", "out_ptr": TRITON_TYPES[dtype]}
+    constexprs = {"SCALE": float(scale), **tile_constants(cover), "PACKED": False}
+    signature.update(dict.fromkeys(constexprs, "constexpr"))  # in the kernel's parameter order
     if logit_dtype is None:
         constexprs["logit_ptr"] = None
     source = triton.compiler.ASTSource(fn=_window_attention_kernel, signature=signature, constexprs=constexprs)
@@ -241,7 +313,8 @@ def compile_kernel(*, dtype: str, bias_dtype: str, logit_dtype: str | None, scal
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     kernel = CompiledKernel(name=compiled.metadata.name, ptx=compiled.asm["ptx"],
                             threads=compiled.metadata.num_warps * compiled.metadata.warp_size,
-                            shared=compiled.metadata.shared, inputs=4 if logit_dtype is None else 5)
+                            shared=compiled.metadata.shared, inputs=4 if logit_dtype is None else 5,
+                            query_blocks=cover.query_blocks)
     check_launch(kernel, compiled.metadata)
     return kernel
 

@@ -276,22 +276,18 @@ def convert_timm_block(
     return WindowOrderBlock(block.norm1, attn, block.norm2, block.mlp, order, resolution, post_norm, norm3), order
 
 
-def use_fused_kernel(model: nn.Module, layout: str | None = "packed", every_window: bool = False) -> int:
+def use_fused_kernel(model: nn.Module, layout: str | None = "packed") -> int:
     """Switches the window attentions of a rewritten model to the fused op (GPU deploy form); returns how many.
     layout "packed": `window_attention_packed` on the qkv projection's output as it is, writing the layout the
     output projection reads (what torch.compile / AOTInductor get); "split": `window_attention` on separate q, k, v
-    (the form of the TensorRT plugin's node); None: back to the unfused ops. Blocks whose windows hold more tokens
-    than the kernel is made for (window_attention.MAX_TOKENS) keep the unfused ops, unless `every_window`."""
-    from vitserve.models.window_attention import MAX_TOKENS
-
+    (the form of the TensorRT plugin's node); None: back to the unfused ops."""
     if layout not in ("packed", "split", None):
         raise ValueError(f"unknown fused layout {layout!r}")
     count = 0
     for module in model.modules():
         if isinstance(module, WindowOrderAttention):
-            fits = every_window or module.window_area <= MAX_TOKENS
-            module.fused = layout if fits else None
-            count += bool(layout and fits)
+            module.fused = layout
+            count += bool(layout)
     return count
 
 

@@ -37,9 +37,9 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     assert result["device"] == "cpu (dry run)" and "not_run" not in result
     assert not list(_errors(result)), list(_errors(result))  # a failing step is recorded, not raised
 
-    assert [row["tokens"] for row in result["kernel_correctness"]] == [49, 49, 64, 64]
-    assert set(result["attention_stage1_b4_ms"]) == {"stock ops", "sdpa with bias mask", "fused kernel",
-                                                     "fused kernel, packed"}
+    assert [row["tokens"] for row in result["kernel_correctness"]] == [49, 49, 64, 64, 144, 144, 256, 256]
+    for key in ("attention_stage1_b4_ms", "attention_w12_stage1_b4_ms"):
+        assert set(result[key]) == {"stock ops", "sdpa with bias mask", "fused kernel", "fused kernel, packed"}
     eager = result["eager_bf16"]["swin_digits"]
     assert {row["runner"] for row in eager} == {"timm eager", "rewrite eager", "rewrite + fused kernel (split) eager",
                                                 "rewrite + fused kernel (packed) eager"}

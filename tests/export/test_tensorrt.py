@@ -148,14 +148,23 @@ def test_fp16_plugin_onnx_carries_its_precision(arch, tmp_path):
     assert got.dtype == np.float32 and stats["min_cosine"] > 0.999 and stats["top1_agreement"] == 1.0
 
 
-def test_models_the_plugin_cannot_run_are_refused(tmp_path):
+def test_models_without_window_attention_are_refused(tmp_path):
     vit = build_model(SPECS["deit_t"], random_init=True).model
     with pytest.raises(ExportError, match="has none"):
         _plugin_onnx(vit, (3, 224, 224), tmp_path / "vit.onnx")
-    big_windows = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=24,
-                                    depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), img_size=96, window_size=12)
-    with pytest.raises(ExportError, match="up to 64 tokens"):
-        _plugin_onnx(big_windows.eval(), (3, 96, 96), tmp_path / "w12.onnx")
+
+
+def test_windows_over_64_tokens_are_plugin_nodes_too(tmp_path):
+    """12x12 windows (Swin at 384 px: 144 tokens, the kernel's tiled form) in the first two stages, one 3x3 window
+    after: every block is a plugin node and the graph computes the model."""
+    model = perturb(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=24,
+                                      depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), img_size=96, window_size=12,
+                                      num_classes=5).eval())
+    path = tmp_path / "w12.onnx"
+    assert _plugin_onnx(model, (3, 96, 96), path) == 4
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    got = reference_evaluator(path).run(None, {INPUT_NAME: x.numpy()})[0]
+    assert np.abs(got - _logits(model, x)).max() < 1e-4
 
 
 def test_optimization_profiles():

@@ -26,18 +26,21 @@ from vitserve.models.window_attention import (
 torch.manual_seed(0)
 worst = 0.0
 for cosine in (False, True):
-    for B, nW, nH, N, D, nwb in [(2, 4, 3, 49, 32, 4), (1, 2, 2, 64, 16, 1), (2, 3, 2, 9, 8, 3)]:
+    # whole windows (up to 64 tokens), then the tiled form: 144 = 12x12, 100 (blocks of keys and queries cut short)
+    for B, nW, nH, N, D, nwb in [(2, 4, 3, 49, 32, 4), (1, 2, 2, 64, 16, 1), (2, 3, 2, 9, 8, 3),
+                                 (1, 2, 2, 144, 16, 2), (1, 1, 2, 100, 8, 1)]:
         qkv = torch.randn(B * nW, N, 3 * nH * D)
         q, k, v = (t.contiguous() for t in split_heads(qkv, nH))
         bias = torch.randn(nwb, nH, N, N)
         bias[..., 0, 1:5] = -100.0  # a shift mask's entries
+        bias[..., N - 3] += 6.0  # each row's largest score in the last keys: the online softmax must rescale
         scale = torch.rand(nH) * 10 if cosine else None
         expected = reference(q, k, v, bias, scale, 0.17)
         out = triton_window_attention(q, k, v, bias, scale, 0.17)
         worst = max(worst, (expected - out).abs().max().item())
         packed = triton_window_attention_packed(qkv, bias, scale, 0.17, nH)  # W, N, nH * D
         worst = max(worst, (expected.transpose(1, 2).reshape(packed.shape) - packed).abs().max().item())
-        if not cosine and N == 49:  # a permuted bias must be caught
+        if not cosine and N in (49, 144):  # a permuted bias must be caught
             wrong = triton_window_attention(q, k, v, bias.transpose(-2, -1).contiguous(), None, 0.17)
             assert (reference(q, k, v, bias, None, 0.17) - wrong).abs().max().item() > 1e-2
 print(worst)
@@ -107,12 +110,17 @@ def test_fake_kernel_matches_real_layout():
     torch.library.opcheck(window_attention_packed, (torch.randn(4, 6, 36), bias, None, 0.5, 2))
 
 
+# (cosine, window area): Swin's 7x7, Swin V2's 8x8 (whole windows), Swin's 12x12 at 384 px and Swin V2's 16x16
+# (the tiled form)
+GPU_WINDOWS = [(False, 49), (True, 64), (False, 144), (True, 256)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("cosine", [False, True])
-def test_cuda_kernel_full_size(dtype, cosine):
+@pytest.mark.parametrize("cosine,n", GPU_WINDOWS)
+def test_cuda_kernel_full_size(dtype, cosine, n):
     torch.manual_seed(0)
-    windows, heads, n, d = 64 * 64, 3, 49 if not cosine else 64, 32  # Swin-T stage 1 at batch 64 / Swin V2
+    windows, heads, d = 64 * 64, 3, 32  # Swin-T stage 1 at batch 64
     q, k, v = (torch.randn(windows, heads, n, d, device="cuda", dtype=dtype) for _ in range(3))
     bias = torch.randn(64, heads, n, n, device="cuda")
     scale = torch.rand(heads, device="cuda") * 10 if cosine else None
@@ -205,8 +213,23 @@ def test_compiled_kernel_bakes_in_its_constants():
 
     base = ptx()
     assert ptx(scale=0.5) != base and ptx(tokens=16) != base and ptx(dtype="fp16") != base
-    with pytest.raises(RuntimeError, match="shared memory"):  # 12x12 windows: one window per program is too big
-        ptx(tokens=144)
+    assert ptx(tokens=144) != base
+
+
+@needs_triton
+@pytest.mark.parametrize("tokens", [144, 256, 576])  # 12x12, 16x16, 24x24 windows
+def test_large_windows_compile_in_tiles_for_a_plain_launch(tokens):
+    """Over 64 tokens the kernel takes blocks of query rows, one program each, and steps through the keys: within
+    a plain launch's shared memory at any window size."""
+    from vitserve.models.window_attention import QUERY_BLOCK, compile_kernel, launch_arguments, tiles
+
+    cover = tiles(tokens, 32)
+    assert cover.key_steps > 1 and cover.query_blocks == -(-tokens // QUERY_BLOCK)
+    for cosine in (False, True):
+        kernel = compile_kernel(dtype="fp16", bias_dtype="fp32", logit_dtype="fp32" if cosine else None, scale=1.0,
+                                tokens=tokens, head_dim=32, arch=90)
+        assert kernel.query_blocks == cover.query_blocks and 0 < kernel.shared <= 48 * 1024
+    assert launch_arguments((8, 3, tokens, 32), 4, cover.query_blocks)[0] == 8 * 3 * cover.query_blocks
 
 
 @needs_triton
@@ -226,7 +249,7 @@ def test_launch_check_refuses_what_a_plain_launch_cannot_run():
     signature.update({name: "i32" for name in ("heads", "n", "d", "bias_windows")})
     compiled = triton.compile(triton.compiler.ASTSource(fn=output_first, signature=signature, constexprs={}),
                               target=GPUTarget("cuda", 90, 32))
-    kernel = CompiledKernel(compiled.metadata.name, compiled.asm["ptx"], 128, 0, inputs=4)
+    kernel = CompiledKernel(compiled.metadata.name, compiled.asm["ptx"], 128, 0, inputs=4, query_blocks=1)
     with pytest.raises(RuntimeError, match="a launch passes"):
         check_launch(kernel, compiled.metadata)
 
@@ -238,13 +261,14 @@ def test_launch_check_refuses_what_a_plain_launch_cannot_run():
     with pytest.raises(RuntimeError, match="global_scratch_size"):
         check_launch(good, SimpleNamespace(global_scratch_size=256, num_ctas=1))
     with pytest.raises(RuntimeError, match="shared memory"):
-        check_launch(CompiledKernel(good.name, good.ptx, good.threads, 64 * 1024, good.inputs), SimpleNamespace())
+        check_launch(CompiledKernel(good.name, good.ptx, good.threads, 64 * 1024, good.inputs, 1), SimpleNamespace())
 
 
 def _launch_like_tensorrt(kernel, q, k, v, bias, logit_scale, out):
     """The launch a TensorRT AOT plugin makes, with the CUDA driver API and nothing of Triton's: the PTX loaded as
-    a module, grid (windows * heads), `threads` per block, `shared` bytes of dynamic shared memory, the arguments
-    (inputs..., heads, tokens, head_dim, bias_windows, output) and null pointers for the parameters left."""
+    a module, grid (windows * heads * query blocks), `threads` per block, `shared` bytes of dynamic shared memory,
+    the arguments (inputs..., heads, tokens, head_dim, bias_windows, output) and null pointers for the parameters
+    left."""
     import ctypes
 
     from vitserve.models.window_attention import entry_parameters, launch_arguments
@@ -257,7 +281,7 @@ def _launch_like_tensorrt(kernel, q, k, v, bias, logit_scale, out):
     module, function = ctypes.c_void_p(), ctypes.c_void_p()
     check(libcuda.cuModuleLoadData(ctypes.byref(module), kernel.ptx.encode() + b"\0"), "cuModuleLoadData")
     check(libcuda.cuModuleGetFunction(ctypes.byref(function), module, kernel.name.encode()), "cuModuleGetFunction")
-    programs, scalars = launch_arguments(q.shape, bias.shape[0])  # what the plugin hands TensorRT
+    programs, scalars = launch_arguments(q.shape, bias.shape[0], kernel.query_blocks)  # what the plugin hands TRT
     tensors = [q, k, v, bias] + ([] if logit_scale is None else [logit_scale])
     args = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     args += [ctypes.c_int(x) for x in scalars] + [ctypes.c_void_p(out.data_ptr())]
@@ -273,12 +297,12 @@ def _launch_like_tensorrt(kernel, q, k, v, bias, logit_scale, out):
 @needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("cosine", [False, True])
-def test_ahead_of_time_kernel_launched_like_tensorrt(dtype, cosine):
+@pytest.mark.parametrize("cosine,n", GPU_WINDOWS)
+def test_ahead_of_time_kernel_launched_like_tensorrt(dtype, cosine, n):
     from vitserve.models.window_attention import compile_kernel, loadable_ptx_version
 
     torch.manual_seed(0)
-    windows, heads, n, d = 8 * 64, 3, 64 if cosine else 49, 32
+    windows, heads, d = 8 * 64, 3, 32
     q, k, v = (torch.randn(windows, heads, n, d, device="cuda", dtype=dtype) for _ in range(3))
     bias = torch.randn(64, heads, n, n, device="cuda")
     logit = torch.rand(heads, device="cuda") * 10 if cosine else None
