@@ -99,7 +99,7 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/device_run.sh (the one command a lent GPU runs) with DRY_RUN=1: the probe in the background
     beside the kernel tests (only collected here), then the benchmark processes, whose artifact steps follow the
     probe's verdict, all within TOTAL_S, and at most the eight files the device machine returns."""
-    out = _device_run_dry(tmp_path, TOTAL_S="240", PROBE_S="100", PROBE_CASES="plain")
+    out = _device_run_dry(tmp_path, TOTAL_S="300", PROBE_S="100", PROBE_CASES="plain")
     files = sorted(path.name for path in out.iterdir())
     assert len(files) <= 8 and {"probe.txt", "probe-small.pt2", "kernel_tests.txt", "gpu_swin.log",
                                 "gpu_swin-swin.json"} <= set(files), files
