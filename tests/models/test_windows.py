@@ -169,6 +169,9 @@ def test_fused_op_at_every_window_size():
     areas = [m.window_area for m in deploy.modules() if isinstance(m, WindowOrderAttention)]
     assert areas == [144, 144, 144, 144, 36, 36]
     assert use_fused_kernel(deploy) == 6
+    assert [m.fused for m in deploy.modules() if isinstance(m, WindowOrderAttention)] == ["packed"] * 6
     assert _rel_diff(model, deploy, torch.randn(2, 3, 96, 96)) < 1e-5
-
-
+    assert use_fused_kernel(deploy, "split") == 6
+    assert _rel_diff(model, deploy, torch.randn(2, 3, 96, 96)) < 1e-5
+    assert use_fused_kernel(deploy, None) == 0
+    assert all(m.fused is None for m in deploy.modules() if isinstance(m, WindowOrderAttention))
