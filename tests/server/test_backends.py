@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ from vitserve.server.backends import (
     OpenVINOBackend,
     check_providers,
     cpu_supports_bf16,
+    cuda_build_problem,
     load_backend,
+    provider_problem,
 )
 from vitserve.server.preprocess import decode_image, transform
 from vitserve.server.settings import Settings
@@ -128,3 +132,43 @@ def test_gpu_provider_fallback_is_refused_when_asked_for(caplog):
         check_providers("tensorrt", trt, cuda)
     assert check_providers("auto", cuda, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert "serving on CPUExecutionProvider" in caplog.text
+    with pytest.raises(ArtifactError, match="start CUDAExecutionProvider: libcudart.so.13 is missing. It would run"):
+        check_providers("cuda", cuda, ["CPUExecutionProvider"], "libcudart.so.13 is missing")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to make the shared libraries")
+def test_provider_problem_names_the_missing_library(tmp_path):
+    """A provider library linked against a CUDA library the system lacks, as onnxruntime-gpu's is where CUDA is
+    not installed (or is another major version): the reason names the missing library and the CUDA version."""
+    capi = tmp_path / "capi"
+    capi.mkdir()
+    (tmp_path / "stub.c").write_text("int stub(void) { return 0; }\n")
+
+    def library(path, *link):
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(path), str(tmp_path / "stub.c"), *link], check=True)
+
+    absent = tmp_path / "libvitserve_absent.so.13"  # as libcudart.so.13 is, where CUDA 13 is not installed
+    library(absent, f"-Wl,-soname,{absent.name}")
+    library(capi / "libonnxruntime_providers_cuda.so", "-Wl,--no-as-needed", str(absent))
+    library(capi / "libonnxruntime_providers_tensorrt.so")  # links nothing missing
+    absent.unlink()
+
+    problem = provider_problem("CUDAExecutionProvider", capi, "13.0")
+    assert f"libonnxruntime_providers_cuda.so does not load ({absent.name}: cannot open shared object" in problem
+    assert "built for CUDA 13.0" in problem
+    assert provider_problem("TensorrtExecutionProvider", capi, "13.0") == ""  # it loads: another reason
+    assert provider_problem("CPUExecutionProvider", capi) == ""
+    assert provider_problem("CUDAExecutionProvider", tmp_path / "elsewhere") == ""  # onnxruntime's CPU build
+
+
+def test_cuda_build_problem_matches_onnxruntime_gpu_to_the_cuda_libraries():
+    """The GPU image's build check: PyPI's onnxruntime-gpu 1.31.1 is built for CUDA 13.0, 1.26.0 for CUDA 12.8."""
+    assert cuda_build_problem("13.1.1", ("1.31.1", "13.0")) == ""
+    assert cuda_build_problem("13.0.2", ("1.31.1", "13.0")) == ""
+    assert cuda_build_problem("12.9.1", ("1.26.0", "12.8")) == ""
+    old_libraries = cuda_build_problem("12.6.3", ("1.31.1", "13.0"))
+    assert "onnxruntime-gpu 1.31.1 is built for CUDA 13.0 and cannot run on CUDA 12.6.3's libraries" in old_libraries
+    assert "built for CUDA 12.x" in old_libraries
+    assert "built for CUDA 12.8" in cuda_build_problem("12.6.3", ("1.26.0", "12.8"))  # a later minor version
+    assert "built for CUDA 12.8" in cuda_build_problem("13.1.1", ("1.26.0", "12.8"))
+    assert "CPU build" in cuda_build_problem("13.1.1", ("1.32.0", ""))  # onnxruntime, not onnxruntime-gpu
