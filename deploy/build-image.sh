@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build vitserve's serving image with buildah, on machines without a Docker engine or a reachable image registry.
 #
-#   deploy/build-image.sh [cpu|gpu] [TAG]        default: cpu, localhost/vitserve:cpu
+#   deploy/build-image.sh [cpu|gpu] [TAG] [BUILDAH-ARG...]     default: cpu, localhost/vitserve:cpu
+#   deploy/build-image.sh gpu localhost/vitserve:gpu --build-arg TENSORRT=0
 #
 # Where Docker works, `docker build -t vitserve:cpu .` does the same. Without a registry, the base image
 # (python:3.11-slim) is replaced by a local Debian bookworm root file system (Python 3.11) made with debootstrap
@@ -10,12 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 flavour=${1:-cpu}
+tag=${2:-localhost/vitserve:$flavour}
+shift $(($# < 2 ? $# : 2))  # the rest go to buildah bud
 case "$flavour" in
     cpu) dockerfile=Dockerfile ;;
     gpu) dockerfile=Dockerfile.gpu ;;
-    *) echo "usage: $0 [cpu|gpu] [TAG]" >&2; exit 2 ;;
+    *) echo "usage: $0 [cpu|gpu] [TAG] [BUILDAH-ARG...]" >&2; exit 2 ;;
 esac
-tag=${2:-localhost/vitserve:$flavour}
 export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}  # no overlay file system in unprivileged sandboxes
 
 base=${BASE_IMAGE:-localhost/python-base:3.11}
@@ -40,5 +42,5 @@ args=(--isolation chroot --format docker --layers=false -f "$dockerfile" -t "$ta
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     args+=(-v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt)
 fi
-buildah bud "${args[@]}" . >&2
+buildah bud "${args[@]}" "$@" . >&2
 echo "$tag"

@@ -1,4 +1,6 @@
 """The CPU serving image, built from the Dockerfile with buildah and run: it answers like the artifact outside it.
+The GPU image (Dockerfile.gpu, without TensorRT, whose libraries come from pypi.nvidia.com), built on the same base
+without CUDA: its onnxruntime-gpu matches the image's CUDA version, and serving on CUDA names what is missing.
 
 Building needs root, buildah and debootstrap (or BASE_IMAGE naming a local base) and the package registries; CI
 installs them. Elsewhere these tests skip, saying so.
@@ -38,20 +40,34 @@ def buildah(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
                           timeout=timeout)
 
 
+def build(flavour: str, tag: str, *args: str) -> str:
+    result = subprocess.run([str(ROOT / "deploy" / "build-image.sh"), flavour, tag, *args], capture_output=True,
+                            text=True, env=BUILDAH_ENV, timeout=1800)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return tag
+
+
 @pytest.fixture(scope="session")
 def image() -> str:
-    tag = "localhost/vitserve:test"
-    build = subprocess.run([str(ROOT / "deploy" / "build-image.sh"), "cpu", tag], capture_output=True, text=True,
-                           env=BUILDAH_ENV, timeout=1800)
-    assert build.returncode == 0, build.stderr[-4000:]
-    return tag
+    return build("cpu", "localhost/vitserve:test")
+
+
+def container_of(image: str):
+    name = buildah("from", "--pull=never", image).stdout.strip()
+    yield name
+    buildah("rm", name, check=False)
 
 
 @pytest.fixture
 def container(image):
-    name = buildah("from", "--pull=never", image).stdout.strip()
-    yield name
-    buildah("rm", name, check=False)
+    yield from container_of(image)
+
+
+@pytest.fixture(scope="module")
+def gpu_container():
+    tag = build("gpu", "localhost/vitserve:gpu-test", "--build-arg", "TENSORRT=0")
+    yield from container_of(tag)
+    buildah("rmi", tag, check=False)
 
 
 def run_in(container: str, *command: str, mounts: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -117,3 +133,26 @@ def test_container_answers_like_the_artifact_outside(container, digits_artifact,
     assert [p["label"] for p in got] == [p["label"] for p in expected]
     for g, e in zip(got, expected):
         assert g["score"] == pytest.approx(e["score"], abs=1e-5)
+
+
+def test_gpu_image_onnxruntime_matches_its_cuda_and_names_what_is_missing(gpu_container, digits_artifact):
+    """The build's check passed for the image's CUDA version (13.x by default); the same check refuses CUDA 12's
+    libraries. On this base there are none, so --device cuda stops, naming the first missing library."""
+    build = run_in(gpu_container, "python", "-c", "from vitserve.server.backends import onnxruntime_build; "
+                   "print(*onnxruntime_build())")
+    assert build.returncode == 0, build.stderr
+    version, cuda = build.stdout.split()
+    assert cuda.split(".")[0] == "13", (version, cuda)
+    check = run_in(gpu_container, "python", "-c", "import sys; from vitserve.server.backends import "
+                   "cuda_build_problem as p; sys.exit(p('12.9.1') or None)")
+    assert check.returncode == 1 and f"built for CUDA {cuda} and cannot run on CUDA 12.9.1" in check.stderr
+
+    cuda_only = run_in(gpu_container, "vitserve", "serve", "/models", "--device", "cuda",
+                       mounts=(f"{digits_artifact}:/models:ro",))
+    assert cuda_only.returncode == 1
+    errors = [line for line in cuda_only.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, cuda_only.stderr[-2000:]
+    error = errors[0]
+    assert "could not start CUDAExecutionProvider: libonnxruntime_providers_cuda.so does not load" in error, error
+    assert re.search(r"\(lib\w+\.so\.\d+: cannot open shared object file", error), error
+    assert f"built for CUDA {cuda}" in error and "Traceback" not in cuda_only.stderr
