@@ -6,7 +6,8 @@ shared object: export/toolchain.py; --as-torch-links compiles as PyTorch alone d
 libraries its shared object resolves to (ldd), then loads it in fresh Python processes, one case
 each, in this order while --budget-s lasts (--cases picks some):
 
-  plain           torch._inductor.aoti_load_package, as the server does; under a debugger (gdb, else cuda-gdb:
+  plain           torch._inductor.aoti_load_package (the server's load_package makes the same loader call
+                  without PyTorch's device check); under a debugger (gdb, else cuda-gdb:
                   the device image has only the latter) when one is present and can run it (the native stack of a
                   crash, the faulting instruction and its library), else with a SIGSEGV handler compiled here and
                   preloaded (glibc backtrace(): the libraries and exported functions on the stack)

@@ -48,7 +48,7 @@ from vitserve.pool import Pool
 log = logging.getLogger(__name__)
 
 PACKAGE_NAME = "model.pt2"
-LOADERS = ("package", "runner")  # torch._inductor.aoti_load_package, or ContainerRunner
+LOADERS = ("package", "runner")  # PyTorch's package loader (load_package), or ContainerRunner
 LOADED = "vitserve: package loaded"  # the verification child's line once its PackageRunner is built
 MODEL_FOLDER = "data/aotinductor/model/"  # inside the package: the compiled model and its kernels
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -237,6 +237,26 @@ def check_machine(path: Path, device: torch.device) -> None:
                                 "export it again on this kind of GPU")
 
 
+def load_package(path: Path, run_single_threaded: bool = False):
+    """The package's model as PyTorch's package loader loads it (the loader `torch._inductor.aoti_load_package`
+    ends in), without the device check that aoti_load_package makes first. That check finds this CPU's vector
+    extensions by compiling and running C++ test programs (about 5 s of a fresh process here), and where there is
+    no C++ compiler it fails after the model has loaded, so that PyTorch loads the package a second time, warning
+    that it is outdated. check_machine makes the same check from the CPU's own flags, without a compiler.
+    `run_single_threaded`: no model pool (and its CUDA event queries, which a graph capture forbids). Like
+    aoti_load_package, it refuses an archive of another format version than this PyTorch writes."""
+    from torch._inductor.package.package import AOTICompiledModel
+    from torch.export.pt2_archive._package import PT2ArchiveReader
+    from torch.export.pt2_archive.constants import ARCHIVE_VERSION_VALUE
+
+    with PT2ArchiveReader(str(path)) as archive:
+        version = archive.archive_version()
+    if str(version) != ARCHIVE_VERSION_VALUE:
+        raise ArtifactError(f"{path} is a PyTorch package archive version {version}; PyTorch {torch.__version__} "
+                            f"reads version {ARCHIVE_VERSION_VALUE}: export it again with this PyTorch")
+    return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", run_single_threaded, 1, -1))
+
+
 class ContainerRunner:
     """The package's compiled model run by AOTInductor's container runner (`torch._C._aoti`) without PyTorch's
     package loader: the package's model folder unpacked into a temporary folder that lives as long as this object
@@ -342,7 +362,7 @@ class PackageRunner:
             else:
                 # single-threaded: without the model pool's CUDA event queries, which a graph capture forbids
                 # (this runner's lock already lets one call in at a time)
-                self.model = torch._inductor.aoti_load_package(str(path), run_single_threaded=self.cuda_graphs)
+                self.model = load_package(path, run_single_threaded=self.cuda_graphs)
         except ArtifactError:
             raise
         except Exception as e:  # torch raises RuntimeError for packages from another version or machine
