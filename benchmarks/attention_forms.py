@@ -27,11 +27,10 @@ def openvino_forms(threads: int, rounds: int) -> None:
     import torch.nn.functional as F
 
     from vitserve.export.onnx import export_onnx
-    from vitserve.models import windows
     from vitserve.models.build import build_model
-    from vitserve.models.registry import SPECS
-    from vitserve.models.rewrite import deploy_copy
-    from vitserve.server.backends import cpu_supports_bf16
+    from vitserve.models.catalogue import SPECS
+    from vitserve.models.rewrites import deploy_copy, windows
+    from vitserve.runtimes.openvino import cpu_supports_bf16
 
     def sdpa_forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape

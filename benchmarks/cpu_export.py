@@ -24,8 +24,8 @@ import torch
 from vitserve.export.bench import cpu_name
 from vitserve.export.onnx import INPUT_NAME, export_onnx, graph_stats
 from vitserve.models.build import build_model
-from vitserve.models.registry import resolve
-from vitserve.models.rewrite import deploy_copy
+from vitserve.models.catalogue import resolve
+from vitserve.models.rewrites import deploy_copy
 
 
 def main() -> None:

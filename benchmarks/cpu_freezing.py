@@ -19,9 +19,9 @@ import numpy as np
 from timing import side_by_side  # benchmarks/timing.py, beside this script
 
 from vitserve.export.bench import export_cpu_package
-from vitserve.export.torch_package import TorchBackend
 from vitserve.models.build import build_model
-from vitserve.models.registry import resolve
+from vitserve.models.catalogue import resolve
+from vitserve.runtimes.torch_package import TorchRuntime
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
             for freezing in (True, False):
                 out = Path(tmp) / f"{name}-{'frozen' if freezing else 'not-frozen'}"
                 export_cpu_package(built, out, args.dtype, batches, freezing=freezing)
-                backends[freezing] = TorchBackend(out, threads=args.threads)
+                backends[freezing] = TorchRuntime(out, threads=args.threads)
             for batch in batches:
                 x = np.random.default_rng(0).standard_normal((batch, *backends[True].input_shape), dtype=np.float32)
                 ms = side_by_side({f: (lambda b=backend, x=x: b(x)) for f, backend in backends.items()}, args.rounds)

@@ -20,8 +20,8 @@ import skimage.data
 from PIL import Image
 from timing import side_by_side  # benchmarks/timing.py, beside this script
 
-from vitserve.models.registry import resolve
-from vitserve.server.preprocess import decode_image, draft_side, transform
+from vitserve.models.catalogue import resolve
+from vitserve.preprocess import decode_image, draft_side, transform
 
 SIZES = {"12 MP": (4000, 3000), "4 MP": (2304, 1728), "1 MP": (1152, 864)}
 PHOTOS = ("astronaut", "coffee", "chelsea")

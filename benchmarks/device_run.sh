@@ -44,7 +44,7 @@ started=$SECONDS
 export PYTHONFAULTHANDLER=1
 out=$(mkdir -p "${OUT:-device-results}" && cd "${OUT:-device-results}" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
-if python -c "import vitserve.models.window_attention" 2>/dev/null; then
+if python -c "import vitserve.kernels.window_attention" 2>/dev/null; then
     cd "$root"
 else
     shim=$(mktemp -d)
@@ -81,7 +81,7 @@ gpu_tests() {  # gpu_tests SECONDS TESTS...: pytest in a process of its own (a c
 }
 if [[ ${KERNEL_TESTS:-1} == 1 ]]; then
     gpu_tests 150 tests/models/test_window_attention.py \
-        tests/server/test_tensorrt_engine.py::test_buffers_round_trip_on_the_gpu
+        tests/runtimes/test_tensorrt.py::test_buffers_round_trip_on_the_gpu
 fi
 if [[ ${PROBE:-1} == 1 ]]; then
     wait "$probe"

@@ -37,7 +37,7 @@ then per model (Swin-T, ViT-B/16, DeiT-S), so that every model has all its rows 
   profile      (first model) the kernels that take the most GPU time in the artifact's batch-256 CUDA graph under
                torch.profiler (name, share, calls): what to optimize next;
 and last, for the first two models (what the GEMMs can still give), first for both
-  fp8-package  the torch artifact exported with --dtype fp8 (the blocks' Linear layers in fp8: models/fp8.py;
+  fp8-package  the torch artifact exported with --dtype fp8 (the blocks' Linear layers in fp8: export/fp8.py;
                e4m3, per-row / per-channel scales; the rest bf16; fp8 tensor cores, GPUs of compute capability 8.9
                and up), timed as under package (or exported beforehand: --export-ahead MODEL:fp8);
 then for each
@@ -71,11 +71,11 @@ import torch
 from torch.profiler import ProfilerActivity
 
 from vitserve.export.torch_package import to_precision
+from vitserve.kernels.window_attention import reference, window_attention, window_attention_packed
 from vitserve.models.build import build_model
-from vitserve.models.registry import resolve
-from vitserve.models.rewrite import deploy_copy
-from vitserve.models.window_attention import reference, window_attention, window_attention_packed
-from vitserve.models.windows import use_fused_kernel
+from vitserve.models.catalogue import resolve
+from vitserve.models.rewrites import deploy_copy
+from vitserve.models.rewrites.windows import use_fused_kernel
 
 STARTED = time.monotonic()
 DEVICE = "cuda"  # set once by main(): cuda, or cpu for a dry run
@@ -289,7 +289,7 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
                    max_autotune: bool = False, cuda_graphs: bool = True, dtype: str | None = None) -> list[dict]:
     """Exported by the CLI in a process of its own, as a user would (or ahead, by --export-ahead), then loaded here
     like the server loads it. `dtype`: the export's --dtype (default the run's precision)."""
-    from vitserve.export.torch_package import TorchBackend
+    from vitserve.runtimes.torch_package import TorchRuntime
 
     dtype = dtype or DTYPE_NAMES[DTYPE]
     artifact = artifact_dir(workdir, name, dtype, max_autotune, cuda_graphs)
@@ -301,7 +301,7 @@ def torch_artifact(name: str, batches: list[int], workdir: Path, profile_batch: 
             raise LoadCrash(f"vitserve export exited with {code}: PyTorch crashed loading the "
                             "package (its output is in the log above)")
         raise RuntimeError(f"vitserve export exited with {code} (its output is in the log above)")
-    backend = TorchBackend(artifact)
+    backend = TorchRuntime(artifact)
     log(f"loaded: {backend.description}")
     if backend.buckets != sorted(batches):
         raise RuntimeError(f"the artifact's buckets {backend.buckets} are not --batches {sorted(batches)}")
@@ -360,7 +360,7 @@ def compiled(name: str, batches: list[int], mode: str, deploy: bool = False, dty
     (deploy) of the form vitserve's torch artifact exports on CUDA: for Swin the window-order rewrite with the
     packed fused kernel, other models as they are. `dtype` (deploy form only; default the run's precision): fp16,
     bf16, or fp8 (the blocks' Linear layers in fp8, the rest bf16, as `--dtype fp8` exports it; `fast_accum`: their
-    GEMMs with fast accumulation, models/fp8.py)."""
+    GEMMs with fast accumulation, export/fp8.py)."""
     model = timm_model(name)  # not variants(): only the model compiled here
     if deploy:
         model, _ = deploy_copy(model, explicit=False)  # as the artifact: timm's fused attention where it has one

@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 from timing import side_by_side  # benchmarks/timing.py, beside this script
 
-from vitserve.server.backends import OpenVINOBackend
+from vitserve.runtimes.openvino import OpenVINORuntime
 
 
 def main() -> None:
@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch-sizes", default="1,8")
     args = parser.parse_args()
-    models = {"rewritten": OpenVINOBackend(args.rewritten, threads=args.threads, precision=args.precision),
-              "plain": OpenVINOBackend(args.plain, threads=args.threads, precision=args.precision)}
+    models = {"rewritten": OpenVINORuntime(args.rewritten, threads=args.threads, precision=args.precision),
+              "plain": OpenVINORuntime(args.plain, threads=args.threads, precision=args.precision)}
     print(f"openvino {args.precision}, {args.threads} threads, median of {args.rounds} rounds\n")
     print("| batch | rewritten ms | plain ms | plain / rewritten |\n|---|---|---|---|")
     for batch in (int(b) for b in args.batch_sizes.split(",")):

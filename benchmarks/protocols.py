@@ -34,7 +34,7 @@ from serve_load import free_port, start_server
 from timing import side_by_side
 
 from vitserve.artifact import read_manifest
-from vitserve.server.preprocess import decode_image, transform
+from vitserve.preprocess import decode_image, transform
 
 
 def callers(url: str, grpc_url: str, name: str, payload: str, photo: bytes,

@@ -34,8 +34,8 @@ import httpx
 import numpy as np
 
 from vitserve.artifact import read_manifest
-from vitserve.server.backends import OnnxRuntimeBackend
-from vitserve.server.preprocess import decode_image, transform
+from vitserve.preprocess import decode_image, transform
+from vitserve.runtimes.onnxruntime import OnnxRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,7 +147,7 @@ def server_overhead_ms(url: str, image: bytes, count: int = 100) -> float:
     return statistics.median(values)
 
 
-def raw_throughput(backend: OnnxRuntimeBackend, x: np.ndarray, seconds: float) -> float:
+def raw_throughput(backend: OnnxRuntime, x: np.ndarray, seconds: float) -> float:
     backend(x)
     count, began = 0, time.perf_counter()
     while time.perf_counter() - began < seconds:
@@ -198,7 +198,7 @@ def main() -> None:
 
     # Side by side: every load window is followed by a raw-backend window of the same batch size, and each row's
     # ratio is the median of those pairs, so the machine's drift cancels out.
-    backend = OnnxRuntimeBackend(args.artifact, threads=args.threads)
+    backend = OnnxRuntime(args.artifact, threads=args.threads)
     rows = []
     overhead: dict[str, float] = {}
     load = "wrk" if shutil.which("wrk") else "httpx threads"

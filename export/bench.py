@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from vitserve.artifact import backend_for, can_run, read_manifest
+from vitserve import runtimes
+from vitserve.artifact import read_manifest
 from vitserve.errors import ArtifactError
-from vitserve.server.backends import cpu_supports_bf16, load_backend, local_device
+from vitserve.runtimes.openvino import cpu_supports_bf16
 
 TORCH_DTYPES = {"f32": "fp32", "bf16": "bf16"}  # --precisions -> the CPU torch package's --dtype
 
@@ -51,8 +52,9 @@ def artifact_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[
     """An artifact in the backend it was made for (`--backend auto`): an int8 one from `vitserve quantize`, an
     OpenVINO IR, a torch package (on the device it was compiled for)."""
     manifest = read_manifest(artifact)
-    backend = backend_for(manifest)
-    model = load_backend(artifact, backend, threads=threads, device=local_device(backend))
+    runtime = runtimes.made_for(manifest)
+    backend = runtime.name
+    model = runtimes.load(artifact, backend, threads=threads, device=runtime.local_device)
     if manifest.quantization:
         precision = "int8"
     elif backend == "openvino":
@@ -107,7 +109,7 @@ def runners_for(artifact: Path, backends: list[str], precisions: list[str], thre
     if eager:
         runners["timm eager (PyTorch)"] = eager_runner(artifact, threads)
     manifest = read_manifest(artifact)
-    able = [b for b in backends if can_run(b, manifest)]  # onnxruntime cannot run an OpenVINO IR
+    able = [b for b in backends if runtimes.info(b).can_run(manifest)]  # onnxruntime cannot run an OpenVINO IR
     if not able or "torch" in able:  # its own backend; a torch package runs at the precision it was compiled for
         label, model = artifact_runner(artifact, threads)
         runners[label] = model
@@ -117,7 +119,7 @@ def runners_for(artifact: Path, backends: list[str], precisions: list[str], thre
                 continue  # onnxruntime runs the artifact at its own precision
             if precision == "bf16" and not cpu_supports_bf16():
                 continue
-            model = load_backend(artifact, backend, threads=threads, device="cpu", precision=precision)
+            model = runtimes.load(artifact, backend, threads=threads, device="cpu", precision=precision)
             runners[f"{backend} {precision}"] = model
     shape = manifest.input.shape
     for extra in also:

@@ -40,7 +40,7 @@ def mixed_precision(deploy: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of the deploy form with float32 in and out (Float32Boundary), `dtype` inside, except LayerNorm
     (statistics over up to 1024 channels: computed in float32) and the window attention's bias and logit scale
     (float32: the bias holds the -100 of the shift mask, and the plugin's schema says so)."""
-    from vitserve.models.windows import WindowOrderAttention
+    from vitserve.models.rewrites.windows import WindowOrderAttention
 
     model = copy.deepcopy(deploy).eval().to(dtype)
     for parent in list(model.modules()):

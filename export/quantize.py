@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from vitserve import runtimes
 from vitserve.artifact import (
     LABELS_NAME,
     Manifest,
@@ -41,8 +42,8 @@ from vitserve.artifact import (
     write_manifest,
 )
 from vitserve.errors import VitServeError
-from vitserve.server.backends import OnnxRuntimeBackend, OpenVINOBackend, cpu_supports_bf16
-from vitserve.server.preprocess import decode_image, find_images, transform
+from vitserve.preprocess import decode_image, find_images, transform
+from vitserve.runtimes.openvino import cpu_supports_bf16
 
 METHODS = ("onnxruntime", "openvino")
 
@@ -194,15 +195,14 @@ def quantize_artifact(
 
         progress("evaluating int8 against fp32 on the held-out images")
         batch = manifest.max_batch
-        fp32 = run_batched(OnnxRuntimeBackend(artifact, device="cpu"), held_out.pixels, batch)
-        int8_backend = OnnxRuntimeBackend(tmp, device="cpu") if method == "onnxruntime" else \
-            OpenVINOBackend(tmp, precision="f32")
+        fp32 = run_batched(runtimes.load(artifact, "onnxruntime", device="cpu"), held_out.pixels, batch)
+        int8_backend = runtimes.load(tmp, method, device="cpu", precision="f32")
         report: dict[str, Any] = {
             **details, "backend": method, "calibration_images": len(calib.pixels), "min_agreement": min_agreement,
             "int8": evaluate(fp32, run_batched(int8_backend, held_out.pixels, batch), held_out.labels),
         }
         if method == "openvino" and cpu_supports_bf16():
-            bf16 = OpenVINOBackend(artifact, precision="bf16")
+            bf16 = runtimes.load(artifact, "openvino", precision="bf16")
             report["bf16"] = evaluate(fp32, run_batched(bf16, held_out.pixels, batch), held_out.labels)
         agreement = report["int8"]["top1_agreement"]
         progress("  int8: top-1 agreement {:.2%}{}".format(agreement, "" if held_out.labels is None else

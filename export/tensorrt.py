@@ -4,9 +4,9 @@
    `vitserve::window_attention` op) so that each call becomes ONE ONNX node, `WindowAttention` (Swin) or
    `CosineWindowAttention` (Swin V2, with the logit-scale input), in domain "vitserve", with the attributes
    `scale`, `plugin_namespace` = "vitserve" and `aot` = 1. TensorRT's ONNX parser does not know the op and looks
-   for a plugin of that name in that namespace: the ones `vitserve.models.trt_plugin` registers with
+   for a plugin of that name in that namespace: the ones `vitserve.kernels.trt_plugin` registers with
    `tensorrt.plugin`, whose ahead-of-time implementation compiles the Triton kernel of
-   `vitserve.models.window_attention` to PTX that the engine keeps. The schemas are registered with onnx, so the
+   `vitserve.kernels.window_attention` to PTX that the engine keeps. The schemas are registered with onnx, so the
    file passes onnx's checker.
    The file carries its own precision, as TensorRT's strongly typed networks require (TensorRT 11 has no other
    kind): float32 in and out, activations and weights in fp16 (or bf16), LayerNorm computed in float32, the
@@ -15,7 +15,7 @@
    the batch sizes above the previous bucket, tuned for the bucket itself.
 3. `build_engine` builds a strongly typed TensorRT engine (10.9 or later) from that ONNX file, one optimization
    profile per bucket. It needs TensorRT, triton and a GPU.
-4. The engine is checked at export, and served, by `vitserve.server.tensorrt_engine` (TensorRT and the CUDA runtime
+4. The engine is checked at export, and served, by `vitserve.runtimes.tensorrt` (TensorRT and the CUDA runtime
    bindings, no torch), each batch in the profile of the smallest bucket that holds it.
 """
 
@@ -92,9 +92,9 @@ def export_plugin_onnx(deploy, input_size: tuple[int, int, int], path: Path, *, 
 
     from vitserve.export.onnx import export_onnx
     from vitserve.export.precision import mixed_precision
-    from vitserve.export.torch_package import DTYPES
-    from vitserve.models import window_attention  # noqa: F401  (registers torch.ops.vitserve.window_attention)
-    from vitserve.models.windows import use_fused_kernel
+    from vitserve.kernels import window_attention  # noqa: F401  (registers torch.ops.vitserve.window_attention)
+    from vitserve.models.rewrites.windows import use_fused_kernel
+    from vitserve.runtimes.torch_package import DTYPES
 
     model = mixed_precision(deploy, DTYPES[dtype])
     if not use_fused_kernel(model, layout="split"):  # the plugin node takes q, k, v
@@ -147,7 +147,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_name: str, input_s
     """Builds and writes a strongly typed engine (the precision is the ONNX file's); returns what the manifest
     records. ExportError without what require_tensorrt checks, or without a GPU."""
     trt = require_tensorrt()
-    import vitserve.models.trt_plugin  # noqa: F401  (registers the window-attention plugins)
+    import vitserve.kernels.trt_plugin  # noqa: F401  (registers the window-attention plugins)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -179,7 +179,7 @@ def reference_evaluator(path: Path):
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.op_run import OpRun
 
-    from vitserve.models.window_attention import reference
+    from vitserve.kernels.window_attention import reference
 
     class WindowAttention(OpRun):
         op_domain = DOMAIN

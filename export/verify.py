@@ -1,10 +1,12 @@
-"""Proof that an exported file answers like the PyTorch model it came from.
+"""Proof that an exported artifact answers like the PyTorch model it came from.
 
-Every export runs the ONNX file in onnxruntime on random tensors *and* on real photographs (scikit-image ships a
-few), preprocessed with the model's own timm eval transform, and compares with the original (un-rewritten) PyTorch
-model: max |logit difference|, lowest cosine similarity, top-1 agreement. Over tolerance, the export fails and the
-report names the first block whose output diverges, found by exporting the deploy model again with every block's
-output as an extra graph output.
+Every export runs the artifact through the runtime that serves it (vitserve.runtimes, loaded from the staged
+artifact folder exactly as `vitserve serve` loads it) on random tensors *and* on real photographs (scikit-image
+ships a few), preprocessed with the model's own timm eval transform, and compares with the original (un-rewritten)
+PyTorch model: max |logit difference|, lowest cosine similarity, top-1 agreement, gated by precision_gate. A
+runtime that loads native code (an AOTInductor package) runs in a child process (outputs_in_child). Over tolerance
+an fp32 ONNX export also gets the first block whose output diverges, found by exporting the deploy model again with
+every block's output as an extra graph output (locate_divergence).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import torch
 from torch import nn
 
 from vitserve.artifact import Preprocess
-from vitserve.errors import ExportError, VerificationError
+from vitserve.errors import ExportError
 from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+from vitserve.runtimes.onnxruntime import session as onnxruntime_session
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +57,6 @@ def sample_photos(preprocess: Preprocess) -> tuple[list[str], torch.Tensor]:
     )
     images = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS]
     return list(PHOTOS), torch.stack([transform(img) for img in images])
-
-
-def run_onnx(path: Path, x: np.ndarray, max_batch: int) -> list[np.ndarray]:
-    """Runs an ONNX file on CPU in chunks of at most max_batch images; returns every output, concatenated."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    chunks = [session.run(None, {INPUT_NAME: x[i : i + max_batch]}) for i in range(0, len(x), max_batch)]
-    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
-
-
-def run_model(path: Path, x: np.ndarray, max_batch: int) -> np.ndarray:
-    """Logits of an exported file: ONNX in onnxruntime, OpenVINO IR (.xml) in OpenVINO at f32; CPU, in chunks."""
-    if path.suffix != ".xml":
-        return run_onnx(path, x, max_batch)[0]
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    return np.concatenate([np.array(request.infer({0: x[i:i + max_batch]})[compiled.output(0)])
-                           for i in range(0, len(x), max_batch)])
-
-
-def _runtime(path: Path) -> str:
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        return f"openvino {ov.__version__} f32"
-    import onnxruntime as ort
-
-    return f"onnxruntime {ort.__version__}"
 
 
 def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
@@ -202,28 +174,42 @@ def precision_gate(report: dict[str, Any], dtype: str, atol: float) -> str | Non
     return None if report["passed"] else f"{'; '.join(failures)} (top-1 agreement {report['top1_agreement']:.1%})"
 
 
-def verify_export(
-    model_path: Path,
-    reference: nn.Module,
-    deploy: nn.Module,
-    preprocess: Preprocess,
-    *,
-    atol: float,
-    max_batch: int,
-    opset: int,
-) -> dict[str, Any]:
-    """Compares the exported file with `reference`; returns the report, or raises VerificationError with it."""
-    photo_names, inputs = verification_inputs(preprocess)
-    report: dict[str, Any] = {"atol": atol, "photos": photo_names, "runtime": _runtime(model_path)}
-    report.update(check_runner(lambda x: run_model(model_path, x, max_batch), reference, inputs))
-    failed = precision_gate(report, "fp32", atol)
-    if not failed:
-        return report
-    worst = min(inputs, key=lambda n: report["inputs"][n]["min_cosine"]) if report["max_abs_diff"] <= atol else \
-        max(inputs, key=lambda n: report["inputs"][n]["max_abs_diff"])
-    report["first_divergence"] = locate_divergence(reference, deploy, inputs[worst], atol=atol, opset=opset)
-    where = report["first_divergence"].get("summary", "no block-level divergence found")
-    raise VerificationError(f"the exported model does not match the PyTorch model: {failed}. {where}", report)
+def run_artifact(folder: Path, runtime: str, inputs: dict[str, np.ndarray], *, device: str = "auto",
+                 precision: str = "auto") -> tuple[dict[str, np.ndarray], str]:
+    """Every array of `inputs` through the artifact in `folder` as `vitserve serve --backend runtime` runs it
+    (runtimes.load, at most max_batch images per call, as the server's batches): (logits by name, what ran them)."""
+    from vitserve import runtimes
+
+    loaded = runtimes.load(folder, runtime, device=device, precision=precision)
+    run = in_chunks(loaded, loaded.manifest.max_batch)
+    return {name: run(x) for name, x in inputs.items()}, f"{loaded.description} ({loaded.version()})"
+
+
+LOADED = "vitserve: artifact loaded"  # what the verification child prints once its runtime has loaded the artifact
+RUNTIME_KEY = "__runtime__"  # the child's outputs: what ran them, beside the logits
+
+
+def _child(argv: list[str]) -> None:
+    """`python -m vitserve.export.verify INPUTS.npz OUTPUTS.npz FOLDER RUNTIME [--device D] [--precision P]`: the
+    artifact run as the server runs it, in a process of its own (outputs_in_child); the logits saved to
+    OUTPUTS.npz under the inputs' names."""
+    import argparse
+
+    from vitserve import runtimes
+
+    parser = argparse.ArgumentParser(prog="python -m vitserve.export.verify")
+    for name in ("inputs", "outputs", "folder"):
+        parser.add_argument(name, type=Path)
+    parser.add_argument("runtime")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    args = parser.parse_args(argv)
+    loaded = runtimes.load(args.folder, args.runtime, device=args.device, precision=args.precision)
+    print(LOADED, file=sys.stderr, flush=True)
+    run = in_chunks(loaded, loaded.manifest.max_batch)
+    with np.load(args.inputs) as inputs:
+        logits = {name: run(inputs[name]) for name in inputs.files}
+    np.savez(args.outputs, **logits, **{RUNTIME_KEY: np.array(f"{loaded.description} ({loaded.version()})")})
 
 
 class _Probe(nn.Module):
@@ -293,7 +279,8 @@ def locate_divergence(
             output_names = [OUTPUT_NAME] + [f"probe_{i}" for i in range(len(names))]
             export_onnx(deploy_probe, tuple(x.shape[1:]), path, max_batch=len(x), opset=opset,
                         output_names=output_names)
-            onnx_outs = run_onnx(path, x.numpy(), max_batch=len(x))[1:]
+            session, _ = onnxruntime_session(path)
+            onnx_outs = session.run(None, {INPUT_NAME: x.numpy()})[1:]
     finally:
         ref_probe.remove()
         deploy_probe.remove()
@@ -318,3 +305,7 @@ def locate_divergence(
             f"{culprit}."
         )
     return result
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])

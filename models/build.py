@@ -14,7 +14,7 @@ from vitserve.artifact import read_labels, sha256
 from vitserve.errors import ExportError, LabelsError, WeightsError, WeightsUnavailableError
 from vitserve.models import timm_folder
 from vitserve.models import weights as w
-from vitserve.models.registry import IMAGENET_LABELS, ModelSpec
+from vitserve.models.spec import IMAGENET_LABELS, ModelSpec
 
 log = logging.getLogger(__name__)
 

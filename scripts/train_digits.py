@@ -3,9 +3,9 @@
     python scripts/train_digits.py            # writes models/assets/swin_digits/{model.safetensors,labels.txt}
 
 The architecture is timm's SwinTransformer with shifted windows, in a small config chosen so that one model
-exercises every case of the window rewrite (see vitserve.models.registry.DIGITS_TIMM_KWARGS). Images go through
-the same eval transform the exported artifact uses (the registry's preprocessing), plus small random affine
-jitter during training. Prints held-out accuracy; the run fails below --min-accuracy.
+exercises every case of the window rewrite (see vitserve.models.families.swin_digits.DIGITS_TIMM_KWARGS).
+Images go through the same eval transform the exported artifact uses (the catalogue's preprocessing), plus small
+random affine jitter during training. Prints held-out accuracy; the run fails below --min-accuracy.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from timm.data import create_transform
 from torchvision.transforms import v2
 
+from vitserve.models.catalogue import SPECS
 from vitserve.models.digits import load_split
-from vitserve.models.registry import SPECS
 
 OUT = Path(__file__).resolve().parent.parent / "models" / "assets" / "swin_digits"
 

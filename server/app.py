@@ -11,7 +11,6 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -24,10 +23,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vitserve import __version__
+from vitserve import __version__, runtimes
 from vitserve.artifact import Manifest, read_labels
 from vitserve.errors import PayloadTooLargeError, RequestError, VitServeError
-from vitserve.server.backends import load_backend
+from vitserve.preprocess import decode_image, draft_side, transform
+from vitserve.runtimes.base import Runtime
 from vitserve.server.batching import (
     BatchFailedError,
     BatchStats,
@@ -37,7 +37,6 @@ from vitserve.server.batching import (
     ShuttingDownError,
 )
 from vitserve.server.metrics import Metrics
-from vitserve.server.preprocess import decode_image, draft_side, transform
 from vitserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class Service:
     settings: Settings
     manifest: Manifest
     labels: list[str]
-    backend: Callable[[np.ndarray], np.ndarray]  # a backend from vitserve.server.backends
+    backend: Runtime  # the runtime that runs the artifact (vitserve.runtimes; --backend names it)
     batcher: DynamicBatcher
     metrics: Metrics
     ready: bool = False
@@ -114,8 +113,8 @@ class Service:
 
 def load_service(settings: Settings) -> Service:
     """Loads the artifact into a backend and builds the batcher; VitServeError when the artifact is unusable."""
-    backend = load_backend(settings.artifact, settings.backend, threads=settings.threads, device=settings.device,
-                           precision=settings.precision)
+    backend = runtimes.load(settings.artifact, settings.backend, threads=settings.threads, device=settings.device,
+                            precision=settings.precision)
     manifest = backend.manifest
     if settings.max_batch_size > manifest.max_batch:
         raise VitServeError(f"--max-batch-size {settings.max_batch_size} exceeds the artifact's max_batch "
@@ -147,9 +146,7 @@ def warm_batch_sizes(max_batch_size: int) -> list[int]:
 
 
 def _warm_up(service: Service) -> None:
-    reserve = getattr(service.backend, "reserve", None)
-    if reserve is not None:  # what each batch in flight needs of its own, made before serving starts
-        reserve(service.batcher.batches_in_flight)
+    service.backend.reserve(service.batcher.batches_in_flight)  # what each batch in flight keeps of its own
     shape = service.manifest.input.shape[1:]
     for size in warm_batch_sizes(service.settings.max_batch_size):
         service.backend(np.zeros((size, *shape), dtype=np.float32))
@@ -174,7 +171,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         service.batcher.start()
         grpc_server = None
         if settings.grpc_port is not None:
-            from vitserve.server.grpc_v2 import start_server
+            from vitserve.server.kserve_grpc import start_server
 
             grpc_server, app.state.grpc_port = await start_server(service, settings.host, settings.grpc_port,
                                                                   settings.max_body_bytes)
@@ -200,18 +197,19 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.add_middleware(LimitsAndMetrics, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log)
 
-    from vitserve.server import routes_classify, routes_health, routes_v2
+    from vitserve.server.routes import ROUTERS
 
-    app.include_router(routes_health.router)
-    app.include_router(routes_classify.router)
-    app.include_router(routes_v2.router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     def openapi() -> dict:
         """FastAPI's schema, made specific to the loaded model: its name and its V2 input names."""
+        from vitserve.server.routes import v2 as v2_routes
+
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             if app.state.service is not None:
-                routes_v2.specialize_openapi(schema, app.state.service.manifest)
+                v2_routes.specialize_openapi(schema, app.state.service.manifest)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vitserve import runtimes
+
+# --backend, --device, --precision: the choices the runtime registry states
+Backend = Literal[(runtimes.AUTO, *runtimes.NAMES)]
+Device = Literal[runtimes.DEVICES]
+Precision = Literal[runtimes.PRECISIONS]
 
 
 class Settings(BaseSettings):
@@ -15,33 +22,40 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VITSERVE_", extra="ignore")
 
     artifact: Path = Field(description="artifact directory written by `vitserve export`")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     grpc_port: int | None = Field(None, ge=0, le=65535, description="also serve the KServe V2 protocol over gRPC on "
                                   "this port, same host (0: a free port, logged); off when unset")
     max_batch_size: int = Field(32, ge=1, description="a batch closes when it holds this many images")
     max_wait_ms: float = Field(5.0, ge=0, description="... or this long after its first image arrived")
     max_queue: int = Field(256, ge=1, description="images waiting for a batch, and inference requests in progress: "
                            "beyond this many, 503 at once")
-    batches_in_flight: int | None = Field(None, ge=1, description="batches computing at once (default: the "
-                                          "backend's, 2 for a torch package with CUDA graphs, else 1)")
+    batches_in_flight: int | None = Field(None, ge=1, description="batches computing at once; unset: the backend's "
+                                          "(2 for a torch package with CUDA graphs, where one batch's host work "
+                                          "overlaps another's on the GPU, else 1)")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
-    threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
-    backend: Literal["auto", "onnxruntime", "openvino", "torch", "tensorrt"] = Field(
-        "auto", description="auto: the backend the artifact was exported for")
-    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("auto", description="onnxruntime's device; torch: "
-                                                               "the package's own")
-    precision: Literal["auto", "f32", "bf16"] = Field("auto", description="openvino: bf16 where the CPU has it")
+    threads: int | None = Field(None, ge=1, description="inference threads; unset: all cores")
+    backend: Backend = Field("auto", description="the runtime that runs the artifact; auto: the one it was exported "
+                             "for (onnxruntime for ONNX, openvino for an OpenVINO IR, torch / tensorrt for --format "
+                             "torch / tensorrt)")
+    device: Device = Field("auto", description="onnxruntime: cpu, cuda or tensorrt (auto: CUDA where onnxruntime-gpu "
+                           "sees a GPU); torch: the package's own")
+    precision: Precision = Field("auto", description="openvino: f32 or bf16 (auto: bf16 where the CPU has it)")
     max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")
     max_images: int = Field(64, ge=1, description="images per request")
     access_log: bool = Field(False, description="log one line per request: client, method, path, status, "
                              "milliseconds, request id")
-    fast_jpeg: bool = Field(False, description="decode large JPEGs at 1/2 to 1/8 scale (no less than twice the "
-                            "model's resize), a fraction of the decoding work; pixels close to, not equal to, timm's")
-    api_key: SecretStr | None = Field(None, description="if set, required on inference routes")
+    fast_jpeg: bool = Field(False, description="decode large JPEGs at 1/2 to 1/8 scale, no less than twice the "
+                            "model's resize: a fraction of the decoding work, pixels close to (not equal to) a full "
+                            "decode's")
+    api_key: SecretStr | None = Field(None, description="if set, required on inference routes (environment only: "
+                                      "VITSERVE_API_KEY)")
     drain_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: readiness fails at once, requests keep being "
                                  "read and served this long, then no new connections are accepted")
+
+    # Fields that are not `vitserve serve` flags: the positional ARTIFACT, and the key (kept out of process lists)
+    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset({"artifact", "api_key"})
 
     @property
     def max_body_bytes(self) -> int:

@@ -26,7 +26,7 @@ def digits_artifact(tmp_path_factory) -> Path:
     """swin_digits exported once (with the rewrite) for every test that needs an artifact."""
     from vitserve.export.pipeline import ExportOptions, export_artifact
     from vitserve.models.build import build_model
-    from vitserve.models.registry import SPECS
+    from vitserve.models.catalogue import SPECS
 
     out = tmp_path_factory.mktemp("artifacts") / "swin_digits"
     export_artifact(build_model(SPECS["swin_digits"]), ExportOptions(out=out, max_batch=64), progress=lambda m: None)

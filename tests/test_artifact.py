@@ -14,7 +14,7 @@ from vitserve.artifact import check_files, read_manifest, write_manifest
 from vitserve.errors import ArtifactError
 from vitserve.export.quantize import quantize_artifact
 from vitserve.export.triton import write_triton_repo
-from vitserve.server.backends import load_backend
+from vitserve.runtimes import load as load_backend
 
 
 @pytest.fixture

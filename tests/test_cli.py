@@ -51,7 +51,7 @@ def test_missing_and_corrupt_weights(tmp_path):
 
 def test_checkpoint_for_other_head_size(tmp_path):
     from vitserve.models.build import build_model
-    from vitserve.models.registry import SPECS
+    from vitserve.models.catalogue import SPECS
 
     ckpt = tmp_path / "ft.pth"
     model = build_model(SPECS["swin_digits"], random_init=True, num_classes=4).model
@@ -61,7 +61,7 @@ def test_checkpoint_for_other_head_size(tmp_path):
 
 def test_fine_tuned_checkpoint_with_labels(tmp_path):
     from vitserve.models.build import build_model
-    from vitserve.models.registry import SPECS
+    from vitserve.models.catalogue import SPECS
 
     ckpt = tmp_path / "ft.pth"
     torch.save(build_model(SPECS["swin_digits"], random_init=True, num_classes=3).model.state_dict(), ckpt)
@@ -84,7 +84,7 @@ def test_img_size(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from vitserve.models.registry import DIGITS_TIMM_KWARGS
+    from vitserve.models.families.swin_digits import DIGITS_TIMM_KWARGS
 
     ckpt = tmp_path / "ft48.safetensors"
     save_file(timm.create_model("swin_tiny_patch4_window7_224", **dict(DIGITS_TIMM_KWARGS, img_size=48)).state_dict(),

@@ -44,7 +44,7 @@ def test_bundled_model_is_in_the_wheel(wheel):
 def test_grpc_protocol_is_in_the_wheel(wheel):
     assert {"vitserve/server/open_inference.proto", "vitserve/server/open_inference_pb2.py",
             "vitserve/server/grpc_health.proto", "vitserve/server/grpc_health_pb2.py",
-            "vitserve/server/grpc_v2.py"} <= set(wheel)
+            "vitserve/server/kserve_grpc.py"} <= set(wheel)
 
 
 def _imported_after(code: str) -> list[str]:
@@ -59,8 +59,9 @@ print("HEAVY:" + ",".join(sorted(m for m in sys.modules if m.split(".")[0] in {H
 
 
 def test_server_does_not_import_torch():
-    assert _imported_after("import vitserve.server, vitserve.server.backends, vitserve.server.preprocess, "
-                           "vitserve.server.tensorrt_engine, vitserve.server.grpc_v2") == []
+    assert _imported_after("import vitserve.server.app, vitserve.server.run, vitserve.runtimes, vitserve.preprocess, "
+                           "vitserve.runtimes.onnxruntime, vitserve.runtimes.openvino, vitserve.runtimes.tensorrt, "
+                           "vitserve.server.kserve_grpc") == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["models"], ["export", "--help"]])

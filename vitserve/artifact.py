@@ -148,30 +148,6 @@ class Manifest:
             raise ArtifactError(f"manifest is malformed ({type(e).__name__}: {e}); re-export the model") from e
 
 
-# Which serving backend is made for which model file (`--backend auto`), and which model files each one runs.
-MODEL_FORMATS = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch", ".engine": "tensorrt"}
-RUNS = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "torch": (".pt2",), "tensorrt": (".engine",)}
-
-
-def backend_for(manifest: Manifest) -> str:
-    """The serving backend made for the artifact's model file (`--backend auto`)."""
-    return MODEL_FORMATS.get(Path(manifest.model_file).suffix, "onnxruntime")
-
-
-def can_run(backend: str, manifest: Manifest) -> bool:
-    return Path(manifest.model_file).suffix in RUNS[backend]
-
-
-def read_manifest_for(directory: str | Path, backend: str) -> Manifest:
-    """read_manifest, and an ArtifactError naming the backend to use when `backend` cannot run the artifact's model
-    file."""
-    manifest = read_manifest(directory)
-    if not can_run(backend, manifest):
-        raise ArtifactError(f"{directory} holds {manifest.model_file}, which the {backend} backend cannot run; "
-                            f"serve it with --backend {backend_for(manifest)} (or auto, the default)")
-    return manifest
-
-
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -138,12 +138,12 @@ def test_container_answers_like_the_artifact_outside(container, digits_artifact,
 def test_gpu_image_onnxruntime_matches_its_cuda_and_names_what_is_missing(gpu_container, digits_artifact):
     """The build's check passed for the image's CUDA version (13.x by default); the same check refuses CUDA 12's
     libraries. On this base there are none, so --device cuda stops, naming the first missing library."""
-    installed = run_in(gpu_container, "python", "-c", "from vitserve.server.backends import onnxruntime_build; "
+    installed = run_in(gpu_container, "python", "-c", "from vitserve.runtimes.onnxruntime import onnxruntime_build; "
                        "print(*onnxruntime_build())")
     assert installed.returncode == 0, installed.stderr
     version, cuda = installed.stdout.split()
     assert cuda.split(".")[0] == "13", (version, cuda)
-    check = run_in(gpu_container, "python", "-c", "import sys; from vitserve.server.backends import "
+    check = run_in(gpu_container, "python", "-c", "import sys; from vitserve.runtimes.onnxruntime import "
                    "cuda_build_problem as p; sys.exit(p('12.9.1') or None)")
     assert check.returncode == 1 and f"built for CUDA {cuda} and cannot run on CUDA 12.9.1" in check.stderr
 

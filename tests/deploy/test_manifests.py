@@ -19,8 +19,8 @@ import referencing
 import yaml
 
 from tests.conftest import ROOT
-from vitserve.server.routes_health import router as health_router
-from vitserve.server.routes_v2 import router as v2_router
+from vitserve.server.routes.health import router as health_router
+from vitserve.server.routes.v2 import router as v2_router
 
 K8S_VERSION = "1.30"
 DEPLOY = ROOT / "deploy"

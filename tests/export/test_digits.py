@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.verify import run_onnx
+from vitserve.export.verify import run_artifact
 from vitserve.models.build import build_model
+from vitserve.models.catalogue import SPECS
 from vitserve.models.digits import load_split
-from vitserve.models.registry import SPECS
-from vitserve.server.preprocess import transform
+from vitserve.preprocess import transform
 
 SPEC = SPECS["swin_digits"]
 
@@ -43,7 +43,7 @@ def test_export_agrees_on_every_held_out_image(tmp_path, held_out, torch_predict
         artifact = tmp_path / "plain"
         export_artifact(build_model(SPEC), ExportOptions(out=artifact, rewrite=False), progress=lambda m: None)
     manifest = json.loads((artifact / "vitserve.json").read_text())
-    (logits,) = run_onnx(artifact / "model.onnx", held_out[0], max_batch=manifest["max_batch"])
+    logits = run_artifact(artifact, "onnxruntime", {"x": held_out[0]}, device="cpu")[0]["x"]
     onnx_predictions = logits.argmax(1)
     assert np.array_equal(onnx_predictions, torch_predictions)
     assert (onnx_predictions == held_out[1]).mean() >= 0.95
@@ -72,13 +72,13 @@ def test_fp16_onnx_keeps_the_held_out_accuracy(tmp_path, held_out, torch_predict
     weights = [t for t in graph.initializer if len(t.dims) == 2]  # the Linear layers' matrices
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [onnx.TensorProto.FLOAT] * 2
-    (logits,) = run_onnx(artifact / "model.onnx", held_out[0], max_batch=manifest.max_batch)
+    logits = run_artifact(artifact, "onnxruntime", {"x": held_out[0]}, device="cpu")[0]["x"]
     assert (logits.argmax(1) == torch_predictions).mean() >= 0.99
     assert (logits.argmax(1) == held_out[1]).mean() >= 0.95
 
 
 def test_fp16_onnx_gate_catches_a_wrong_rewrite(tmp_path, monkeypatch):
-    import vitserve.models.rewrite as rewrite_module
+    import vitserve.models.rewrites as rewrite_module
     from vitserve.errors import VerificationError
 
     original = rewrite_module.deploy_copy

@@ -14,7 +14,7 @@ import pytest
 from tests.weights import wake_norms
 from vitserve.export.pipeline import ExportOptions, export_artifact
 from vitserve.models.build import build_model
-from vitserve.models.registry import SPECS
+from vitserve.models.catalogue import SPECS
 
 HEADLINE = ["swin_t", "vit_b_16", "deit_s", "swinv2_t"]
 OTHERS = [n for n in SPECS if n not in HEADLINE and n != "swin_digits"]

@@ -11,7 +11,8 @@ from tests.conftest import run_cli
 from vitserve.errors import VitServeError
 from vitserve.export.quantize import QuantizationGateError, evaluate, quantize_artifact
 from vitserve.models.digits import load_split
-from vitserve.server.backends import cpu_supports_bf16, load_backend
+from vitserve.runtimes import load as load_backend
+from vitserve.runtimes.openvino import cpu_supports_bf16
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ from vitserve.export.tensorrt import (
 )
 from vitserve.export.verify import compare
 from vitserve.models.build import build_model
-from vitserve.models.registry import SPECS
-from vitserve.models.rewrite import deploy_copy
+from vitserve.models.catalogue import SPECS
+from vitserve.models.rewrites import deploy_copy
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -189,7 +189,8 @@ def test_export_without_tensorrt_is_a_clear_error(tmp_path):
 def test_engine_export_and_backend(tmp_path, digits_artifact):
     from vitserve.export.pipeline import ExportOptions, export_artifact
     from vitserve.export.torch_package import TorchOptions
-    from vitserve.server.backends import OnnxRuntimeBackend, load_backend
+    from vitserve.runtimes import load as load_backend
+    from vitserve.runtimes.onnxruntime import OnnxRuntime
 
     out = tmp_path / "swin_digits-trt"
     options = ExportOptions(out=out, max_batch=16, format="tensorrt", torch_options=TorchOptions(batch_buckets=(1, 8)))
@@ -199,5 +200,5 @@ def test_engine_export_and_backend(tmp_path, digits_artifact):
     assert manifest.package["compute_capability"] == f"{major}.{minor}"
     backend = load_backend(out, "tensorrt")
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32)
-    expected = OnnxRuntimeBackend(digits_artifact)(x)
+    expected = OnnxRuntime(digits_artifact)(x)
     assert (backend(x).argmax(1) == expected.argmax(1)).all()

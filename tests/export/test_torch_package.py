@@ -19,23 +19,22 @@ import torch
 from tests.conftest import ROOT, run_cli
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export import toolchain
-from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.torch_package import (
-    ContainerRunner,
-    PackageRunner,
-    TorchOptions,
-    calls_fused_op,
-    check_machine,
-    check_options,
-    compiled_for,
-    dispatcher_calls,
-    verify_package,
-)
+from vitserve.export.formats import Built, get_format
+from vitserve.export.pipeline import ExportOptions, Job, export_artifact
+from vitserve.export.torch_package import TorchOptions, check_options, dispatcher_calls
 from vitserve.export.triton import write_triton_repo
 from vitserve.models.build import build_model
-from vitserve.models.registry import SPECS
-from vitserve.server.backends import OnnxRuntimeBackend, load_backend
-from vitserve.server.preprocess import decode_image, transform
+from vitserve.models.catalogue import SPECS
+from vitserve.preprocess import decode_image, transform
+from vitserve.runtimes import load as load_backend
+from vitserve.runtimes.onnxruntime import OnnxRuntime
+from vitserve.runtimes.torch_package import (
+    ContainerRunner,
+    PackageRunner,
+    calls_fused_op,
+    check_machine,
+    compiled_for,
+)
 
 EXAMPLES = sorted((ROOT / "examples").glob("digit_*.png"))
 
@@ -51,6 +50,18 @@ def cpu_package(tmp_path_factory):
                             torch_options=TorchOptions(device="cpu", dtype="fp32", batch_buckets=(1, 4)))
     export_artifact(build_model(SPECS["swin_digits"]), options, progress=lambda m: None)
     return out
+
+
+def verify_package(package_file: Path, built, record: dict, staging: Path) -> dict:
+    """The torch format's verification of `package_file` (staged in a folder of its own, with the manifest's
+    `package` record) against the model `built`: the report, or the error a failed export would raise."""
+    staging.mkdir()
+    shutil.copy(package_file, staging / "model.pt2")
+    options = ExportOptions(out=staging.parent / "out", max_batch=16, format="torch",
+                            torch_options=TorchOptions(device="cpu", dtype="fp32"))
+    job = Job(built, None, options, staging, None, lambda m: None, buckets=tuple(record["batch_buckets"]))
+    result = Built("model.pt2", "torch", package=dict(record), opset=False, device="auto")
+    return get_format("torch").verify(job, result)
 
 
 def test_cpu_package_is_verified_and_described(cpu_package):
@@ -75,18 +86,16 @@ def test_cpu_package_is_verified_and_described(cpu_package):
 def test_verification_runs_the_package_in_a_child_process(cpu_package, tmp_path):
     """The package verified against a model it was not compiled from fails the gate (the child's logits are really
     compared), and a package PyTorch cannot load is an ExportError carrying the child's own message."""
-    spec = SPECS["swin_digits"]
-    verify = dict(options=TorchOptions(device="cpu", dtype="fp32"), atol=1e-4, max_batch=16, buckets=(1, 4, 16),
-                  fused=False)
-    other = build_model(spec, random_init=True).model.eval()
+    record = json.loads((cpu_package / "vitserve.json").read_text())["package"]
+    other = build_model(SPECS["swin_digits"], random_init=True)
     with pytest.raises(VerificationError, match="does not match the PyTorch model"):
-        verify_package(cpu_package / "model.pt2", other, spec.preprocess, **verify)
+        verify_package(cpu_package / "model.pt2", other, record, tmp_path / "other")
     broken = tmp_path / "model.pt2"
     broken.write_bytes((cpu_package / "model.pt2").read_bytes()[:4096])
     with pytest.raises(ExportError, match=r"PyTorch running the package failed \(exit status 1\)(.|\n)*"
                                           r"ArtifactError: PyTorch cannot load(.|\n)*"
                                           r"container runner instead: (.|\n)*not a readable AOTInductor package"):
-        verify_package(broken, other, spec.preprocess, **verify)
+        verify_package(broken, other, record, tmp_path / "broken")
 
 
 def _with_entry(package: Path, out: Path, ending: str, data: bytes) -> Path:
@@ -131,13 +140,11 @@ def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
     """When PyTorch's package loader fails before it has loaded the package (here: it refuses the archive's
     version entry; on the H100 it crashed), verification loads the compiled model with AOTInductor's container
     runner instead, and the report says so; the runner gives the package loader's answers."""
-    spec = SPECS["swin_digits"]
     refused = _with_entry(cpu_package / "model.pt2", tmp_path / "model.pt2", "/archive_version", b"999")
     with pytest.raises(ArtifactError, match="archive version 999"):
         PackageRunner(refused, "cpu", [1, 4, 16], (3, 32, 32))
-    report = verify_package(refused, build_model(spec).model.eval(), spec.preprocess,
-                            TorchOptions(device="cpu", dtype="fp32"), atol=1e-4, max_batch=16, buckets=(1, 4, 16),
-                            fused=False)
+    record = json.loads((cpu_package / "vitserve.json").read_text())["package"]
+    report = verify_package(refused, build_model(SPECS["swin_digits"]), record, tmp_path / "staging")
     assert report["passed"] and report["loader"] == "runner"
     assert "PyTorch running the package failed (exit status 1)" in report["package_loader_failure"]
 
@@ -179,7 +186,7 @@ def test_container_runner_refuses_weights_kept_apart(cpu_package, tmp_path):
 def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_artifact):
     backend = load_backend(cpu_package, "torch")
     assert backend.buckets == [1, 4, 16] and [backend.bucket(n) for n in (1, 2, 4, 5, 16)] == [1, 4, 4, 16, 16]
-    reference = OnnxRuntimeBackend(digits_artifact)
+    reference = OnnxRuntime(digits_artifact)
     x = _pixels(backend.manifest)
     for n in (1, 3, 10):  # exact bucket, padded within a bucket, padded to the largest
         got, expected = backend(x[:n]), reference(x[:n])
@@ -211,7 +218,7 @@ def test_served_by_the_torch_backend(cpu_package):
 
 def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
     with pytest.raises(ArtifactError, match="--backend torch"):
-        OnnxRuntimeBackend(cpu_package)
+        OnnxRuntime(cpu_package)
     with pytest.raises(ArtifactError, match="--backend torch"):
         load_backend(cpu_package, "openvino")
     with pytest.raises(ArtifactError, match="the torch backend cannot run; serve it with --backend onnxruntime"):
@@ -321,7 +328,7 @@ def test_cli_errors(tmp_path):
 
 
 def test_cli_fp8_package_checks_accuracy_on_the_cpu(tmp_path):
-    """--dtype fp8: the blocks' Linear layers compute in fp8 (models/fp8.py) inside the package, which calls
+    """--dtype fp8: the blocks' Linear layers compute in fp8 (export/fp8.py) inside the package, which calls
     torch._scaled_mm for each; verified against the fp32 model by its own cosine gate; served by the torch
     backend. On the CPU, where PyTorch emulates fp8, this is the accuracy check a GPU export would pass."""
     out = tmp_path / "fp8"
@@ -355,8 +362,8 @@ def test_fused_op_inside_an_aotinductor_package(tmp_path):
     reference implementation, compiled into the package with the rest. The package calls nothing back through the
     dispatcher, loads single-threaded (as for CUDA graphs) and in the container runner, and matches the model at
     every batch size of its dynamic range."""
-    from vitserve.models.rewrite import deploy_copy
-    from vitserve.models.windows import use_fused_kernel
+    from vitserve.models.rewrites import deploy_copy
+    from vitserve.models.rewrites.windows import use_fused_kernel
 
     built = build_model(SPECS["swin_digits"])
     deploy, _ = deploy_copy(built.model.eval())
@@ -411,7 +418,7 @@ def test_the_package_keeps_fused_attention(tmp_path, monkeypatch):
     the explicit form the ONNX export needs, which writes the attention matrix out (ViT-B/16 on an H100 under
     torch.compile: 6.9k img/s explicit, 10.6k fused)."""
     from vitserve.export import torch_package
-    from vitserve.models.rewrite import deploy_copy
+    from vitserve.models.rewrites import deploy_copy
 
     model = build_model(SPECS["vit_s_16"], random_init=True).model.eval()
     x = torch.randn(2, 3, 224, 224)
@@ -455,7 +462,7 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     backend = load_backend(out, "torch")
     assert backend.cuda_graphs
     x = _pixels(backend.manifest)
-    reference = OnnxRuntimeBackend(digits_artifact)(x)
+    reference = OnnxRuntime(digits_artifact)(x)
     for _ in range(2):  # captured, then replayed
         got = backend(x)
         assert (got.argmax(1) == reference.argmax(1)).all()
@@ -496,4 +503,4 @@ def test_cuda_fp8_package(tmp_path, digits_artifact):
     assert manifest.verification["min_cosine"] >= 0.98 and manifest.verification["top1_agreement"] == 1.0
     backend = load_backend(out, "torch")
     x = _pixels(backend.manifest)
-    assert (backend(x).argmax(1) == OnnxRuntimeBackend(digits_artifact)(x).argmax(1)).all()
+    assert (backend(x).argmax(1) == OnnxRuntime(digits_artifact)(x).argmax(1)).all()

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import vitserve.models.rewrite as rewrite_module
+import vitserve.models.rewrites as rewrite_module
 from vitserve.errors import ExportError, VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
 from vitserve.export.verify import compare, outputs_in_child, precision_gate
 from vitserve.models.build import build_model
-from vitserve.models.registry import SPECS
+from vitserve.models.catalogue import SPECS
 
 
 def _broken_deploy_copy(break_fn):

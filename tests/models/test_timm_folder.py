@@ -15,7 +15,8 @@ from timm.models import save_for_hf
 from tests.conftest import run_cli
 from vitserve.errors import ExportError, UnknownModelError, WeightsError, WeightsUnavailableError
 from vitserve.models.build import build_model
-from vitserve.models.registry import DIGITS_TIMM_KWARGS, resolve
+from vitserve.models.catalogue import resolve
+from vitserve.models.families.swin_digits import DIGITS_TIMM_KWARGS
 
 LABELS = ["cat", "dog", "bird"]
 

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from vitserve.errors import CheckpointMismatchError, ExportError, WeightsError, WeightsUnavailableError
 from vitserve.models.build import build_model
-from vitserve.models.registry import DIGITS_TIMM_KWARGS, SPECS, resolve, with_overrides
+from vitserve.models.catalogue import SPECS, resolve, with_overrides
+from vitserve.models.families.swin_digits import DIGITS_TIMM_KWARGS
 from vitserve.models.weights import fit_state_dict, read_state_dict
 
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition
 
 from tests.weights import perturb
-from vitserve.models.rewrite import deploy_copy
-from vitserve.models.windows import EvenPatchMerging, WindowOrderStage, move_index, raster_order, window_order
+from vitserve.models.rewrites import deploy_copy
+from vitserve.models.rewrites.windows import EvenPatchMerging, WindowOrderStage, move_index, raster_order, window_order
 
 SWIN = "swin_tiny_patch4_window7_224"
 SWINV2 = "swinv2_tiny_window8_256"
@@ -149,7 +149,7 @@ def test_full_map_window_stage_needs_no_gather():
 @pytest.mark.parametrize("arch,overrides,size", PERTURBED)
 def test_fused_op_form_is_equivalent(arch, overrides, size, layout):
     """The deploy form with torch.ops.vitserve.window_attention[_packed] (their reference implementation on CPU)."""
-    from vitserve.models.windows import use_fused_kernel
+    from vitserve.models.rewrites.windows import use_fused_kernel
 
     model = _model(arch, overrides)
     deploy, _ = deploy_copy(model)
@@ -162,7 +162,7 @@ def test_fused_op_form_is_equivalent(arch, overrides, size, layout):
 def test_fused_op_at_every_window_size():
     """Windows of 12x12 (144 tokens: the kernel's tiled form on a GPU) in the first two stages, 6x6 after: every
     block takes the fused op, with the same answers."""
-    from vitserve.models.windows import WindowOrderAttention, use_fused_kernel
+    from vitserve.models.rewrites.windows import WindowOrderAttention, use_fused_kernel
 
     model = _model(SWIN, dict(TINY, img_size=96, patch_size=4, window_size=12))
     deploy, _ = deploy_copy(model)

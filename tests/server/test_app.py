@@ -16,10 +16,10 @@ from PIL import Image
 
 from tests.conftest import ROOT
 from tests.crafted_png import png_header_only
-from vitserve.models.registry import SPECS
+from vitserve.models.catalogue import SPECS
+from vitserve.preprocess import decode_image, transform
+from vitserve.runtimes.onnxruntime import OnnxRuntime
 from vitserve.server.app import create_app
-from vitserve.server.backends import OnnxRuntimeBackend
-from vitserve.server.preprocess import decode_image, transform
 from vitserve.server.settings import Settings
 
 EXAMPLES = {d: (ROOT / "examples" / f"digit_{d}.png").read_bytes() for d in range(10)}
@@ -90,7 +90,7 @@ def test_classify_raw_body(client):
 
 
 def test_scores_are_softmax_of_the_model(client, digits_artifact):
-    backend = OnnxRuntimeBackend(digits_artifact)
+    backend = OnnxRuntime(digits_artifact)
     x = transform(decode_image(EXAMPLES[2]), backend.manifest.preprocess)[None]
     logits = backend(x)[0]
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
@@ -344,7 +344,7 @@ def test_v2_infer_json_fp32(client, digits_artifact):
     assert body["id"] == "abc" and body["model_name"] == "swin_digits"
     out = body["outputs"][0]
     assert out["name"] == "logits" and out["shape"] == [2, 10] and out["datatype"] == "FP32"
-    expected = OnnxRuntimeBackend(digits_artifact)(x)
+    expected = OnnxRuntime(digits_artifact)(x)
     assert np.abs(np.array(out["data"]).reshape(2, 10) - expected).max() < 1e-5
 
 
@@ -370,7 +370,7 @@ def test_v2_infer_binary_request_and_response(client, digits_artifact):
     n = int(response.headers["inference-header-content-length"])
     meta = json.loads(response.content[:n])
     logits = np.frombuffer(response.content[n:], dtype="<f4").reshape(meta["outputs"][0]["shape"])
-    assert np.abs(logits - OnnxRuntimeBackend(digits_artifact)(x)).max() < 1e-5
+    assert np.abs(logits - OnnxRuntime(digits_artifact)(x)).max() < 1e-5
 
 
 def _fp32(shape, data=None, datatype="FP32", name="pixel_values"):

@@ -21,11 +21,11 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT
 from tests.server.test_app import EXAMPLES
+from vitserve.preprocess import decode_image, transform
+from vitserve.runtimes.onnxruntime import OnnxRuntime
 from vitserve.server import grpc_health_pb2 as health_pb
 from vitserve.server import open_inference_pb2 as pb
 from vitserve.server.app import create_app
-from vitserve.server.backends import OnnxRuntimeBackend
-from vitserve.server.preprocess import decode_image, transform
 from vitserve.server.settings import Settings
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -65,7 +65,7 @@ def _images_input(blobs: list[bytes]) -> tg.InferInput:
 
 
 def _expected_logits(artifact, blobs: list[bytes]) -> np.ndarray:
-    backend = OnnxRuntimeBackend(artifact, threads=1)
+    backend = OnnxRuntime(artifact, threads=1)
     pixels = np.stack([transform(decode_image(b), backend.manifest.preprocess) for b in blobs])
     return backend(pixels)
 
@@ -109,7 +109,7 @@ def test_images_give_the_same_logits_as_the_backend(served, digits_artifact):
 
 def test_pixel_values_and_classification(served, digits_artifact):
     _, triton = served
-    backend = OnnxRuntimeBackend(digits_artifact, threads=1)
+    backend = OnnxRuntime(digits_artifact, threads=1)
     pixels = np.stack([transform(decode_image(EXAMPLES[d]), backend.manifest.preprocess) for d in (5, 9)])
     tensor = tg.InferInput("pixel_values", list(pixels.shape), "FP32")
     tensor.set_data_from_numpy(pixels)
@@ -195,7 +195,7 @@ def test_typed_contents_instead_of_raw(served, digits_artifact):
     response, metadata = _raw_call(port, "ModelInfer", request, pb.ModelInferResponse)
     assert len(metadata["x-request-id"]) == 32  # none given: a new one
     np.testing.assert_allclose(np.frombuffer(response.raw_output_contents[0], dtype="<f4"),
-                               OnnxRuntimeBackend(digits_artifact, threads=1)(pixels).ravel(),
+                               OnnxRuntime(digits_artifact, threads=1)(pixels).ravel(),
                                rtol=1e-5, atol=1e-5)
 
 

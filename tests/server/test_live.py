@@ -18,9 +18,9 @@ import pytest
 from tests.conftest import ROOT
 from tests.live_server import Server, free_port
 from vitserve.artifact import read_manifest, write_manifest
-from vitserve.models.registry import SPECS
-from vitserve.server.backends import OnnxRuntimeBackend
-from vitserve.server.preprocess import decode_image, transform
+from vitserve.models.catalogue import SPECS
+from vitserve.preprocess import decode_image, transform
+from vitserve.runtimes.onnxruntime import OnnxRuntime
 
 EXAMPLES = {d: (ROOT / "examples" / f"digit_{d}.png").read_bytes() for d in range(10)}
 
@@ -43,7 +43,7 @@ def test_official_tritonclient(server, digits_artifact):
 
     pre = SPECS["swin_digits"].preprocess
     x = np.stack([transform(decode_image(EXAMPLES[d]), pre) for d in (2, 9)])
-    expected = OnnxRuntimeBackend(digits_artifact)(x)
+    expected = OnnxRuntime(digits_artifact)(x)
     for binary in (True, False):
         inp = httpclient.InferInput("pixel_values", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)

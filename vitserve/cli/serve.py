@@ -1,0 +1,73 @@
+"""`vitserve serve ARTIFACT`: the HTTP (and gRPC) server. Its flags are the server's Settings fields, made once from
+them here: the flag's name, type, choices, help and default all come from the field (server/settings.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import types
+import typing
+from pathlib import Path
+
+from vitserve.errors import VitServeError
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from vitserve.server.run import serve
+    from vitserve.server.settings import Settings
+
+    flags = {name for name in Settings.model_fields if name not in Settings.NOT_FLAGS}
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    try:
+        settings = Settings(artifact=Path(args.artifact), **given)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise VitServeError(f"invalid settings: {problems}") from e
+    logging.getLogger("vitserve").setLevel(logging.INFO)
+    return serve(settings)
+
+
+def _without_server(args: argparse.Namespace) -> int:
+    raise VitServeError("`vitserve serve` needs the server's packages: pip install 'vitserve[serve]' (or "
+                        "'vitserve[serve-gpu]')")
+
+
+def add_setting(parser: argparse.ArgumentParser, name: str, field) -> None:
+    """One flag for a Settings field: --max-batch-size for max_batch_size, its type, choices and help from the
+    field. Unset flags stay None, so that VITSERVE_* environment variables and then the field's default apply."""
+    kind = field.annotation
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # int | None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    default = "" if field.default is None else f" (default {field.default:g})" if isinstance(field.default, float) \
+        else f" (default {field.default})"
+    flag = "--" + name.replace("_", "-")
+    if kind is bool:
+        parser.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=field.description)
+    elif typing.get_origin(kind) is typing.Literal:
+        parser.add_argument(flag, dest=name, choices=typing.get_args(kind), default=None,
+                            help=f"{field.description}{default}")
+    else:
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=f"{field.description}{default}")
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve an artifact over HTTP (POST /classify, KServe V2) and optionally gRPC (KServe V2)",
+        description="Serve an artifact: POST /classify, the KServe V2 protocol under /v2, /healthz, /readyz, "
+        "/metrics, /docs; with --grpc-port, the KServe V2 protocol over gRPC too. Unset flags come from VITSERVE_* "
+        "environment variables; VITSERVE_API_KEY, if set, is required on inference routes.",
+    )
+    p.add_argument("artifact", help="artifact directory written by `vitserve export`")
+    try:
+        from vitserve.server.settings import Settings
+    except ImportError:  # an export-only install: the command says what to install when it is run
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_without_server)
+        return
+    for name, field in Settings.model_fields.items():
+        if name not in Settings.NOT_FLAGS:
+            add_setting(p, name, field)
+    p.set_defaults(func=run)
