@@ -7,7 +7,7 @@
 #                       PROBE_S (default 150: no new case after it; PROBE_CASES picks its cases, default all),
 #                       while the kernel tests run
 #   kernel_tests.txt    the card, its driver, torch and triton; then the suite's GPU tests:
-#                       tests/models/test_window_attention.py (the kernel at full size in fp16/bf16, and its
+#                       tests/test_kernels.py (the kernel at full size in fp16/bf16, and its
 #                       ahead-of-time PTX launched through the CUDA driver exactly as TensorRT launches it); the
 #                       tensorrt backend's CUDA buffers and copies (cuda-bindings); last, if the probe's package
 #                       loaded and time is left, the CUDA torch packages (fp16, fused kernel, CUDA graphs; fp8;
@@ -80,7 +80,7 @@ gpu_tests() {  # gpu_tests SECONDS TESTS...: pytest in a process of its own (a c
     echo "GPU tests ${*:2}: exit $? after $((SECONDS - started)) s" | tee -a "$out/kernel_tests.txt"
 }
 if [[ ${KERNEL_TESTS:-1} == 1 ]]; then
-    gpu_tests 150 tests/models/test_window_attention.py \
+    gpu_tests 150 tests/test_kernels.py \
         tests/runtimes/test_tensorrt.py::test_buffers_round_trip_on_the_gpu
 fi
 if [[ ${PROBE:-1} == 1 ]]; then

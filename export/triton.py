@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitserve import runtimes
 from vitserve.artifact import MANIFEST_NAME, check_files, install_artifact, read_manifest
 from vitserve.errors import ArtifactError
 
@@ -49,7 +50,8 @@ def config_text(manifest, options: TritonOptions) -> str:
     if not 1 <= max_batch <= manifest.max_batch:
         raise ArtifactError(f"--max-batch-size must be between 1 and the artifact's max_batch {manifest.max_batch}; "
                             f"got {max_batch}")
-    openvino, engine = manifest.model_file.endswith(".xml"), manifest.model_file.endswith(".engine")
+    runtime = runtimes.made_for(manifest)  # Triton's backend for the model file is the registry's
+    engine = runtime.name == "tensorrt"
     kind = options.kind or ("gpu" if engine else "cpu")
     if kind not in ("cpu", "gpu"):
         raise ArtifactError(f"unknown instance kind {kind!r}; choose cpu or gpu")
@@ -64,8 +66,8 @@ def config_text(manifest, options: TritonOptions) -> str:
         if spec.dtype not in DTYPES:
             raise ArtifactError(f"{role} data type {spec.dtype!r} has no Triton equivalent")
         tensors[role] = spec
-    if manifest.model_file.endswith(".pt2"):
-        raise ArtifactError("an AOTInductor package (--format torch) has no Triton backend here; write the "
+    if runtime.triton_backend is None:
+        raise ArtifactError(f"{manifest.model_file} ({runtime.name} runtime) has no Triton backend here; write the "
                             "repository from an ONNX or OpenVINO artifact of the model")
     if engine and kind != "gpu":
         raise ArtifactError("a TensorRT engine runs on a GPU: use --kind gpu")
@@ -81,7 +83,7 @@ def config_text(manifest, options: TritonOptions) -> str:
                      "use that TensorRT version, on the GPU model it was built on.")
     lines += [
         f'name: "{name}"',
-        f'backend: "{"openvino" if openvino else "tensorrt" if engine else "onnxruntime"}"',
+        f'backend: "{runtime.triton_backend}"',
         f"max_batch_size: {max_batch}",
         "input [",
         "  {",
@@ -113,7 +115,7 @@ def config_text(manifest, options: TritonOptions) -> str:
         "  }",
         "]",
     ]
-    if openvino or engine:
+    if runtime.name != "onnxruntime":  # Triton's default file name is its backend's: model.onnx, model.plan, ...
         lines += [f'default_model_filename: "model{Path(manifest.model_file).suffix}"']
     if options.tensorrt:
         lines += [
@@ -149,9 +151,8 @@ def write_triton_repo(artifact_dir: str | Path, repo: str | Path, options: Trito
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=repo))
     try:
         (tmp / "1").mkdir()
-        model_files = [manifest.model_file]
-        if manifest.model_file.endswith(".xml"):
-            model_files.append(manifest.model_file[: -len(".xml")] + ".bin")
+        stem = Path(manifest.model_file).with_suffix("")
+        model_files = [manifest.model_file, *(f"{stem}{s}" for s in runtimes.made_for(manifest).companions)]
         try:
             for file_name in model_files:
                 shutil.copyfile(artifact_dir / file_name, tmp / "1" / ("model" + Path(file_name).suffix))

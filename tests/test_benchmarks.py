@@ -105,7 +105,7 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
                                 "gpu_swin-swin.json"} <= set(files), files
     assert "summary: plain=ran" in (out / "probe.txt").read_text()
     tests = (out / "kernel_tests.txt").read_text()
-    assert "collected" in tests and "test_window_attention.py tests/server/test_tensorrt_engine.py" in tests
+    assert "collected" in tests and "test_kernels.py tests/runtimes/test_tensorrt.py" in tests
     swin = json.loads((out / "gpu_swin-swin.json").read_text())
     assert "torch_artifact_bf16" in swin, swin  # the probe's package loaded, so the artifact steps ran
     assert not list(_errors(swin)), list(_errors(swin))
@@ -165,7 +165,7 @@ def test_protocols_benchmark_runs(digits_artifact):
                     "| V2 REST (tritonclient.http)", "| V2 gRPC (tritonclient.grpc)"], done.stdout
 
 
-# the runs whose tables README shows: benchmarks/results/ files, one run (one card) each
+# the runs whose tables README and docs/ show: benchmarks/results/ files, one run (one card) each
 README_RUNS = [("gpu_swin_h200.json", "gpu_swin_h200_cudagraphs.json"),
                ("gpu_swin_h100-2026-11-27-swin.json", "gpu_swin_h100-2026-11-27-vit.json",
                 "gpu_swin_h100-2026-11-27-deit.json"),
@@ -179,13 +179,19 @@ def _gpu_table(*files: str) -> subprocess.CompletedProcess:
 
 
 def test_readme_gpu_tables_are_the_runs_json():
-    """Every GPU timing table in README is rows that benchmarks/gpu_table.py prints for one run's JSON files (bold
-    aside): a number typed by hand, or a row of another run, fails here."""
+    """Every GPU timing table in README and docs/ is rows that benchmarks/gpu_table.py prints for one run's JSON
+    files (bold aside): a number typed by hand, or a row of another run, fails here. docs/gpu.md shows every run."""
     tables = {run: set(_gpu_table(*run).stdout.splitlines()) for run in README_RUNS}
-    readme = (ROOT / "README.md").read_text().replace("**", "")
-    found = [block.splitlines() for block in readme.split("\n\n")
-             if block.startswith("| NVIDIA ") and "images/s (batch-1 ms)" in block.splitlines()[0]]
-    assert len(found) == len(README_RUNS), [rows[0] for rows in found]
+
+    def gpu_tables(path) -> list[list[str]]:
+        text = path.read_text().replace("**", "")
+        return [block.splitlines() for block in text.split("\n\n")
+                if block.startswith("| NVIDIA ") and "images/s (batch-1 ms)" in block.splitlines()[0]]
+
+    in_gpu_doc = gpu_tables(ROOT / "docs" / "gpu.md")
+    assert len(in_gpu_doc) == len(README_RUNS), [rows[0] for rows in in_gpu_doc]
+    found = [*in_gpu_doc, *gpu_tables(ROOT / "README.md")]
+    assert len(found) > len(in_gpu_doc), "README's headline GPU table is missing"
     for rows in found:
         assert any(set(rows) <= printed for printed in tables.values()), rows
 

@@ -25,15 +25,15 @@ def wheel(tmp_path_factory):
 
 
 def test_every_subpackage_is_in_the_wheel(wheel):
-    expected = {"vitserve"}
-    for top in ("models", "export", "server"):
+    expected = set()
+    for top, package in (("vitserve", ()), ("models", ("models",)), ("export", ("export",)), ("server", ("server",))):
         for init in (ROOT / top).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / top).parts
-            expected.add(".".join(("vitserve", top, *rel)))
+            expected.add(".".join(("vitserve", *package, *init.parent.relative_to(ROOT / top).parts)))
     packaged = {name.rsplit("/", 1)[0].replace("/", ".") for name in wheel if name.endswith("/__init__.py")}
     assert expected <= packaged, expected - packaged
-    for module in (ROOT / "models").glob("*.py"):
-        assert f"vitserve/models/{module.name}" in wheel
+    assert {"vitserve.runtimes", "vitserve.cli", "vitserve.models.families", "vitserve.export.formats"} <= expected
+    for module in (ROOT / "models").rglob("*.py"):
+        assert f"vitserve/models/{module.relative_to(ROOT / 'models')}" in wheel
 
 
 def test_bundled_model_is_in_the_wheel(wheel):
@@ -83,7 +83,43 @@ def test_readme_models_table_matches_registry():
 
 
 def test_readme_commands_are_the_ci_commands():
+    """README opens with the two set-up commands; the second, the test command, is the one CI runs."""
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    test_cmd = re.search(r"```bash\n(.*?)\n```", readme.split("## Tests", 1)[1], re.S).group(1).strip()
-    assert test_cmd in ci, "CI must run the README's test command"
+    setup, test = re.findall(r"```bash\n(.*?)\n```", readme, re.S)[:2]
+    assert "vitserve export swin_digits" in setup and "vitserve serve" in setup
+    assert test.strip() in ci, "CI must run the README's test command"
+    assert 'pytest -q -m "not slow" tests' in readme, "README names the fast tier"
+
+
+def test_readme_is_one_page_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    links = re.findall(r"\]\(((?:docs/)[^)#]+)\)", readme)
+    assert {"docs/architecture.md", "docs/commands.md", "docs/testing.md"} <= set(links)
+    for link in links:
+        assert (ROOT / link).is_file(), link
+
+
+def test_docs_name_every_command_and_flag():
+    """docs/commands.md documents every subcommand and every one of its flags, as the parser has them."""
+    import argparse
+
+    from vitserve.cli import build_parser
+
+    doc = (ROOT / "docs" / "commands.md").read_text()
+    (subcommands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"{name} {flag}" for name, parser in subcommands.choices.items()
+               for action in parser._actions for flag in action.option_strings
+               if flag.startswith("--") and flag != "--help" and flag not in doc]
+    missing += [name for name in subcommands.choices if f"`vitserve {name}" not in doc]
+    assert not missing, f"docs/commands.md lacks {missing}"
+
+
+def test_files_named_in_the_docs_exist():
+    """A path in backquotes in README or docs/ (`export/formats/torch.py`) names a file of this repository."""
+    named = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        named |= set(re.findall(r"`((?:[\w.-]+/)+[\w.-]+\.(?:py|sh|md|yaml|json|proto))`", doc.read_text()))
+    missing = sorted(p for p in named if not p.startswith("/") and not (ROOT / p).exists())
+    assert not missing, missing

@@ -2,7 +2,7 @@
 
 The transform reproduces timm's eval transform (crop_mode 'center') step for step: torchvision's Resize of the
 shorter side to floor(size / crop_pct) on the PIL image, CenterCrop with torchvision's rounding, ToTensor's /255
-and Normalize, all in float32. tests/server/test_preprocess.py checks it against timm on real photographs.
+and Normalize, all in float32. tests/test_preprocess.py checks it against timm on real photographs.
 """
 
 from __future__ import annotations

@@ -52,6 +52,35 @@ def add_setting(parser: argparse.ArgumentParser, name: str, field) -> None:
         parser.add_argument(flag, dest=name, type=kind, default=None, help=f"{field.description}{default}")
 
 
+class SettingsParser(argparse.ArgumentParser):
+    """serve's parser. Its flags come from the server's Settings, added the first time it parses or prints help,
+    so that the other commands (and `vitserve --help`) never import pydantic."""
+
+    _complete = False
+
+    def _add_settings(self) -> None:
+        if self._complete:
+            return
+        self._complete = True
+        try:
+            from vitserve.server.settings import Settings
+        except ImportError:  # an export-only install: the command says what to install when it is run
+            self.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            self.set_defaults(func=_without_server)
+            return
+        for name, field in Settings.model_fields.items():
+            if name not in Settings.NOT_FLAGS:
+                add_setting(self, name, field)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_settings()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_settings()
+        return super().format_help()
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "serve",
@@ -60,14 +89,6 @@ def add(sub) -> None:
         "/metrics, /docs; with --grpc-port, the KServe V2 protocol over gRPC too. Unset flags come from VITSERVE_* "
         "environment variables; VITSERVE_API_KEY, if set, is required on inference routes.",
     )
+    p.__class__ = SettingsParser  # argparse makes every subparser with one class; this one completes itself
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")
-    try:
-        from vitserve.server.settings import Settings
-    except ImportError:  # an export-only install: the command says what to install when it is run
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_without_server)
-        return
-    for name, field in Settings.model_fields.items():
-        if name not in Settings.NOT_FLAGS:
-            add_setting(p, name, field)
     p.set_defaults(func=run)

@@ -3,9 +3,9 @@
 Swin spends its GPU time in many small attentions (49 or 64 tokens per window) whose score matrices are written
 and read back several times by the stock ops (matmul, add bias, add mask, softmax, matmul). This kernel keeps one
 window-head in registers from q, k, v to the output: scores, the constant bias (relative position bias + shift
-mask, as built by windows.py), softmax and the product with v in one pass, fp16/bf16 in, fp32 accumulation;
-windows of more than 64 tokens in blocks of query rows, the keys in steps with the softmax kept online (`tiles`). The
-cosine variant (Swin V2) normalizes q and k and multiplies by a per-head logit scale.
+mask, as built by models/rewrites/windows.py), softmax and the product with v in one pass, fp16/bf16 in, fp32
+accumulation; windows of more than 64 tokens in blocks of query rows, the keys in steps with the softmax kept online
+(`tiles`). The cosine variant (Swin V2) normalizes q and k and multiplies by a per-head logit scale.
 
     window_attention(q, k, v, bias, logit_scale, scale) -> out
       q, k, v, out: (B * nW, nH, N, D), windows of one image consecutive (index b * nW + w)
