@@ -75,13 +75,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/ker
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     >> "$out/kernel_tests.txt" 2>&1
 gpu_tests() {  # gpu_tests SECONDS TESTS...: pytest in a process of its own (a crash leaves the other's results)
-    timeout "$1" python -m pytest -q -rA --tb=short -p no:logging -p no:cacheprovider "${collect[@]}" "${@:2}" \
+    timeout "$1" python -m pytest -q -n 0 -rA --tb=short -p no:logging -p no:cacheprovider "${collect[@]}" "${@:2}" \
         >> "$out/kernel_tests.txt" 2>&1
     echo "GPU tests ${*:2}: exit $? after $((SECONDS - started)) s" | tee -a "$out/kernel_tests.txt"
 }
 if [[ ${KERNEL_TESTS:-1} == 1 ]]; then
     gpu_tests 150 tests/test_kernels.py \
-        tests/runtimes/test_tensorrt.py::test_buffers_round_trip_on_the_gpu
+        tests/runtimes/test_tensorrt_runtime.py::test_buffers_round_trip_on_the_gpu
 fi
 if [[ ${PROBE:-1} == 1 ]]; then
     wait "$probe"

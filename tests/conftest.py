@@ -14,11 +14,36 @@ ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "VITSERVE_HUB_TIMEOUT": "1"}
 
 
+MAX_WORKERS = 4  # each worker exports its own copy of the session's artifacts and runs torch on every core
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject.toml's default): a worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`python -m vitserve ARGS` in a fresh process; returns the completed process (never raises)."""
     full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
     return subprocess.run([sys.executable, "-m", "vitserve", *args], capture_output=True, text=True, env=full_env,
                           cwd=cwd, timeout=900)
+
+
+def run_cli_here(*args: str) -> subprocess.CompletedProcess:
+    """`vitserve ARGS` in this process (main(), its output captured): for errors found before a model is built or
+    loaded, without a fresh process's imports. Returns what run_cli returns."""
+    import contextlib
+    import io
+
+    from vitserve.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(["vitserve", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

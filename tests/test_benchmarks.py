@@ -11,6 +11,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import OFFLINE_ENV, ROOT
 
 
@@ -26,6 +28,7 @@ def _errors(node):
             yield from _errors(value)
 
 
+@pytest.mark.slow  # compiles
 def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     out = tmp_path / "dry.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "gpu_swin.py"), "--device", "cpu", "--models", "swin_digits",
@@ -65,6 +68,7 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     assert profile["batch"] == 4 and profile["kernels"] and all(k["ms"] >= 0 for k in profile["kernels"])
 
 
+@pytest.mark.slow  # compiles
 def test_aoti_load_probe_dry_run_on_the_cpu(tmp_path):
     """benchmarks/aoti_load_probe.py on the CPU: it compiles its package and every case loads and runs it (the
     cases differ in how; a crash on a GPU shows which way of loading avoids it)."""
@@ -95,6 +99,7 @@ def _device_run_dry(tmp_path: Path, **settings: str) -> Path:
     return out
 
 
+@pytest.mark.slow  # compiles
 def test_device_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/device_run.sh (the one command a lent GPU runs) with DRY_RUN=1: the probe in the background
     beside the kernel tests (only collected here), then the benchmark processes, whose artifact steps follow the
@@ -105,7 +110,7 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
                                 "gpu_swin-swin.json"} <= set(files), files
     assert "summary: plain=ran" in (out / "probe.txt").read_text()
     tests = (out / "kernel_tests.txt").read_text()
-    assert "collected" in tests and "test_kernels.py tests/runtimes/test_tensorrt.py" in tests
+    assert "collected" in tests and "test_kernels.py tests/runtimes/test_tensorrt_runtime.py" in tests
     swin = json.loads((out / "gpu_swin-swin.json").read_text())
     assert "torch_artifact_bf16" in swin, swin  # the probe's package loaded, so the artifact steps ran
     assert not list(_errors(swin)), list(_errors(swin))
@@ -119,6 +124,7 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
         assert f"{name}: exit " in log or f"{name}: not run" in log, log[-3000:]
 
 
+@pytest.mark.slow  # compiles
 def test_device_script_narrowed_run(tmp_path):
     """device_run.sh narrowed to what a session still has to measure: no probe (the artifact steps run), no kernel
     tests, chosen sections per benchmark process (none: the process is not started) and options for all of them;
@@ -127,7 +133,7 @@ def test_device_script_narrowed_run(tmp_path):
                           VIT_SECTIONS="", DEIT_SECTIONS="", GEMM_SECTIONS="fp8-package",
                           GPU_SWIN_ARGS="--compile-batches 1", PACKAGE_TESTS="first")
     tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package tests first, and only then
-    assert not (out / "probe.txt").exists() and "test_window_attention" not in tests
+    assert not (out / "probe.txt").exists() and "test_kernels" not in tests
     ran = re.findall(r"test_cuda_fp16_package_with_cuda_graphs tests/export/test_torch_package.py::"
                      r"test_cuda_fp8_package: exit 0 after (\d+) s", tests)
     assert len(ran) == 1, tests
@@ -155,6 +161,7 @@ def test_decode_benchmark_runs():
     assert len(rows) == 9 and all("1000x750" in row for row in rows[:3])
 
 
+@pytest.mark.slow  # a live server
 def test_protocols_benchmark_runs(digits_artifact):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocols.py"), str(digits_artifact),
                            "--rounds", "2", "--seconds", "0.2", "--concurrency", "2", "--threads", "1"],

@@ -1,4 +1,5 @@
-"""The `vitserve` command as a user runs it: a fresh process, exit codes, messages, no tracebacks."""
+"""The `vitserve` command as a user runs it: exit codes, messages, no tracebacks. Errors found before a model is built
+run in this process (run_cli_here); everything else in a fresh process, as a user runs it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import stat
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_cli_here
 
 
 def _fails_cleanly(result, *fragments: str, code: int = 1) -> None:
@@ -29,7 +30,7 @@ def test_models_lists_aliases():
 
 
 def test_unknown_model_suggests():
-    _fails_cleanly(run_cli("export", "swin_tt"), "unknown model 'swin_tt'", "Did you mean: swin_t")
+    _fails_cleanly(run_cli_here("export", "swin_tt"), "unknown model 'swin_tt'", "Did you mean: swin_t")
 
 
 def test_offline_pretrained_names_the_options(tmp_path):
@@ -39,14 +40,14 @@ def test_offline_pretrained_names_the_options(tmp_path):
 
 
 def test_weights_and_random_init_are_exclusive():
-    _fails_cleanly(run_cli("export", "swin_t", "--weights", "x.pth", "--random-init"), "not allowed with", code=2)
+    _fails_cleanly(run_cli_here("export", "swin_t", "--weights", "x.pth", "--random-init"), "not allowed with", code=2)
 
 
 def test_missing_and_corrupt_weights(tmp_path):
-    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(tmp_path / "none.pth")), "does not exist")
+    _fails_cleanly(run_cli_here("export", "swin_digits", "--weights", str(tmp_path / "none.pth")), "does not exist")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage" * 100)
-    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(bad)), "cannot read", "is the file complete")
+    _fails_cleanly(run_cli_here("export", "swin_digits", "--weights", str(bad)), "cannot read", "is the file complete")
 
 
 def test_checkpoint_for_other_head_size(tmp_path):
@@ -56,9 +57,10 @@ def test_checkpoint_for_other_head_size(tmp_path):
     ckpt = tmp_path / "ft.pth"
     model = build_model(SPECS["swin_digits"], random_init=True, num_classes=4).model
     torch.save({"state_dict": model.state_dict()}, ckpt)
-    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(ckpt)), "--num-classes 4", "head.fc.weight")
+    _fails_cleanly(run_cli_here("export", "swin_digits", "--weights", str(ckpt)), "--num-classes 4", "head.fc.weight")
 
 
+@pytest.mark.slow  # exports in a fresh process
 def test_fine_tuned_checkpoint_with_labels(tmp_path):
     from vitserve.models.build import build_model
     from vitserve.models.catalogue import SPECS
@@ -79,6 +81,7 @@ def test_fine_tuned_checkpoint_with_labels(tmp_path):
                            "3"), "has 2 labels but the model has 3 classes")
 
 
+@pytest.mark.slow  # exports in a fresh process
 def test_img_size(tmp_path):
     """A checkpoint fine-tuned at 48 px: refused without --img-size (timm would interpolate it), exported with it."""
     import timm
@@ -89,7 +92,7 @@ def test_img_size(tmp_path):
     ckpt = tmp_path / "ft48.safetensors"
     save_file(timm.create_model("swin_tiny_patch4_window7_224", **dict(DIGITS_TIMM_KWARGS, img_size=48)).state_dict(),
               str(ckpt))
-    _fails_cleanly(run_cli("export", "swin_digits", "--weights", str(ckpt)), "another input size or window")
+    _fails_cleanly(run_cli_here("export", "swin_digits", "--weights", str(ckpt)), "another input size or window")
     out = tmp_path / "ft48"
     result = run_cli("export", "swin_digits", "--weights", str(ckpt), "--img-size", "48", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -102,9 +105,10 @@ def test_img_size(tmp_path):
 @pytest.mark.parametrize("args", [["--dtype", "bf16"], ["--format", "openvino", "--dtype", "fp16"]],
                          ids=["onnx-bf16", "openvino-fp16"])
 def test_precision_the_format_cannot_hold(args):
-    _fails_cleanly(run_cli("export", "swin_digits", *args), "an ONNX artifact is fp32 or fp16")
+    _fails_cleanly(run_cli_here("export", "swin_digits", *args), "an ONNX artifact is fp32 or fp16")
 
 
+@pytest.mark.slow  # exports in a fresh process
 def test_fp16_onnx_is_not_quantized_again(tmp_path):
     out = tmp_path / "fp16"
     assert run_cli("export", "swin_digits", "--dtype", "fp16", "--out", str(out)).returncode == 0
@@ -113,10 +117,11 @@ def test_fp16_onnx_is_not_quantized_again(tmp_path):
 
 def test_out_dir_that_is_not_an_artifact(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    _fails_cleanly(run_cli("export", "swin_digits", "--out", str(tmp_path)), "is not a vitserve artifact")
+    _fails_cleanly(run_cli_here("export", "swin_digits", "--out", str(tmp_path)), "is not a vitserve artifact")
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow  # exports in a fresh process
 def test_export_then_classify_examples(tmp_path):
     out = tmp_path / "swin_digits"
     result = run_cli("export", "swin_digits", "--out", str(out), "--triton-repo", str(tmp_path / "triton"),
@@ -161,15 +166,16 @@ def test_export_then_classify_examples(tmp_path):
     (["classify", "/nonexistent/dir", "x.png"], "is not a directory"),
 ])
 def test_classify_errors(args, message):
-    _fails_cleanly(run_cli(*args), message)
+    _fails_cleanly(run_cli_here(*args), message)
 
 
 def test_classify_rejects_non_image(tmp_path, digits_artifact):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
-    _fails_cleanly(run_cli("classify", str(digits_artifact), str(junk)), "cannot read image")
+    _fails_cleanly(run_cli_here("classify", str(digits_artifact), str(junk)), "cannot read image")
 
 
+@pytest.mark.slow  # exports in a fresh process
 def test_verification_failure_exits_nonzero(tmp_path):
     """An impossible tolerance: the export must refuse, explain, and write no artifact."""
     out = tmp_path / "strict"

@@ -71,6 +71,8 @@ class Flags:
 # Flags that only some formats take, with the words a refusal uses for them
 FLAG_NAMES = {"device": "--device", "batch_buckets": "--batch-buckets", "max_autotune": "--max-autotune",
               "no_cuda_graphs": "--no-cuda-graphs"}
+# ... and which of them a refusal names together (the GPU formats' device and batch settings)
+FLAG_GROUPS = (("device", "batch_buckets"), ("max_autotune",), ("no_cuda_graphs",))
 
 
 class Format(abc.ABC):
@@ -88,9 +90,10 @@ class Format(abc.ABC):
         given = [n for n in FLAG_NAMES if getattr(flags, n) not in (None, (), False)]
         refused = [n for n in given if n not in self.takes]
         if refused:
-            takers = [f for f in FORMATS if all(n in get_format(f).takes for n in refused)]
-            words = " and ".join(FLAG_NAMES[n] for n in refused)
-            raise ExportError(f"{words} appl{'ies' if len(refused) == 1 else 'y'} to --format "
+            group = next(g for g in FLAG_GROUPS if refused[0] in g)
+            takers = [name for name in FORMATS if all(n in get_format(name).takes for n in group)]
+            words = " and ".join(FLAG_NAMES[n] for n in group)
+            raise ExportError(f"{words} appl{'ies' if len(group) == 1 else 'y'} to --format "
                               f"{' and '.join(takers)} only")
         return ExportOptions(out=out, format=self.name, **common, **self.format_options(flags))
 

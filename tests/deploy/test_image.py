@@ -28,11 +28,11 @@ from tests.live_server import Server, free_port
 BUILDAH_ENV = {**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")}
 MAX_IMAGE_MB = 800
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     shutil.which("buildah") is None or os.geteuid() != 0
     or (shutil.which("debootstrap") is None and "BASE_IMAGE" not in os.environ),
     reason="building the image needs root, buildah and debootstrap (apt-get install buildah debootstrap)",
-)
+)]  # image builds
 
 
 def buildah(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

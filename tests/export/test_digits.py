@@ -31,17 +31,21 @@ def torch_predictions(held_out):
         return model(torch.from_numpy(held_out[0])).argmax(1).numpy()
 
 
+@pytest.fixture(scope="module")
+def plain_artifact(tmp_path_factory):
+    """swin_digits exported without the rewrite (timm's own graph), once for this module's tests."""
+    artifact = tmp_path_factory.mktemp("plain") / "swin_digits"
+    export_artifact(build_model(SPEC), ExportOptions(out=artifact, rewrite=False), progress=lambda m: None)
+    return artifact
+
+
 def test_bundled_weights_reach_95_percent(held_out, torch_predictions):
     assert (torch_predictions == held_out[1]).mean() >= 0.95
 
 
 @pytest.mark.parametrize("rewrite", [True, False], ids=["rewrite", "no-rewrite"])
-def test_export_agrees_on_every_held_out_image(tmp_path, held_out, torch_predictions, rewrite, digits_artifact):
-    if rewrite:
-        artifact = digits_artifact
-    else:
-        artifact = tmp_path / "plain"
-        export_artifact(build_model(SPEC), ExportOptions(out=artifact, rewrite=False), progress=lambda m: None)
+def test_export_agrees_on_every_held_out_image(held_out, torch_predictions, rewrite, digits_artifact, plain_artifact):
+    artifact = digits_artifact if rewrite else plain_artifact
     manifest = json.loads((artifact / "vitserve.json").read_text())
     logits = run_artifact(artifact, "onnxruntime", {"x": held_out[0]}, device="cpu")[0]["x"]
     onnx_predictions = logits.argmax(1)
@@ -50,15 +54,14 @@ def test_export_agrees_on_every_held_out_image(tmp_path, held_out, torch_predict
     assert manifest["rewrite"] == ("swin-window-order" if rewrite else None)
 
 
-def test_rewrite_removes_roll_pad_and_mask_ops(tmp_path, digits_artifact):
+def test_rewrite_removes_roll_pad_and_mask_ops(digits_artifact, plain_artifact):
     rewritten = json.loads((digits_artifact / "vitserve.json").read_text())["graph"]["op_counts"]
-    plain = tmp_path / "plain"
-    export_artifact(build_model(SPEC), ExportOptions(out=plain, rewrite=False), progress=lambda m: None)
-    original = json.loads((plain / "vitserve.json").read_text())["graph"]["op_counts"]
+    original = json.loads((plain_artifact / "vitserve.json").read_text())["graph"]["op_counts"]
     assert "Pad" in original and "Pad" not in rewritten
     assert sum(rewritten.values()) < sum(original.values())
 
 
+@pytest.mark.slow  # a second export
 def test_fp16_onnx_keeps_the_held_out_accuracy(tmp_path, held_out, torch_predictions):
     """--dtype fp16 (for onnxruntime's CUDA and TensorRT providers), run here by onnxruntime's CPU kernels: fp16
     weights and activations, float32 LayerNorm and attention bias, float32 in and out."""

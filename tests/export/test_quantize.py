@@ -28,6 +28,7 @@ def digit_folders(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # quantization and its gate
 @pytest.mark.parametrize("method", ["onnxruntime", "openvino"])
 def test_int8_passes_the_gate_within_half_a_point(tmp_path, digits_artifact, digit_folders, method):
     out = tmp_path / f"int8-{method}"

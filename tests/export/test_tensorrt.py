@@ -105,6 +105,7 @@ def _small_swin_v2(arch: str = "swinv2_tiny_window8_256"):
         img_size=64, window_size=4, num_classes=5).eval())
 
 
+@pytest.mark.slow  # real-size Swin V2
 @pytest.mark.parametrize("arch", ["swinv2_tiny_window8_256", "swinv2_cr_tiny_224"])
 def test_swin_v2_uses_the_cosine_plugin(tmp_path, arch):
     model = _small_swin_v2(arch)

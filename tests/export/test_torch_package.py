@@ -64,6 +64,7 @@ def verify_package(package_file: Path, built, record: dict, staging: Path) -> di
     return get_format("torch").verify(job, result)
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_cpu_package_is_verified_and_described(cpu_package):
     manifest = json.loads((cpu_package / "vitserve.json").read_text())
     assert manifest["model_file"] == "model.pt2" and (cpu_package / "model.pt2").is_file()
@@ -83,6 +84,7 @@ def test_cpu_package_is_verified_and_described(cpu_package):
     assert wrapper.count(b"aoti_torch_cpu__linear_pointwise") >= 24 and b"aoti_torch_cpu_addmm_out(" not in wrapper
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_verification_runs_the_package_in_a_child_process(cpu_package, tmp_path):
     """The package verified against a model it was not compiled from fails the gate (the child's logits are really
     compared), and a package PyTorch cannot load is an ExportError carrying the child's own message."""
@@ -106,6 +108,7 @@ def _with_entry(package: Path, out: Path, ending: str, data: bytes) -> Path:
     return out
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_a_package_for_another_machine_is_refused_before_it_is_loaded(cpu_package, tmp_path, monkeypatch):
     """AOTInductor records in the package the machine it compiled for; a package whose host code uses vector
     instructions this CPU lacks, or whose kernels are for another GPU generation, is refused by name, not left to
@@ -136,6 +139,7 @@ def test_a_package_for_another_machine_is_refused_before_it_is_loaded(cpu_packag
     check_machine(h100, torch.device("cuda"))  # on the GPU generation it was compiled for
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
     """When PyTorch's package loader fails before it has loaded the package (here: it refuses the archive's
     version entry; on the H100 it crashed), verification loads the compiled model with AOTInductor's container
@@ -158,6 +162,7 @@ def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
     assert not folder.exists()
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_torch_backend_loads_the_way_the_manifest_says(cpu_package, tmp_path):
     copy = tmp_path / "artifact"
     shutil.copytree(cpu_package, copy)
@@ -174,6 +179,7 @@ def test_torch_backend_loads_the_way_the_manifest_says(cpu_package, tmp_path):
         load_backend(copy, "torch")
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_container_runner_refuses_weights_kept_apart(cpu_package, tmp_path):
     apart = tmp_path / "model.pt2"
     shutil.copy(cpu_package / "model.pt2", apart)
@@ -183,6 +189,7 @@ def test_container_runner_refuses_weights_kept_apart(cpu_package, tmp_path):
         ContainerRunner(apart, torch.device("cpu"))
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_artifact):
     backend = load_backend(cpu_package, "torch")
     assert backend.buckets == [1, 4, 16] and [backend.bucket(n) for n in (1, 2, 4, 5, 16)] == [1, 4, 4, 16, 16]
@@ -201,6 +208,7 @@ def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_arti
     assert all(np.abs(got - reference(batch)).max() < 1e-4 for batch, got in zip(batches, answers))
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_served_by_the_torch_backend(cpu_package):
     # imported here: the GPU test at the end also runs where only the export's packages are installed
     from fastapi.testclient import TestClient
@@ -216,6 +224,7 @@ def test_served_by_the_torch_backend(cpu_package):
         assert labels == [p.stem.split("_")[1] for p in EXAMPLES]
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
     with pytest.raises(ArtifactError, match="--backend torch"):
         OnnxRuntime(cpu_package)
@@ -229,6 +238,7 @@ def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
         write_triton_repo(cpu_package, cpu_package.parent / "repo")
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_cli_classify_with_the_torch_backend(cpu_package):
     """No --backend: auto runs a torch package with the torch backend."""
     result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--json")
@@ -249,6 +259,7 @@ def _slim_machine(tmp_path: Path) -> dict[str, str]:
             "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache"), "TRITON_CACHE_DIR": str(tmp_path / "cache")}
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_served_where_there_is_no_cpp_compiler(cpu_package, tmp_path):
     """A serving machine (a slim container) need not have a C++ compiler, nor Triton. PyTorch loads a compiled
     package without them, and so must the torch backend: its machine check reads the CPU's instruction sets from
@@ -268,6 +279,7 @@ def test_served_where_there_is_no_cpp_compiler(cpu_package, tmp_path):
     assert "outdated" not in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_artifact):
     """`vitserve bench PACKAGE`, and a package beside the ONNX artifact (`--also`): the torch backend runs it."""
     from vitserve.export.bench import runners_for
@@ -283,6 +295,7 @@ def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_arti
     assert np.abs(runners["onnxruntime f32"](x) - runners[label](x)).max() < 1e-4
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_bench_exports_torch_packages_for_a_model_name(tmp_path):
     """`vitserve bench MODEL --backends ...,torch`: the model is exported to ONNX and to a CPU torch package per
     precision, every batch size a bucket of it, and each is timed in its own backend in the same rounds."""
@@ -309,6 +322,7 @@ def test_bad_options(options, message):
         check_options(options, 32)
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_cli_errors(tmp_path):
     if not torch.cuda.is_available():
         result = run_cli("export", "swin_digits", "--format", "torch", "--out", str(tmp_path / "x"))
@@ -327,6 +341,7 @@ def test_cli_errors(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_cli_fp8_package_checks_accuracy_on_the_cpu(tmp_path):
     """--dtype fp8: the blocks' Linear layers compute in fp8 (export/fp8.py) inside the package, which calls
     torch._scaled_mm for each; verified against the fp32 model by its own cosine gate; served by the torch
@@ -356,6 +371,7 @@ def test_fp8_is_for_the_torch_format_only(tmp_path):
     assert not (tmp_path / "trt").exists()
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_fused_op_inside_an_aotinductor_package(tmp_path):
     """The CUDA package's deploy form calls the fused op (`vitserve::window_attention_packed`), which torch.export
     keeps whole and AOTInductor traces through: on CUDA to the Triton kernel's launch, here on the CPU to the
@@ -393,6 +409,7 @@ def _(x):
     return torch.empty_like(x)
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_package_records_the_ops_it_calls_back(tmp_path):
     """An op AOTInductor cannot see into (a plain custom op) stays a call back through PyTorch's dispatcher, which
     the package describes and the manifest records; the process that serves it must have the op registered."""
@@ -413,6 +430,7 @@ def test_package_records_the_ops_it_calls_back(tmp_path):
     assert not calls_fused_op({"fused_window_attention_blocks": 0})
 
 
+@pytest.mark.slow  # AOTInductor compiles
 def test_the_package_keeps_fused_attention(tmp_path, monkeypatch):
     """The torch artifact compiles timm's scaled_dot_product_attention (one fused attention kernel on the GPU), not
     the explicit form the ONNX export needs, which writes the attention matrix out (ViT-B/16 on an H100 under
@@ -446,6 +464,7 @@ def test_the_package_keeps_fused_attention(tmp_path, monkeypatch):
     assert len(fused) == 12 and all(fused)
 
 
+@pytest.mark.slow  # AOTInductor compiles
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
     out = tmp_path / "swin_digits-cuda"
@@ -490,6 +509,7 @@ def test_cuda_fp16_package_with_cuda_graphs(tmp_path, digits_artifact):
         {1: 2, len(x): 2, 3: 2}
 
 
+@pytest.mark.slow  # AOTInductor compiles
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or later)")
 def test_cuda_fp8_package(tmp_path, digits_artifact):

@@ -57,6 +57,7 @@ def test_wrong_rewrite_fails_and_names_block(tmp_path, monkeypatch, break_fn, fi
     assert saved["first_divergence"]["first_block"] == first_block
 
 
+@pytest.mark.slow  # exports that fail verification
 def test_wrong_rewrite_fails_when_the_logits_are_smaller_than_atol(tmp_path, monkeypatch):
     """timm starts some classifiers near zero (a random-init LeViT's logits stay below 1e-4): there every logit
     difference is below atol however wrong the export, and only the logits' direction can tell."""
@@ -84,6 +85,7 @@ def test_the_gate_compares_directions():
     assert precision_gate(shifted, "fp16", atol=1e-4) is None
 
 
+@pytest.mark.slow  # exports that fail verification
 def test_failed_export_keeps_previous_artifact(tmp_path, monkeypatch, digits_artifact):
     import shutil
 

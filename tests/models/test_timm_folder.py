@@ -134,6 +134,7 @@ def test_hub_repo_from_the_local_cache(folder, tmp_path, monkeypatch):
         resolve("hf-hub:someone/my-swin@v2")
 
 
+@pytest.mark.slow  # exports in a fresh process
 def test_cli_exports_a_folder_with_its_classes_and_transform(folder, tmp_path):
     out = tmp_path / "artifact"
     done = run_cli("export", str(folder), "--out", str(out))

@@ -15,6 +15,8 @@ from schemathesis.generation import GenerationMode
 
 from tests.live_server import Server
 
+pytestmark = pytest.mark.slow  # fuzzing a live server
+
 EXAMPLES_PER_ROUTE = 100
 
 

@@ -23,6 +23,8 @@ from tests.conftest import ROOT
 from tests.crafted_png import png_bomb, png_header_only
 from tests.live_server import Server
 
+pytestmark = pytest.mark.slow  # a live server under hostile input
+
 MAX_BODY_MB = 2
 MAX_IMAGES = 8
 DIGIT = (ROOT / "examples" / "digit_3.png").read_bytes()

@@ -22,6 +22,8 @@ from vitserve.models.catalogue import SPECS
 from vitserve.preprocess import decode_image, transform
 from vitserve.runtimes.onnxruntime import OnnxRuntime
 
+pytestmark = pytest.mark.slow  # live servers
+
 EXAMPLES = {d: (ROOT / "examples" / f"digit_{d}.png").read_bytes() for d in range(10)}
 
 

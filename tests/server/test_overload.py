@@ -7,7 +7,11 @@ overload."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.overload import Report, run_overload
+
+pytestmark = pytest.mark.slow  # a live server at 3x capacity
 
 ROUNDS = 3
 

@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     spec = resolve(args.model)  # unknown names fail before torch is imported
     if args.img_size or args.window_size:
         spec = with_overrides(spec, img_size=args.img_size, window_size=args.window_size)
+    from vitserve.artifact import check_output_dir
     from vitserve.export.formats import Flags, get_format
     from vitserve.export.pipeline import export_artifact
     from vitserve.models.build import build_model
@@ -22,8 +23,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(DEFAULT_ARTIFACTS_DIR) / spec.name.replace("/", "_")
     flags = Flags(dtype=args.dtype, device=args.device, batch_buckets=tuple(args.batch_buckets or ()),
                   max_autotune=args.max_autotune, no_cuda_graphs=args.no_cuda_graphs)
-    options = get_format(args.format).options(flags, out, max_batch=args.max_batch, opset=args.opset,
-                                              rewrite=not args.no_rewrite, atol=args.atol)
+    fmt = get_format(args.format)
+    options = fmt.options(flags, out, max_batch=args.max_batch, opset=args.opset, rewrite=not args.no_rewrite,
+                          atol=args.atol)
+    fmt.check(options)  # what the export would refuse, before the model is built
+    check_output_dir(out)
     progress(f"building {spec.name} ({spec.timm_name})")
     built = build_model(spec, weights=args.weights, random_init=args.random_init, num_classes=args.num_classes,
                         labels_file=args.labels)
