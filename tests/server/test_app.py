@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import ROOT
 from tests.crafted_png import png_header_only
+from vitserve.errors import VitServeError
 from vitserve.models.catalogue import SPECS
 from vitserve.preprocess import decode_image, transform
 from vitserve.runtimes.onnxruntime import OnnxRuntime
@@ -444,3 +445,18 @@ def test_openapi_names_the_served_model(digits_artifact):
     tensor = infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["items"]
     assert tensor["properties"]["name"]["enum"] == ["pixel_values", "images"]
     assert "/classify" in paths and "/readyz" in paths
+
+
+def test_a_port_that_cannot_be_listened_on_fails_before_the_model_loads():
+    """`vitserve serve` checks its ports first (server/run.py), so a taken port fails at once with the reason."""
+    import socket
+
+    from vitserve.server.run import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(VitServeError, match=f"cannot listen on 127.0.0.1:{port}: .*another process uses it"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", None)  # gRPC off: nothing to check
