@@ -40,7 +40,6 @@ class RuntimeInfo:
         triton_backend: Triton's backend for the model file (config.pbtxt); None where Triton has none.
         companions: suffixes of files that belong to the model file (an OpenVINO IR's weights).
         local_device: the device for running an artifact outside the server (classify, bench, quantize).
-        extra: the pip extra that installs its library.
     """
 
     name: str
@@ -53,7 +52,6 @@ class RuntimeInfo:
     triton_backend: str | None
     companions: tuple[str, ...] = ()
     local_device: str = AUTO
-    extra: str = "serve"
 
     def can_run(self, manifest: Manifest) -> bool:
         return Path(manifest.model_file).suffix in self.runs
@@ -63,12 +61,11 @@ RUNTIMES: dict[str, RuntimeInfo] = {info.name: info for info in (
     RuntimeInfo("onnxruntime", "onnxruntime", "OnnxRuntime", runs=(".onnx",), devices=("cpu", "cuda", "tensorrt"),
                 precisions=("f32",), platform="onnxruntime_onnx", triton_backend="onnxruntime", local_device="cpu"),
     RuntimeInfo("openvino", "openvino", "OpenVINORuntime", runs=(".xml", ".onnx"), devices=("cpu",),
-                precisions=("f32", "bf16"), platform="openvino", triton_backend="openvino", companions=(".bin",),
-                extra="openvino"),
+                precisions=("f32", "bf16"), platform="openvino", triton_backend="openvino", companions=(".bin",)),
     RuntimeInfo("torch", "torch_package", "TorchRuntime", runs=(".pt2",), devices=("cpu", "cuda"),
-                precisions=("f32",), platform="pytorch_aotinductor", triton_backend=None, extra="torch"),
+                precisions=("f32",), platform="pytorch_aotinductor", triton_backend=None),
     RuntimeInfo("tensorrt", "tensorrt", "TensorRTRuntime", runs=(".engine",), devices=("cuda", "tensorrt"),
-                precisions=("f32",), platform="tensorrt_plan", triton_backend="tensorrt", extra="serve-gpu"),
+                precisions=("f32",), platform="tensorrt_plan", triton_backend="tensorrt"),
 )}
 
 NAMES = tuple(RUNTIMES)
