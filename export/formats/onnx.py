@@ -55,7 +55,8 @@ class OnnxFormat(Format):
                      f"CPU{', fp16 model' if result.dtype == 'fp16' else ''})")
         # an fp16 model on onnxruntime's CPU kernels is what this check runs, not advice for serving
         runtime_log = logging.getLogger("vitserve.runtimes.onnxruntime")
-        level, runtime_log.level = runtime_log.level, logging.ERROR
+        level = runtime_log.level
+        runtime_log.setLevel(logging.ERROR)  # setLevel, not the attribute: it clears the loggers' cached levels
         try:
             report = job.verify(result)
         except VerificationError as e:
