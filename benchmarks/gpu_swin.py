@@ -407,7 +407,7 @@ def main() -> None:
     if DEVICE == "cpu" and "autotune" in sections:  # `vitserve export --max-autotune` refuses the CPU
         sections.discard("autotune")
         result["not_run"] = ["autotune: --max-autotune exports for --device cuda only"]
-    models = args.models.split(",")
+    models = list(dict.fromkeys(args.models.split(",")))  # a model named twice is measured once
     batches = [int(b) for b in args.batches.split(",")]
     compile_batches = [int(b) for b in args.compile_batches.split(",")]
     largest, smallest = max(compile_batches), min(compile_batches)

@@ -22,6 +22,18 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest first: the slow tests that say how long they take (`@pytest.mark.slow(minutes=N)`), then the other
+    slow ones, then the rest, each in collection order. Each worker takes the next test as it finishes one (xdist's
+    loadgroup keeps this order, groups first), so the long ones start at once and the short ones fill the end,
+    instead of one long test running alone at the end while the other workers wait."""
+    def minutes(item) -> float:
+        slow = item.get_closest_marker("slow")
+        return 0 if slow is None else slow.kwargs.get("minutes", 0.5)
+
+    items.sort(key=minutes, reverse=True)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`python -m vitserve ARGS` in a fresh process; returns the completed process (never raises)."""
     full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}

@@ -28,38 +28,70 @@ def _errors(node):
             yield from _errors(value)
 
 
-@pytest.mark.slow  # compiles
-def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
-    out = tmp_path / "dry.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_swin.py"), "--device", "cpu", "--models", "swin_digits",
-               "--batches", "1,4", "--compile-batches", "4", "--workdir", str(tmp_path / "work"), "--out", str(out),
-               "--sections", "correctness,attention,eager,compile,deploy,package,profile,fp8,deploy-autotune"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=900)
+def _device_run_dry(tmp_path: Path, **settings: str) -> Path:
+    """benchmarks/device_run.sh with DRY_RUN=1 and `settings` in its environment; the folder of its results."""
+    out = tmp_path / "out"
+    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), **settings,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
+                          env=env, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["device"] == "cpu (dry run)" and "not_run" not in result
-    assert not list(_errors(result)), list(_errors(result))  # a failing step is recorded, not raised
+    return out
 
-    assert [row["tokens"] for row in result["kernel_correctness"]] == [49, 49, 64, 64, 144, 144, 256, 256]
+
+@pytest.mark.slow(minutes=6)  # compiles
+def test_device_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/device_run.sh (the one command a lent GPU runs, with minutes to spare and no second try) with
+    DRY_RUN=1 and time for every step: benchmarks/aoti_load_probe.py in the background beside the kernel tests (only
+    collected here), the artifacts exported ahead, then every section of benchmarks/gpu_swin.py on swin_digits, so
+    that a broken step shows here first. The ViT and DeiT processes (swin_digits again here) are narrowed to a
+    section that takes the artifact exported ahead and to one that does not."""
+    out = _device_run_dry(tmp_path, TOTAL_S="1500", VIT_SECTIONS="eager,package", DEIT_SECTIONS="eager")
+    files = sorted(path.name for path in out.iterdir())
+    assert len(files) <= 8 and {"probe.txt", "probe-small.pt2", "kernel_tests.txt", "gpu_swin.log",
+                                "gpu_swin-swin.json", "gpu_swin-vit.json", "gpu_swin-deit.json",
+                                "gpu_swin-gemm.json"} <= set(files), files
+    log = (out / "gpu_swin.log").read_text()
+    for name in ("probe", "swin", "vit", "deit", "gemm"):
+        assert f"{name}: exit 0" in log, log[-3000:]
+
+    # the probe: it compiles its package and every case loads and runs it (the cases differ in how; a crash on a
+    # GPU shows which way of loading avoids it)
+    probe = (out / "probe.txt").read_text()
+    assert "wrapper.so" in probe and "ldd " in probe
+    with zipfile.ZipFile(out / "probe-small.pt2") as kept:  # the package, for examining elsewhere
+        assert any(name.endswith("wrapper.so") for name in kept.namelist())
+    for case in ("plain", "runner", "ld-debug", "inductor-first"):
+        assert f"{case} (" in probe
+    assert probe.count("ran: output (3, 10)") == 4, probe[-3000:]
+    assert "same-process: loaded and ran, output (3, 10)" in probe
+    assert probe.rstrip().endswith("summary: plain=ran runner=ran ld-debug=ran inductor-first=ran same-process=ran")
+
+    tests = (out / "kernel_tests.txt").read_text()
+    assert "collected" in tests and "test_kernels.py tests/runtimes/test_tensorrt_runtime.py" in tests
+    assert "test_cuda_fp16_package_with_cuda_graphs tests/export/test_torch_package.py::test_cuda_fp8_package: " \
+           "exit 0" in tests  # the package tests, last (PACKAGE_TESTS=last)
+    # the artifacts exported once, ahead of the timings (the package sections' and the fp8 one the GEMM process
+    # times), and each section took its own from there
+    assert "export ahead (swin_digits,swin_digits:fp8): exit 0" in log, log[-3000:]
+    assert "swin_digits-fp8: export exited with 0" in log and "exported ahead: swin_digits-bf16" in log, log[-3000:]
+    assert "exporting: " not in log, log[-3000:]
+
+    swin = json.loads((out / "gpu_swin-swin.json").read_text())
+    assert swin["device"] == "cpu (dry run)" and "not_run" not in swin
+    assert not list(_errors(swin)), list(_errors(swin))  # a failing step is recorded, not raised
+    assert [row["tokens"] for row in swin["kernel_correctness"]] == [49, 49, 64, 64, 144, 144, 256, 256]
     for key in ("attention_stage1_b4_ms", "attention_w12_stage1_b4_ms"):
-        assert set(result[key]) == {"stock ops", "sdpa with bias mask", "fused kernel", "fused kernel, packed"}
-    eager = result["eager_bf16"]["swin_digits"]
+        assert set(swin[key]) == {"stock ops", "sdpa with bias mask", "fused kernel", "fused kernel, packed"}
+    eager = swin["eager_bf16"]["swin_digits"]
     assert {row["runner"] for row in eager} == {"timm eager", "rewrite eager", "rewrite + fused kernel (split) eager",
                                                 "rewrite + fused kernel (packed) eager"}
     assert {row["batch"] for row in eager} == {1, 4}
-    assert [row["batch"] for row in result["compiled_bf16_default"]["swin_digits"]] == [4]
-    deploy = result["deploy_compiled_bf16_reduce-overhead"]["swin_digits"]
+    assert [row["batch"] for row in swin["compiled_bf16_default"]["swin_digits"]] == [4]
+    deploy = swin["deploy_compiled_bf16_reduce-overhead"]["swin_digits"]
     assert [(row["runner"], row["batch"]) for row in deploy] == [
         ("vitserve deploy form + torch.compile (reduce-overhead)", 4)]
-    fp8 = result["fp8_compiled_reduce-overhead"]["swin_digits"]
-    assert [(row["runner"], row["batch"]) for row in fp8] == [
-        (f"vitserve deploy form, {dtype} + torch.compile (reduce-overhead)", 4) for dtype in ("bf16", "fp8",
-                                                                                           "fp8 (fast accumulation)")]
-    tuned = result["deploy_compiled_bf16_max-autotune"]["swin_digits"]
-    assert [(row["runner"], row["batch"]) for row in tuned] == [
-        ("vitserve deploy form + torch.compile (max-autotune)", 4)]
-
-    export, *rows = result["torch_artifact_bf16"]["swin_digits"]
+    export, *rows = swin["torch_artifact_bf16"]["swin_digits"]
     assert export["runner"] == "export" and export["min_cosine"] >= 0.99 and export["cuda_graphs"] is False
     timed = [(row["runner"], row["batch"]) for row in rows if "ms" in row]
     assert timed == [(f"vitserve torch artifact, {how}", batch) for batch in (1, 4)
@@ -67,70 +99,34 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path):
     profile = rows[-1]
     assert profile["batch"] == 4 and profile["kernels"] and all(k["ms"] >= 0 for k in profile["kernels"])
 
+    vit = json.loads((out / "gpu_swin-vit.json").read_text())
+    assert set(vit) >= {"eager_bf16", "torch_artifact_bf16"} and "compiled_bf16_default" not in vit, vit
+    assert not list(_errors(vit)), list(_errors(vit))
+    deit = json.loads((out / "gpu_swin-deit.json").read_text())
+    assert "eager_bf16" in deit and "torch_artifact_bf16" not in deit and not list(_errors(deit)), deit
 
-@pytest.mark.slow  # compiles
-def test_aoti_load_probe_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/aoti_load_probe.py on the CPU: it compiles its package and every case loads and runs it (the
-    cases differ in how; a crash on a GPU shows which way of loading avoids it)."""
-    out = tmp_path / "probe.txt"
-    command = [sys.executable, str(ROOT / "benchmarks" / "aoti_load_probe.py"), "--device", "cpu", "--out", str(out),
-               "--workdir", str(tmp_path / "work"), "--budget-s", "600"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = out.read_text()
-    assert "wrapper.so" in report and "ldd " in report
-    with zipfile.ZipFile(tmp_path / "probe-small.pt2") as kept:  # the package, for examining elsewhere
-        assert any(name.endswith("wrapper.so") for name in kept.namelist())
-    for case in ("plain", "runner", "ld-debug", "inductor-first"):
-        assert f"{case} (" in report
-    assert report.count("ran: output (3, 10)") == 4, report[-3000:]
-    assert "same-process: loaded and ran, output (3, 10)" in report
-    assert report.rstrip().endswith("summary: plain=ran runner=ran ld-debug=ran inductor-first=ran same-process=ran")
-
-
-def _device_run_dry(tmp_path: Path, **settings: str) -> Path:
-    """benchmarks/device_run.sh with DRY_RUN=1 and `settings` in its environment; the folder of its results."""
-    out = tmp_path / "out"
-    env = {**os.environ, **OFFLINE_ENV, "DRY_RUN": "1", "OUT": str(out), **settings,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out
+    gemm = json.loads((out / "gpu_swin-gemm.json").read_text())  # its two models are swin_digits twice: once here
+    assert gemm["not_run"] == ["autotune: --max-autotune exports for --device cuda only"], gemm
+    assert not list(_errors(gemm)), list(_errors(gemm))
+    export, *rows = gemm["torch_artifact_fp8"]["swin_digits"]
+    assert export["dtype"] == "fp8" and export["min_cosine"] >= 0.98 and {row["batch"] for row in rows} == {1, 4}
+    fp8 = gemm["fp8_compiled_reduce-overhead"]["swin_digits"]
+    assert [(row["runner"], row["batch"]) for row in fp8] == [
+        (f"vitserve deploy form, {dtype} + torch.compile (reduce-overhead)", 4) for dtype in ("bf16", "fp8",
+                                                                                           "fp8 (fast accumulation)")]
+    tuned = gemm["deploy_compiled_bf16_max-autotune"]["swin_digits"]
+    assert [(row["runner"], row["batch"]) for row in tuned] == [
+        ("vitserve deploy form + torch.compile (max-autotune)", 4)]
+    assert log.count("fp8_compiled_reduce-overhead swin_digits") == 1, log[-3000:]
 
 
-@pytest.mark.slow  # compiles
-def test_device_script_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/device_run.sh (the one command a lent GPU runs) with DRY_RUN=1: the probe in the background
-    beside the kernel tests (only collected here), then the benchmark processes, whose artifact steps follow the
-    probe's verdict, all within TOTAL_S, and at most the eight files the device machine returns."""
-    out = _device_run_dry(tmp_path, TOTAL_S="300", PROBE_S="100", PROBE_CASES="plain")
-    files = sorted(path.name for path in out.iterdir())
-    assert len(files) <= 8 and {"probe.txt", "probe-small.pt2", "kernel_tests.txt", "gpu_swin.log",
-                                "gpu_swin-swin.json"} <= set(files), files
-    assert "summary: plain=ran" in (out / "probe.txt").read_text()
-    tests = (out / "kernel_tests.txt").read_text()
-    assert "collected" in tests and "test_kernels.py tests/runtimes/test_tensorrt_runtime.py" in tests
-    swin = json.loads((out / "gpu_swin-swin.json").read_text())
-    assert "torch_artifact_bf16" in swin, swin  # the probe's package loaded, so the artifact steps ran
-    assert not list(_errors(swin)), list(_errors(swin))
-    log = (out / "gpu_swin.log").read_text()
-    assert "probe: exit 0" in log and "swin: exit 0" in log
-    # the artifacts exported once, ahead of the timings (the package section's and the fp8 one the GEMM process
-    # times), and the package section took its own from there
-    assert "export ahead (swin_digits,swin_digits:fp8): exit 0" in log, log[-3000:]
-    assert "swin_digits-fp8: export exited with 0" in log and "exported ahead: swin_digits-bf16" in log, log[-3000:]
-    for name in ("vit", "deit", "gemm"):  # each ran, or was not started once TOTAL_S was nearly spent
-        assert f"{name}: exit " in log or f"{name}: not run" in log, log[-3000:]
-
-
-@pytest.mark.slow  # compiles
+@pytest.mark.slow(minutes=2)  # compiles
 def test_device_script_narrowed_run(tmp_path):
     """device_run.sh narrowed to what a session still has to measure: no probe (the artifact steps run), no kernel
     tests, chosen sections per benchmark process (none: the process is not started) and options for all of them;
-    the fp8 artifact the GEMM process times exported ahead, alone."""
-    out = _device_run_dry(tmp_path, TOTAL_S="300", PROBE="0", KERNEL_TESTS="0", SWIN_SECTIONS="compile",
-                          VIT_SECTIONS="", DEIT_SECTIONS="", GEMM_SECTIONS="fp8-package",
+    no exports ahead (EXPORT_AHEAD=0): the GEMM process exports the fp8 artifact it times itself."""
+    out = _device_run_dry(tmp_path, TOTAL_S="900", PROBE="0", KERNEL_TESTS="0", SWIN_SECTIONS="compile",
+                          VIT_SECTIONS="", DEIT_SECTIONS="", GEMM_SECTIONS="fp8-package", EXPORT_AHEAD="0",
                           GPU_SWIN_ARGS="--compile-batches 1", PACKAGE_TESTS="first")
     tests = (out / "kernel_tests.txt").read_text()  # no kernel tests; the CUDA package tests first, and only then
     assert not (out / "probe.txt").exists() and "test_kernels" not in tests
@@ -143,12 +139,13 @@ def test_device_script_narrowed_run(tmp_path):
     assert not list(_errors(swin)), list(_errors(swin))
     log = (out / "gpu_swin.log").read_text()
     assert "probe: not run" in log and "swin: exit 0" in log
-    assert int(ran[0]) <= int(re.search(r"export ahead \(.*\): exit 0 after (\d+) s", log).group(1))
+    assert int(ran[0]) <= int(re.search(r"swin: exit 0 after (\d+) s", log).group(1))
     for name in ("vit", "deit"):
         assert f"{name}: not run, no sections" in log, log[-3000:]
-    assert "export ahead (swin_digits:fp8): exit 0" in log and "exported ahead: swin_digits-fp8" in log, log[-3000:]
+    exported = "exporting: -m vitserve export swin_digits --random-init --format torch --device cpu --dtype fp8"
+    assert "export ahead" not in log and exported in log, log[-3000:]
     gemm = json.loads((out / "gpu_swin-gemm.json").read_text())
-    export, *rows = gemm["torch_artifact_fp8"]["swin_digits"]  # both of the GEMM process's models are swin_digits
+    export, *rows = gemm["torch_artifact_fp8"]["swin_digits"]
     assert export["dtype"] == "fp8" and export["min_cosine"] >= 0.98 and {row["batch"] for row in rows} == {1, 4}
     assert "not_run" not in gemm and not list(_errors(gemm)), gemm
 

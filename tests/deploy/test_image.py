@@ -28,7 +28,8 @@ from tests.live_server import Server, free_port
 BUILDAH_ENV = {**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")}
 MAX_IMAGE_MB = 800
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+# one worker builds the image, once, for every test here (pyproject.toml's --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("image"), pytest.mark.skipif(
     shutil.which("buildah") is None or os.geteuid() != 0
     or (shutil.which("debootstrap") is None and "BASE_IMAGE" not in os.environ),
     reason="building the image needs root, buildah and debootstrap (apt-get install buildah debootstrap)",

@@ -93,7 +93,7 @@ def _python(code: str, *args: str, cxx: str, tmp_path: Path) -> subprocess.Compl
                           timeout=600)
 
 
-@pytest.mark.slow  # an AOTInductor compile
+@pytest.mark.slow(minutes=2)  # two AOTInductor compiles
 def test_the_package_needs_the_shared_libstdcxx_and_loads(tmp_path, static_gxx):
     import json
 

@@ -43,6 +43,11 @@ def _pixels(manifest) -> np.ndarray:
     return np.stack([transform(decode_image(p.read_bytes()), manifest.preprocess) for p in EXAMPLES])
 
 
+# the tests that take the module's package run on one worker (pyproject.toml's --dist loadgroup), which compiles it
+# once
+with_package = pytest.mark.xdist_group("cpu_package")
+
+
 @pytest.fixture(scope="module")
 def cpu_package(tmp_path_factory):
     out = tmp_path_factory.mktemp("torch") / "swin_digits-torch"
@@ -65,6 +70,7 @@ def verify_package(package_file: Path, built, record: dict, staging: Path) -> di
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_cpu_package_is_verified_and_described(cpu_package):
     manifest = json.loads((cpu_package / "vitserve.json").read_text())
     assert manifest["model_file"] == "model.pt2" and (cpu_package / "model.pt2").is_file()
@@ -85,6 +91,7 @@ def test_cpu_package_is_verified_and_described(cpu_package):
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_verification_runs_the_package_in_a_child_process(cpu_package, tmp_path):
     """The package verified against a model it was not compiled from fails the gate (the child's logits are really
     compared), and a package PyTorch cannot load is an ExportError carrying the child's own message."""
@@ -109,6 +116,7 @@ def _with_entry(package: Path, out: Path, ending: str, data: bytes) -> Path:
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_a_package_for_another_machine_is_refused_before_it_is_loaded(cpu_package, tmp_path, monkeypatch):
     """AOTInductor records in the package the machine it compiled for; a package whose host code uses vector
     instructions this CPU lacks, or whose kernels are for another GPU generation, is refused by name, not left to
@@ -140,6 +148,7 @@ def test_a_package_for_another_machine_is_refused_before_it_is_loaded(cpu_packag
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
     """When PyTorch's package loader fails before it has loaded the package (here: it refuses the archive's
     version entry; on the H100 it crashed), verification loads the compiled model with AOTInductor's container
@@ -163,6 +172,7 @@ def test_container_runner_where_the_package_loader_fails(cpu_package, tmp_path):
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_torch_backend_loads_the_way_the_manifest_says(cpu_package, tmp_path):
     copy = tmp_path / "artifact"
     shutil.copytree(cpu_package, copy)
@@ -180,6 +190,7 @@ def test_torch_backend_loads_the_way_the_manifest_says(cpu_package, tmp_path):
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_container_runner_refuses_weights_kept_apart(cpu_package, tmp_path):
     apart = tmp_path / "model.pt2"
     shutil.copy(cpu_package / "model.pt2", apart)
@@ -190,6 +201,7 @@ def test_container_runner_refuses_weights_kept_apart(cpu_package, tmp_path):
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_artifact):
     backend = load_backend(cpu_package, "torch")
     assert backend.buckets == [1, 4, 16] and [backend.bucket(n) for n in (1, 2, 4, 5, 16)] == [1, 4, 4, 16, 16]
@@ -209,6 +221,7 @@ def test_torch_backend_pads_to_buckets_and_matches_onnx(cpu_package, digits_arti
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_served_by_the_torch_backend(cpu_package):
     # imported here: the GPU test at the end also runs where only the export's packages are installed
     from fastapi.testclient import TestClient
@@ -225,6 +238,7 @@ def test_served_by_the_torch_backend(cpu_package):
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
     with pytest.raises(ArtifactError, match="--backend torch"):
         OnnxRuntime(cpu_package)
@@ -239,6 +253,7 @@ def test_backends_refuse_the_wrong_artifact(cpu_package, digits_artifact):
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_cli_classify_with_the_torch_backend(cpu_package):
     """No --backend: auto runs a torch package with the torch backend."""
     result = run_cli("classify", str(cpu_package), str(EXAMPLES[3]), "--json")
@@ -260,6 +275,7 @@ def _slim_machine(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_served_where_there_is_no_cpp_compiler(cpu_package, tmp_path):
     """A serving machine (a slim container) need not have a C++ compiler, nor Triton. PyTorch loads a compiled
     package without them, and so must the torch backend: its machine check reads the CPU's instruction sets from
@@ -280,6 +296,7 @@ def test_served_where_there_is_no_cpp_compiler(cpu_package, tmp_path):
 
 
 @pytest.mark.slow  # AOTInductor compiles
+@with_package
 def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_artifact):
     """`vitserve bench PACKAGE`, and a package beside the ONNX artifact (`--also`): the torch backend runs it."""
     from vitserve.export.bench import runners_for
@@ -295,7 +312,7 @@ def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_arti
     assert np.abs(runners["onnxruntime f32"](x) - runners[label](x)).max() < 1e-4
 
 
-@pytest.mark.slow  # AOTInductor compiles
+@pytest.mark.slow(minutes=1.5)  # AOTInductor compiles
 def test_bench_exports_torch_packages_for_a_model_name(tmp_path):
     """`vitserve bench MODEL --backends ...,torch`: the model is exported to ONNX and to a CPU torch package per
     precision, every batch size a bucket of it, and each is timed in its own backend in the same rounds."""
@@ -341,7 +358,7 @@ def test_cli_errors(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
 
 
-@pytest.mark.slow  # AOTInductor compiles
+@pytest.mark.slow(minutes=2)  # AOTInductor compiles
 def test_cli_fp8_package_checks_accuracy_on_the_cpu(tmp_path):
     """--dtype fp8: the blocks' Linear layers compute in fp8 (export/fp8.py) inside the package, which calls
     torch._scaled_mm for each; verified against the fp32 model by its own cosine gate; served by the torch
@@ -371,7 +388,7 @@ def test_fp8_is_for_the_torch_format_only(tmp_path):
     assert not (tmp_path / "trt").exists()
 
 
-@pytest.mark.slow  # AOTInductor compiles
+@pytest.mark.slow(minutes=1)  # AOTInductor compiles
 def test_fused_op_inside_an_aotinductor_package(tmp_path):
     """The CUDA package's deploy form calls the fused op (`vitserve::window_attention_packed`), which torch.export
     keeps whole and AOTInductor traces through: on CUDA to the Triton kernel's launch, here on the CPU to the
