@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 
 def test_bench_writes_json_and_chart(tmp_path, digits_artifact):
@@ -22,7 +22,7 @@ def test_bench_writes_json_and_chart(tmp_path, digits_artifact):
 
 
 def test_bench_rejects_bad_arguments(tmp_path):
-    result = run_cli("bench", "swin_digits", "--batch-sizes", "1,x")
+    result = run_cli_here("bench", "swin_digits", "--batch-sizes", "1,x")
     assert result.returncode == 2 and "comma-separated integers" in result.stderr
-    result = run_cli("bench", "swin_digits", "--backends", "tensorflow")
+    result = run_cli_here("bench", "swin_digits", "--backends", "tensorflow")
     assert result.returncode == 2 and "unknown tensorflow" in result.stderr

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 from vitserve.errors import VitServeError
 from vitserve.export.quantize import QuantizationGateError, evaluate, quantize_artifact
 from vitserve.models.digits import load_split
@@ -103,7 +103,7 @@ def test_cli_quantize(tmp_path, digits_artifact, digit_folders):
     assert result.returncode == 0, result.stderr
     runners = {r["runner"] for r in json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]}
     assert runners == {"onnxruntime f32", "onnxruntime int8 (cli-int8)"}
-    result = run_cli("bench", str(digits_artifact), "--also", str(tmp_path), "--no-eager")
+    result = run_cli_here("bench", str(digits_artifact), "--also", str(tmp_path), "--no-eager")
     assert result.returncode == 1 and "vitserve.json" in result.stderr and "Traceback" not in result.stderr
-    result = run_cli("quantize", str(digits_artifact), "--calib", str(tmp_path / "nothing"))
+    result = run_cli_here("quantize", str(digits_artifact), "--calib", str(tmp_path / "nothing"))
     assert result.returncode == 1 and "not a directory" in result.stderr and "Traceback" not in result.stderr

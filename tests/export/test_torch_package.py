@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_cli_here
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export import toolchain
 from vitserve.export.formats import Built, get_format
@@ -339,20 +339,20 @@ def test_bad_options(options, message):
         check_options(options, 32)
 
 
-@pytest.mark.slow  # AOTInductor compiles
 def test_cli_errors(tmp_path):
+    """Found before the model is built: in this process."""
     if not torch.cuda.is_available():
-        result = run_cli("export", "swin_digits", "--format", "torch", "--out", str(tmp_path / "x"))
+        result = run_cli_here("export", "swin_digits", "--format", "torch", "--out", str(tmp_path / "x"))
         assert result.returncode == 1 and "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "x").exists()
-    result = run_cli("export", "swin_digits", "--dtype", "bf16", "--out", str(tmp_path / "y"))
+    result = run_cli_here("export", "swin_digits", "--dtype", "bf16", "--out", str(tmp_path / "y"))
     assert result.returncode == 1 and "an ONNX artifact is fp32 or fp16" in result.stderr
-    result = run_cli("export", "swin_digits", "--batch-buckets", "1,8", "--out", str(tmp_path / "y"))
+    result = run_cli_here("export", "swin_digits", "--batch-buckets", "1,8", "--out", str(tmp_path / "y"))
     assert result.returncode == 1 and "apply to --format torch and tensorrt only" in result.stderr
     for flag in ("--max-autotune", "--no-cuda-graphs"):
-        result = run_cli("export", "swin_digits", flag, "--out", str(tmp_path / "z"))
+        result = run_cli_here("export", "swin_digits", flag, "--out", str(tmp_path / "z"))
         assert result.returncode == 1 and f"{flag} applies to --format torch only" in result.stderr
-    result = run_cli("export", "swin_digits", "--format", "torch", "--device", "cpu", "--max-autotune",
+    result = run_cli_here("export", "swin_digits", "--format", "torch", "--device", "cpu", "--max-autotune",
                      "--out", str(tmp_path / "w"))
     assert result.returncode == 1 and "--max-autotune applies to --device cuda" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 from vitserve.artifact import read_manifest
 from vitserve.errors import ArtifactError
 from vitserve.export.triton import TritonOptions, config_text, write_triton_repo
@@ -109,5 +109,5 @@ def test_cli(digits_artifact, tmp_path):
     assert "tritonserver --model-repository" in result.stdout
     config = parse((tmp_path / "repo" / "swin_digits" / "config.pbtxt").read_text())
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    result = run_cli("triton-repo", str(tmp_path / "missing"), str(tmp_path / "repo"))
+    result = run_cli_here("triton-repo", str(tmp_path / "missing"), str(tmp_path / "repo"))
     assert result.returncode == 1 and "is not a directory" in result.stderr and "Traceback" not in result.stderr
