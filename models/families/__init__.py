@@ -7,6 +7,6 @@ Adding an architecture: a module here with its VARIANTS, and the module in FAMIL
 
 from __future__ import annotations
 
-from vitserve.models.families import cait, deit, mvitv2, pvt_v2, swin, swin_digits, swinv2, tnt, twins, vit
+from vitserve.models.families import cait, deit, mvitv2, pvt_v2, swin, swin_digits, swinv2, tnt, twins, vit, volo
 
-FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, swin_digits)
+FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, swin_digits)

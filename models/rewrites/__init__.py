@@ -6,13 +6,14 @@ import copy
 
 from torch import nn
 
-from vitserve.models.rewrites import swin, swinv2, swinv2_cr
+from vitserve.models.rewrites import swin, swinv2, swinv2_cr, volo
 
 # timm module of the model class -> (rewrite name, function that rewrites a model in place)
 REWRITES = {
     "timm.models.swin_transformer": (swin.REWRITE_NAME, swin.rewrite),
     "timm.models.swin_transformer_v2": (swinv2.REWRITE_NAME, swinv2.rewrite),
     "timm.models.swin_transformer_v2_cr": (swinv2_cr.REWRITE_NAME, swinv2_cr.rewrite),
+    "timm.models.volo": (volo.REWRITE_NAME, volo.rewrite),
 }
 
 
