@@ -138,6 +138,6 @@ def test_xdist_groups_reach_the_scheduler(request):
     """Under `--dist loadgroup` (pyproject.toml's addopts), a test's xdist_group is appended to its node id, which is
     how the scheduler keeps a group on one worker. pytest 9.2 drops it (each worker would then build a group's
     fixture again): pyproject.toml keeps pytest below that."""
-    if not request.config.getvalue("loadgroup"):
+    if not getattr(request.config.option, "loadgroup", False):  # set on xdist workers only
         pytest.skip("not run by a pytest-xdist worker under --dist loadgroup")
     assert request.node.nodeid.endswith("@grouped")

@@ -3,12 +3,17 @@ PyTorch's own, and a tap or a shift off by one must break the comparison."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from timm.models.volo import VOLO, OutlookAttention
 
 from tests.weights import perturb
+from vitserve.models.build import build_model
+from vitserve.models.catalogue import SPECS
 from vitserve.models.rewrites import deploy_copy, folds
 
 # (kernel, padding, stride, H, W): VOLO's own (3, 1, 2) on even and odd maps, strides above and below the kernel
@@ -100,3 +105,11 @@ def test_the_deploy_graph_has_no_col2im(tmp_path):
     with torch.no_grad():
         reference = model(x)
     assert abs(logits - reference.numpy()).max() < 1e-4 * reference.abs().max().item()
+
+
+def test_parameter_names_and_shapes_are_the_official_ones():
+    """volo_d1's state dict, key by key, as sail-sg/volo's own volo_d1 names and shapes it (tests/models/official/
+    volo_d1.json, read from the official code's model): a checkpoint trained there loads as it is."""
+    official = json.loads((Path(__file__).parent / "official" / "volo_d1.json").read_text())
+    model = build_model(SPECS["volo_d1"], random_init=True).model
+    assert {name: list(value.shape) for name, value in model.state_dict().items()} == official
