@@ -312,7 +312,7 @@ def test_bench_times_a_torch_package_in_its_own_backend(cpu_package, digits_arti
     assert np.abs(runners["onnxruntime f32"](x) - runners[label](x)).max() < 1e-4
 
 
-@pytest.mark.slow(minutes=1.5)  # AOTInductor compiles
+@pytest.mark.slow(minutes=2)  # AOTInductor compiles
 def test_bench_exports_torch_packages_for_a_model_name(tmp_path):
     """`vitserve bench MODEL --backends ...,torch`: the model is exported to ONNX and to a CPU torch package per
     precision, every batch size a bucket of it, and each is timed in its own backend in the same rounds."""
