@@ -14,6 +14,7 @@ from vitserve.artifact import read_labels, sha256
 from vitserve.errors import ExportError, LabelsError, WeightsError, WeightsUnavailableError
 from vitserve.models import timm_folder
 from vitserve.models import weights as w
+from vitserve.models.architectures import registered_timm
 from vitserve.models.spec import IMAGENET_LABELS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def architecture_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """The spec's timm overrides that its architecture takes: without an `img_size` argument (PVT v2), a model
     runs at any input size as it is, and `img_size` (from --img-size) is left out; a `window_size` (from
     --window-size) for a model without windows is an error."""
-    import timm
+    timm = registered_timm()
 
     kwargs = dict(spec.timm_kwargs)
     while "img_size" in kwargs or "window_size" in kwargs:
@@ -102,7 +103,7 @@ def architecture_kwargs(spec: ModelSpec) -> dict[str, Any]:
 
 
 def create(timm_name: str, kwargs: dict[str, Any], num_classes: int, pretrained: bool = False) -> nn.Module:
-    import timm
+    timm = registered_timm()
 
     try:
         return timm.create_model(timm_name, pretrained=pretrained, **dict(kwargs, num_classes=num_classes))
@@ -119,7 +120,7 @@ def cannot_build(timm_name: str, kwargs: dict[str, Any], error: TypeError) -> Ex
 
 
 def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-    import timm
+    timm = registered_timm()
 
     cfg = timm.models.get_pretrained_cfg(spec.hub_name)
     trained = cfg.input_size[-1]
@@ -141,6 +142,11 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tu
                            f"{num_classes} (--num-classes / --labels): the classifier would be random. Export your "
                            "fine-tuned checkpoint (--weights FILE), or --random-init to try the pipeline")
     hub_id = cfg.hf_hub_id
+    if not hub_id and cfg.url:  # an architecture of models/architectures/: its authors' released checkpoint
+        path = w.release_file(cfg.url)
+        model = create(spec.timm_name, kwargs, num_classes)
+        w.fit_state_dict(model, w.read_state_dict(path), str(path))
+        return model, {"source": "pretrained", "url": cfg.url, "sha256": sha256(path)}
     if w.hub_reachable():
         log.info("downloading pretrained weights %s", spec.hub_name)
         try:

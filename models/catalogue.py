@@ -45,8 +45,9 @@ def resolve(name: str) -> ModelSpec:
     folder = timm_folder.split_source(name)
     if folder:
         return _spec_from_folder(*folder)
-    import timm
+    from vitserve.models.architectures import registered_timm
 
+    timm = registered_timm()
     arch, _, tag = name.partition(".")
     if arch in timm.list_models():
         return _spec_from_timm(name, arch, tag or None)
@@ -59,7 +60,9 @@ def resolve(name: str) -> ModelSpec:
 
 
 def _spec_from_timm(name: str, arch: str, tag: str | None) -> ModelSpec:
-    import timm
+    from vitserve.models.architectures import registered_timm
+
+    timm = registered_timm()
 
     cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
     if cfg is None:

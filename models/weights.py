@@ -18,7 +18,8 @@ from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavai
 # Keys under which training scripts (timm's train.py, DeiT, Swin's original repo, Lightning-style loops) nest the
 # weights. EMA weights come first: when a checkpoint carries both, they are the ones its authors evaluate.
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
-SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# .pth.tar: what timm's train.py and the training scripts built on it (T2T-ViT, LV-ViT, ...) name their checkpoints
+SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
 SHOWN_KEYS = 8
 
 
@@ -32,7 +33,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"--weights {path} is a folder; {hint}")
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    if path.suffix not in SUFFIXES:
+    if not path.name.endswith(SUFFIXES):
         raise WeightsError(f"weights file {path} has an unknown extension; use one of {', '.join(SUFFIXES)}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -203,7 +204,12 @@ def hub_reachable() -> bool:
     """True when a TCP connection to the Hugging Face hub (or HF_ENDPOINT) opens within the timeout."""
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
+    return reachable(constants.ENDPOINT)
+
+
+def reachable(address: str) -> bool:
+    """True when a TCP connection to the host of the URL `address` opens within the timeout."""
+    url = urlparse(address)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname, port), timeout=hub_connect_timeout()):
@@ -221,6 +227,31 @@ def cached_pretrained_file(hub_id: str) -> Path | None:
         if isinstance(found, str):
             return Path(found)
     return None
+
+
+def release_file(url: str) -> Path:
+    """The checkpoint an author's repository releases at `url` (architectures timm lacks, whose weights are not on
+    the model hub): from PyTorch's download cache (`torch.hub.get_dir()/checkpoints`), downloaded there first when
+    it is not yet. WeightsUnavailableError when it is not cached and cannot be downloaded."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if cached.is_file():
+        return cached
+    if reachable(url):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), progress=False)
+            return cached
+        except Exception as e:  # noqa: BLE001 - urllib raises many kinds; all mean "no weights"
+            detail = f"downloading it failed: {e}"
+    else:
+        detail = f"{urlparse(url).hostname} is not reachable from this machine"
+    raise WeightsUnavailableError(
+        f"cannot get the released weights {url}: {detail}, and they are not in PyTorch's download cache "
+        f"({cached}).\n"
+        "  - download the file elsewhere and export it:  --weights FILE\n"
+        "  - or put it in the cache folder above, under that name\n"
+        "  - try the pipeline without weights:          --random-init (the model will classify at random)"
+    )
 
 
 def offline_error(hub_name: str) -> WeightsUnavailableError:

@@ -7,6 +7,19 @@ Adding an architecture: a module here with its VARIANTS, and the module in FAMIL
 
 from __future__ import annotations
 
-from vitserve.models.families import cait, deit, mvitv2, pvt_v2, swin, swin_digits, swinv2, tnt, twins, vit, volo
+from vitserve.models.families import (
+    cait,
+    deit,
+    mvitv2,
+    pvt_v2,
+    swin,
+    swin_digits,
+    swinv2,
+    t2t_vit,
+    tnt,
+    twins,
+    vit,
+    volo,
+)
 
-FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, swin_digits)
+FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, t2t_vit, swin_digits)

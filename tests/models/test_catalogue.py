@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import timm
 
 from vitserve.errors import UnknownModelError
+from vitserve.models.architectures import registered_timm
 from vitserve.models.catalogue import SPECS, list_specs, resolve
 
 REQUIRED = ["swin_t", "swin_s", "swin_b", "vit_b_16", "vit_s_16", "deit_t", "deit_s", "deit_b", "deit_s_distilled",
@@ -19,7 +19,9 @@ def test_required_aliases_present():
 
 @pytest.mark.parametrize("spec", [s for s in list_specs() if s.pretrained_tag], ids=lambda s: s.name)
 def test_preprocessing_matches_timm_pretrained_cfg(spec):
-    cfg = timm.models.get_pretrained_cfg(spec.hub_name)
+    """Also vitserve's own architectures' (models/architectures/): their family's alias and their registration
+    say the same."""
+    cfg = registered_timm().models.get_pretrained_cfg(spec.hub_name)
     assert cfg is not None, f"{spec.hub_name} is not a timm pretrained config"
     pre = spec.preprocess
     assert (tuple(cfg.input_size), tuple(cfg.mean), tuple(cfg.std)) == (pre.input_size, pre.mean, pre.std)
