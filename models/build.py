@@ -142,7 +142,13 @@ def _pretrained(spec: ModelSpec, kwargs: dict[str, Any], num_classes: int) -> tu
                            f"{num_classes} (--num-classes / --labels): the classifier would be random. Export your "
                            "fine-tuned checkpoint (--weights FILE), or --random-init to try the pipeline")
     hub_id = cfg.hf_hub_id
-    if not hub_id and cfg.url:  # an architecture of models/architectures/: its authors' released checkpoint
+    if not hub_id and not cfg.url and cfg.origin_url:  # models/architectures/: released on a page, by hand
+        raise WeightsUnavailableError(
+            f"the authors of {spec.timm_name} release its weights on a page to download from by hand, not as a file "
+            f"vitserve can fetch: {cfg.origin_url}\n"
+            "  - download the checkpoint there and export it: --weights FILE\n"
+            "  - try the pipeline without weights:           --random-init (the model will classify at random)")
+    if not hub_id and cfg.url:  # models/architectures/: the authors' released file
         path = w.release_file(cfg.url)
         model = create(spec.timm_name, kwargs, num_classes)
         w.fit_state_dict(model, w.read_state_dict(path), str(path))

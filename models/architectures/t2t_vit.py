@@ -14,52 +14,21 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
-from vitserve.models.spec import IMAGENET_MEAN, IMAGENET_STD
+from vitserve.models.architectures.layers import (
+    Attention,
+    Mlp,
+    attend,
+    checkpoint_filter_fn,
+    init_weights,
+    official_cfg,
+    register_variants,
+)
 
 RELEASES = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, out: int | None = None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, out or dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, fused: bool) -> torch.Tensor:
-    """softmax(q k^T * scale) v over (B, heads, tokens, dim) tensors."""
-    if fused:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention; `out_dim` (tokens-to-token only) projects to another width, one head wide."""
-
-    def __init__(self, dim: int, num_heads: int, out_dim: int | None = None, qkv_bias: bool = False):
-        super().__init__()
-        self.num_heads = num_heads
-        self.out_dim = out_dim or dim
-        self.scale = (dim // num_heads) ** -0.5  # the input width's heads, also where the output is narrower
-        self.fused_attn = True
-        self.qkv = nn.Linear(dim, self.out_dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(self.out_dim, self.out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        head = self.out_dim // self.num_heads
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, head).permute(2, 0, 3, 1, 4).unbind(0)
-        y = attend(q, k, v, self.scale, self.fused_attn).transpose(1, 2).reshape(b, n, self.out_dim)
-        return self.proj(y)
 
 
 class Block(nn.Module):
@@ -89,10 +58,8 @@ class TokenTransformer(nn.Module):
         self.mlp = Mlp(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        attn = self.attn
-        q, k, v = attn.qkv(self.norm1(x)).reshape(b, n, 3, attn.out_dim).unbind(2)
-        x = v + attn.proj(attend(q, k, v, attn.scale, attn.fused_attn))
+        q, k, v = self.attn.heads(self.norm1(x))
+        x = v.squeeze(1) + self.attn.merge(attend(q, k, v, self.attn.scale, self.attn.fused_attn))
         return x + self.mlp(self.norm2(x))
 
 
@@ -185,7 +152,7 @@ class T2TViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.tokens_to_token(x)
@@ -202,42 +169,13 @@ class T2TViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """The official training script's checkpoint (`state_dict_ema` / `state_dict`, keys under `module.`) as a
-    plain state dict; a plain one as it is."""
-    for key in ("state_dict_ema", "state_dict", "model"):
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
-def _cfg(file: str | None = None, **kwargs) -> dict:
-    return {"url": RELEASES + file if file else "", "num_classes": 1000, "input_size": (3, 224, 224),
-            "pool_size": None, "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD, "first_conv": "tokens_to_token.soft_split0", "classifier": "head", **kwargs}
-
-
 default_cfgs = generate_default_cfgs({
-    "t2t_vit_7.in1k": _cfg("71.7_T2T_ViT_7.pth.tar"),
-    "t2t_vit_10.in1k": _cfg("75.2_T2T_ViT_10.pth.tar"),
-    "t2t_vit_12.in1k": _cfg("76.5_T2T_ViT_12.pth.tar"),
-    "t2t_vit_14.in1k": _cfg("81.5_T2T_ViT_14.pth.tar"),
-    "t2t_vit_19.in1k": _cfg("81.9_T2T_ViT_19.pth.tar"),
-    "t2t_vit_24.in1k": _cfg("82.3_T2T_ViT_24.pth.tar"),
-    "t2t_vit_t_14.in1k": _cfg("81.7_T2T_ViTt_14.pth.tar"),
-    "t2t_vit_t_19.in1k": _cfg("82.4_T2T_ViTt_19.pth.tar"),
-    "t2t_vit_t_24.in1k": _cfg("82.6_T2T_ViTt_24.pth.tar"),
+    f"{name}.in1k": official_cfg(RELEASES + file, first_conv="tokens_to_token.soft_split0")
+    for name, file in (("t2t_vit_7", "71.7_T2T_ViT_7.pth.tar"), ("t2t_vit_10", "75.2_T2T_ViT_10.pth.tar"),
+                       ("t2t_vit_12", "76.5_T2T_ViT_12.pth.tar"), ("t2t_vit_14", "81.5_T2T_ViT_14.pth.tar"),
+                       ("t2t_vit_19", "81.9_T2T_ViT_19.pth.tar"), ("t2t_vit_24", "82.3_T2T_ViT_24.pth.tar"),
+                       ("t2t_vit_t_14", "81.7_T2T_ViTt_14.pth.tar"), ("t2t_vit_t_19", "82.4_T2T_ViTt_19.pth.tar"),
+                       ("t2t_vit_t_24", "82.6_T2T_ViTt_24.pth.tar"))
 })
 
 
@@ -245,19 +183,12 @@ def _create(variant: str, pretrained: bool, **kwargs) -> T2TViT:
     return build_model_with_cfg(T2TViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
-def _variant(name: str, tokens_type: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float):
-    def create(pretrained: bool = False, **kwargs) -> T2TViT:
-        return _create(name, pretrained, tokens_type=tokens_type, embed_dim=embed_dim, depth=depth,
-                       num_heads=num_heads, mlp_ratio=mlp_ratio, **kwargs)
-
-    create.__name__ = create.__qualname__ = name
-    create.__module__ = __name__
-    return register_model(create)
-
-
-for _args in (("t2t_vit_7", "performer", 256, 7, 4, 2.0), ("t2t_vit_10", "performer", 256, 10, 4, 2.0),
-              ("t2t_vit_12", "performer", 256, 12, 4, 2.0), ("t2t_vit_14", "performer", 384, 14, 6, 3.0),
-              ("t2t_vit_19", "performer", 448, 19, 7, 3.0), ("t2t_vit_24", "performer", 512, 24, 8, 3.0),
-              ("t2t_vit_t_14", "transformer", 384, 14, 6, 3.0), ("t2t_vit_t_19", "transformer", 448, 19, 7, 3.0),
-              ("t2t_vit_t_24", "transformer", 512, 24, 8, 3.0)):
-    _variant(*_args)
+register_variants(__name__, _create, {
+    name: dict(tokens_type=tokens, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=ratio)
+    for name, tokens, width, depth, heads, ratio in (
+        ("t2t_vit_7", "performer", 256, 7, 4, 2.0), ("t2t_vit_10", "performer", 256, 10, 4, 2.0),
+        ("t2t_vit_12", "performer", 256, 12, 4, 2.0), ("t2t_vit_14", "performer", 384, 14, 6, 3.0),
+        ("t2t_vit_19", "performer", 448, 19, 7, 3.0), ("t2t_vit_24", "performer", 512, 24, 8, 3.0),
+        ("t2t_vit_t_14", "transformer", 384, 14, 6, 3.0), ("t2t_vit_t_19", "transformer", 448, 19, 7, 3.0),
+        ("t2t_vit_t_24", "transformer", 512, 24, 8, 3.0))
+})

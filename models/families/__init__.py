@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from vitserve.models.families import (
     cait,
+    deepvit,
     deit,
+    lvvit,
     mvitv2,
     pvt_v2,
     swin,
@@ -22,4 +24,4 @@ from vitserve.models.families import (
     volo,
 )
 
-FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, t2t_vit, swin_digits)
+FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, t2t_vit, lvvit, deepvit, swin_digits)

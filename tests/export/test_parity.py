@@ -1,5 +1,5 @@
-"""Every alias exports and verifies at real size (VOLO and T2T-ViT at their smallest sizes only); the survey's
-families that timm's own aliases do not cover are also served.
+"""Every alias exports and verifies at real size (the survey's families beyond timm's aliases, VOLO, T2T-ViT,
+LV-ViT and DeepViT, at their smallest sizes only), and those families are also served.
 
 Real sizes are used throughout (random-init weights; the hub is not reachable here), with the LayerNorms timm
 initializes to zero (Swin V2's post-norms) woken up, so that every block's attention counts. The verification
@@ -28,12 +28,12 @@ from vitserve.server.settings import Settings
 
 HEADLINE = ["swin_t", "vit_b_16", "deit_s", "swinv2_t"]
 # The survey families' larger sizes differ from the smallest in widths and depths only (VOLO's: 59M to 296M
-# parameters, minutes and gigabytes each here), which tests/models/ holds to the official configs
+# parameters, minutes and gigabytes each here), which tests/models/ holds to timm's and the official configs
 LARGER = {"volo_d2", "volo_d3", "volo_d4", "volo_d5", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19",
-          "t2t_vit_24", "t2t_vit_t_19", "t2t_vit_t_24"}
+          "t2t_vit_24", "t2t_vit_t_19", "t2t_vit_t_24", "lvvit_s", "lvvit_m", "deepvit_l"}
 OTHERS = [n for n in SPECS if n not in HEADLINE and n not in LARGER and n != "swin_digits"]
 REWRITTEN = {"swin_t", "swin_s", "swin_b", "swinv2_t", "swinv2_cr_t", "volo_d1"}
-SERVED = {"volo_d1", "t2t_vit_7", "t2t_vit_t_14"}  # the survey's families beyond timm's: served here as well
+SERVED = {"volo_d1", "t2t_vit_7", "t2t_vit_t_14", "lvvit_t", "deepvit_s"}  # also served
 
 
 def _export(name: str, out) -> tuple[dict, torch.nn.Module]:

@@ -1,36 +1,18 @@
-"""T2T-ViT (models/architectures/t2t_vit.py): the official parameter names and shapes, the Performer's random-
-feature attention and the sinusoids as the paper and yitu-opensource/T2T-ViT define them, the official training
-script's checkpoints, and the released weights' download."""
+"""T2T-ViT (models/architectures/t2t_vit.py): the Performer's random-feature attention, the sinusoids and the soft
+splits as the paper and yitu-opensource/T2T-ViT define them. What every ported architecture shares (official
+parameter names, checkpoints, downloads): tests/models/test_architectures.py."""
 
 from __future__ import annotations
 
-import argparse
-import http.server
-import json
 import math
-import threading
-from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 
-from vitserve.errors import WeightsUnavailableError
-from vitserve.models import weights as w
 from vitserve.models.architectures import t2t_vit
+from vitserve.models.architectures.layers import init_weights
 from vitserve.models.build import build_model
 from vitserve.models.catalogue import SPECS, with_overrides
-
-OFFICIAL = Path(__file__).parent / "official"
-
-
-@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
-def test_parameter_names_and_shapes_are_the_official_ones(name):
-    """The state dict, key by key, as the official t2t_vit_7 (Performer tokens-to-token) and t2t_vit_t_14 (plain
-    attention there) name and shape it (tests/models/official/, read from the official code's models)."""
-    official = json.loads((OFFICIAL / f"{name}.json").read_text())
-    model = build_model(SPECS[name], random_init=True).model
-    assert {key: list(value.shape) for key, value in model.state_dict().items()} == official
 
 
 def test_performer_is_the_random_feature_attention():
@@ -39,7 +21,7 @@ def test_performer_is_the_random_feature_attention():
     then the MLP. The projection splits into k, q, v in that order (the official one): q and k swapped breaks it."""
     torch.manual_seed(0)
     layer = t2t_vit.TokenPerformer(147, 64).eval()
-    layer.apply(t2t_vit._init_weights)  # the model's initialization: q and k of norm ~2, as trained (with PyTorch's
+    layer.apply(init_weights)  # the model's initialization: q and k of norm ~2, as trained (with PyTorch's
     with torch.no_grad():  # default for Linear, larger: phi(q).phi(k) underflows to 0 and attention is lost)
         for name, p in layer.named_parameters():
             if p.requires_grad:
@@ -92,55 +74,3 @@ def test_soft_splits_take_the_input_to_a_sixteenth(size, sides, tokens):
     assert model.pos_embed.shape == (1, tokens + 1, 384)
     with torch.no_grad():
         assert model(torch.randn(1, 3, size, size)).shape == (1, 1000)
-
-
-def test_official_training_checkpoint_loads(tmp_path):
-    """The official main.py saves through timm's CheckpointSaver: `state_dict` and `state_dict_ema` (the weights
-    its README evaluates), keys under `module.` when trained distributed, the arguments as a Namespace, in a file
-    named .pth.tar."""
-    source = build_model(SPECS["t2t_vit_7"], random_init=True).model.state_dict()
-    ema = {k: v + 1 if v.is_floating_point() else v for k, v in source.items()}
-    path = tmp_path / "71.7_T2T_ViT_7.pth.tar"
-    torch.save({"epoch": 309, "arch": "t2t_vit_7", "args": argparse.Namespace(model="t2t_vit_7", lr=1e-3),
-                "state_dict": {f"module.{k}": v for k, v in source.items()},
-                "state_dict_ema": {f"module.{k}": v for k, v in ema.items()}}, path)
-    built = build_model(SPECS["t2t_vit_7"], weights=path)
-    loaded = built.model.state_dict()
-    assert all(torch.equal(loaded[k], ema[k]) for k in ema)
-    assert built.weights["source"] == "file"
-
-
-@pytest.fixture
-def release_server(tmp_path):
-    """An HTTP server on this machine serving tmp_path/releases (the released checkpoint's stand-in)."""
-    folder = tmp_path / "releases"
-    folder.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-
-
-def test_released_weights_are_downloaded_once_into_torchs_cache(release_server, tmp_path, monkeypatch):
-    folder, base = release_server
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    torch.save({"state_dict": {"x": torch.ones(3)}}, folder / "released.pth.tar")
-    path = w.release_file(base + "released.pth.tar")
-    assert path == tmp_path / "torch-home" / "hub" / "checkpoints" / "released.pth.tar"
-    assert torch.equal(w.read_state_dict(path)["x"], torch.ones(3))
-    (folder / "released.pth.tar").unlink()  # the second time, from the cache
-    assert w.release_file(base + "released.pth.tar") == path
-    with pytest.raises(WeightsUnavailableError, match="(?s)HTTP Error 404.*--weights FILE"):
-        w.release_file(base + "missing.pth.tar")
-
-
-def test_released_weights_offline_name_the_file_and_the_options(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.setattr(w, "reachable", lambda url: False)
-    with pytest.raises(WeightsUnavailableError) as error:
-        build_model(SPECS["t2t_vit_7"])
-    message = str(error.value)
-    assert t2t_vit.RELEASES + "71.7_T2T_ViT_7.pth.tar" in message and "github.com is not reachable" in message
-    assert "--weights FILE" in message and "--random-init" in message
