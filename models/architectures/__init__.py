@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import timm
 
-from vitserve.models.architectures import deepvit, lvvit, t2t_vit
+from vitserve.models.architectures import ceit, cswin, deepvit, lvvit, rest, shuffle, t2t_vit
 
-ARCHITECTURES = (t2t_vit, lvvit, deepvit)
+ARCHITECTURES = (t2t_vit, lvvit, deepvit, rest, ceit, cswin, shuffle)
 
 
 def registered_timm():

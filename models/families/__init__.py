@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from vitserve.models.families import (
     cait,
+    ceit,
+    cswin,
     deepvit,
     deit,
     lvvit,
     mvitv2,
     pvt_v2,
+    rest,
+    shuffle,
     swin,
     swin_digits,
     swinv2,
@@ -24,4 +28,5 @@ from vitserve.models.families import (
     volo,
 )
 
-FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, t2t_vit, lvvit, deepvit, swin_digits)
+FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, t2t_vit, lvvit, deepvit, rest, ceit,
+            cswin, shuffle, swin_digits)

@@ -6,14 +6,15 @@ import copy
 
 from torch import nn
 
-from vitserve.models.rewrites import swin, swinv2, swinv2_cr, volo
+from vitserve.models.rewrites import rest, swin, swinv2, swinv2_cr, volo
 
-# timm module of the model class -> (rewrite name, function that rewrites a model in place)
+# module of the model class (timm's, or models/architectures/) -> (rewrite name, function that rewrites it in place)
 REWRITES = {
     "timm.models.swin_transformer": (swin.REWRITE_NAME, swin.rewrite),
     "timm.models.swin_transformer_v2": (swinv2.REWRITE_NAME, swinv2.rewrite),
     "timm.models.swin_transformer_v2_cr": (swinv2_cr.REWRITE_NAME, swinv2_cr.rewrite),
     "timm.models.volo": (volo.REWRITE_NAME, volo.rewrite),
+    "vitserve.models.architectures.rest": (rest.REWRITE_NAME, rest.rewrite),
 }
 
 

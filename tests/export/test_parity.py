@@ -1,5 +1,6 @@
 """Every alias exports and verifies at real size (the survey's families beyond timm's aliases, VOLO, T2T-ViT,
-LV-ViT and DeepViT, at their smallest sizes only), and those families are also served.
+LV-ViT, DeepViT, ResT, CeiT, CSWin and Shuffle Transformer, at their smallest sizes only), and those families are also
+served.
 
 Real sizes are used throughout (random-init weights; the hub is not reachable here), with the LayerNorms timm
 initializes to zero (Swin V2's post-norms) woken up, so that every block's attention counts. The verification
@@ -30,16 +31,26 @@ HEADLINE = ["swin_t", "vit_b_16", "deit_s", "swinv2_t"]
 # The survey families' larger sizes differ from the smallest in widths and depths only (VOLO's: 59M to 296M
 # parameters, minutes and gigabytes each here), which tests/models/ holds to timm's and the official configs
 LARGER = {"volo_d2", "volo_d3", "volo_d4", "volo_d5", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19",
-          "t2t_vit_24", "t2t_vit_t_19", "t2t_vit_t_24", "lvvit_s", "lvvit_m", "deepvit_l"}
+          "t2t_vit_24", "t2t_vit_t_19", "t2t_vit_t_24", "lvvit_s", "lvvit_m", "deepvit_l", "rest_small",
+          "rest_base", "rest_large", "ceit_s", "ceit_b", "cswin_s", "cswin_b", "shuffle_s",
+          "shuffle_b"}
 OTHERS = [n for n in SPECS if n not in HEADLINE and n not in LARGER and n != "swin_digits"]
-REWRITTEN = {"swin_t", "swin_s", "swin_b", "swinv2_t", "swinv2_cr_t", "volo_d1"}
-SERVED = {"volo_d1", "t2t_vit_7", "t2t_vit_t_14", "lvvit_t", "deepvit_s"}  # also served
+REWRITTEN = {"swin_t", "swin_s", "swin_b", "swinv2_t", "swinv2_cr_t", "volo_d1", "rest_lite"}
+SERVED = {"volo_d1", "t2t_vit_7", "t2t_vit_t_14", "lvvit_t", "deepvit_s", "rest_lite", "ceit_t", "cswin_t",
+          "shuffle_t"}
+
+
+# ResT instance-normalises every softmax attention map (eps 1e-5). At random init the maps are nearly uniform
+# (variance 1e-11 about 1/49), and the normalisation divides rounding by that tiny spread: PyTorch's own float32 logits
+# differ from its float64 ones by 2e-4, onnxruntime's from PyTorch's by about 1.4e-3 with the deploy rewrite (by 0.06,
+# lowest cosine 0.9997, without it: the cosine gate fails). The cosine gate (0.99999) holds as for every model.
+ATOL = {"rest_lite": 1e-2}
 
 
 def _export(name: str, out) -> tuple[dict, torch.nn.Module]:
     built = build_model(SPECS[name], random_init=True)
     wake_norms(built.model)
-    export_artifact(built, ExportOptions(out=out, max_batch=8), progress=lambda m: None)
+    export_artifact(built, ExportOptions(out=out, max_batch=8, atol=ATOL.get(name, 1e-4)), progress=lambda m: None)
     return json.loads((out / "vitserve.json").read_text()), built.model
 
 
@@ -65,7 +76,7 @@ def _serves_like_the_model(name: str, artifact, model: torch.nn.Module) -> None:
 def test_alias_exports_and_verifies(tmp_path, name):
     manifest, model = _export(name, tmp_path / name)
     report = manifest["verification"]
-    assert report["passed"] and report["max_abs_diff"] <= 1e-4
+    assert report["passed"] and report["max_abs_diff"] <= ATOL.get(name, 1e-4)
     assert report["top1_agreement"] == 1.0 and report["min_cosine"] > 0.99999
     assert set(report["inputs"]) == {"random", "photos", "single_photo"}
     assert (manifest["rewrite"] is not None) == (name in REWRITTEN)
