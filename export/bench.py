@@ -31,10 +31,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def eager_runner(artifact: Path, threads: int | None) -> Callable[[np.ndarray], Any]:
-    """timm's own model for the artifact's architecture (random weights: speed does not depend on them)."""
-    import timm
+    """timm's own model for the artifact's architecture, or vitserve's port where timm lacks it (random weights:
+    speed does not depend on them)."""
     import torch
 
+    from vitserve.models.architectures import registered_timm
+
+    timm = registered_timm()
     manifest = read_manifest(artifact)
     kwargs = dict(manifest.weights.get("timm_kwargs") or {}, num_classes=manifest.num_classes)
     model = timm.create_model(manifest.architecture, pretrained=False, **kwargs).eval()

@@ -26,3 +26,21 @@ def test_bench_rejects_bad_arguments(tmp_path):
     assert result.returncode == 2 and "comma-separated integers" in result.stderr
     result = run_cli_here("bench", "swin_digits", "--backends", "tensorflow")
     assert result.returncode == 2 and "unknown tensorflow" in result.stderr
+
+
+def test_eager_baseline_of_an_artifact_of_a_ported_architecture(tmp_path, digits_artifact):
+    """The baseline of `vitserve bench ARTIFACT` for an architecture timm lacks is vitserve's port of it, built
+    through the same registry as the export (models/architectures/)."""
+    import shutil
+
+    import numpy as np
+
+    from vitserve.export.bench import eager_runner
+
+    artifact = tmp_path / "lvvit"
+    shutil.copytree(digits_artifact, artifact)
+    manifest = json.loads((artifact / "vitserve.json").read_text())
+    manifest["architecture"], manifest["weights"] = "lvvit_t", {"source": "random-init"}
+    (artifact / "vitserve.json").write_text(json.dumps(manifest))
+    logits = eager_runner(artifact, threads=1)(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    assert tuple(logits.shape) == (1, 10)
