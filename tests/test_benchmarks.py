@@ -39,7 +39,7 @@ def _device_run_dry(tmp_path: Path, **settings: str) -> Path:
     return out
 
 
-@pytest.mark.slow(minutes=5)  # compiles
+@pytest.mark.slow(minutes=10)  # compiles
 def test_device_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/device_run.sh (the one command a lent GPU runs, with minutes to spare and no second try) with
     DRY_RUN=1 and time for every step: benchmarks/aoti_load_probe.py in the background beside the kernel tests (only
@@ -120,7 +120,7 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     assert log.count("fp8_compiled_reduce-overhead swin_digits") == 1, log[-3000:]
 
 
-@pytest.mark.slow(minutes=1)  # four processes start
+@pytest.mark.slow(minutes=2)  # four processes start
 def test_device_script_narrowed_run(tmp_path):
     """device_run.sh narrowed to what a session still has to measure: no probe (the artifact steps would run), no
     kernel tests, chosen sections per benchmark process (none: the process is not started; no package section:

@@ -110,12 +110,13 @@ def official_cfg(url: str = "", **kwargs) -> dict:
 
 def register_variants(module_name: str, create, variants: dict[str, dict]) -> None:
     """Registers with timm one entry point per variant (its name -> the keyword arguments `create` takes besides
-    `variant` and `pretrained`), as functions of the module `module_name` (timm reads its `default_cfgs`)."""
+    `variant` and `pretrained`), as functions of the module `module_name` (timm reads its `default_cfgs`). Keyword
+    arguments given to timm.create_model override the variant's."""
     from timm.models import register_model
 
     for name, arguments in variants.items():
         def entry(pretrained: bool = False, _name=name, _arguments=arguments, **kwargs):
-            return create(_name, pretrained, **_arguments, **kwargs)
+            return create(_name, pretrained, **{**_arguments, **kwargs})
 
         entry.__name__ = entry.__qualname__ = name
         entry.__module__ = module_name

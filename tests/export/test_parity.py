@@ -43,7 +43,10 @@ SERVED = {"volo_d1", "t2t_vit_7", "t2t_vit_t_14", "lvvit_t", "deepvit_s", "rest_
 # (variance 1e-11 about 1/49), and the normalisation divides rounding by that tiny spread: PyTorch's own float32 logits
 # differ from its float64 ones by 2e-4, onnxruntime's from PyTorch's by about 1.4e-3 with the deploy rewrite (by 0.06,
 # lowest cosine 0.9997, without it: the cosine gate fails). The cosine gate (0.99999) holds as for every model.
+# For the same reason its random-init logits lie closer to one another than that rounding, and the top class of an
+# input may differ (top-1 agreement is reported, not gated, by the verification)
 ATOL = {"rest_lite": 1e-2}
+TOP1_NOT_HELD = {"rest_lite"}
 
 
 def _export(name: str, out) -> tuple[dict, torch.nn.Module]:
@@ -71,12 +74,13 @@ def _serves_like_the_model(name: str, artifact, model: torch.nn.Module) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", HEADLINE + OTHERS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow(minutes=3)) if n == "cswin_t" else n
+                                  for n in HEADLINE + OTHERS])  # CSWin's 2,064 ONNX nodes: 3 minutes to export
 def test_alias_exports_and_verifies(tmp_path, name):
     manifest, model = _export(name, tmp_path / name)
     report = manifest["verification"]
     assert report["passed"] and report["max_abs_diff"] <= ATOL.get(name, 1e-4)
-    assert report["top1_agreement"] == 1.0 and report["min_cosine"] > 0.99999
+    assert report["min_cosine"] > 0.99999 and (report["top1_agreement"] == 1.0 or name in TOP1_NOT_HELD)
     assert set(report["inputs"]) == {"random", "photos", "single_photo"}
     assert (manifest["rewrite"] is not None) == (name in REWRITTEN)
     assert manifest["input"]["shape"] == [-1, *SPECS[name].preprocess.input_size]
