@@ -14,13 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "VITSERVE_HUB_TIMEOUT": "1"}
 
 
-MAX_WORKERS = 4  # each worker exports its own copy of the session's artifacts
-
-# A worker per core, each computing on one thread (and so the processes its tests start): with a thread per core in
-# every worker, torch's OpenMP threads spin waiting for a core the other worker holds (on 2 cores, 6 real-size
-# exports: 14 % less CPU and 10 % less time with one thread each)
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+MAX_WORKERS = 4  # each worker exports its own copy of the session's artifacts and runs torch on every core
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
