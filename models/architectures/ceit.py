@@ -101,7 +101,7 @@ class LayerClassAttention(nn.Module):
         return x + self.feedforward(self.norm2(x))
 
 
-class CeiT(nn.Module):
+class CeiT(layers.Classifier):
     def __init__(self, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 192,
                  depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0):
         super().__init__()
@@ -123,19 +123,12 @@ class CeiT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised output of the class-token attention, (B, 1, width)."""
         x = self.i2t(x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        x = layers.with_class_token(x, self.cls_token, self.pos_embed)
         class_tokens = []
         for block in self.blocks:
             x = block(x)
             class_tokens.append(x[:, 0])
         return self.norm(self.lca(torch.stack(class_tokens, dim=1) + self.pos_layer_embed))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # The official eval transform (DeiT's): a 256 px resize and a 224 px centre crop, bicubic

@@ -108,7 +108,9 @@ class ChannelsLastNorm(nn.LayerNorm):
         return super().forward(x.transpose(1, 2))
 
 
-class CSWin(nn.Module):
+class CSWin(layers.Classifier):
+    pool = "mean"
+
     def __init__(self, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 64,
                  depth=(1, 2, 21, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16), mlp_ratio: float = 4.0):
         super().__init__()
@@ -138,13 +140,6 @@ class CSWin(nn.Module):
             for block in getattr(self, f"stage{i}"):
                 x = block(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs({

@@ -18,6 +18,7 @@ from torch import nn
 
 from vitserve.models.architectures.layers import (
     Attention,
+    Classifier,
     ConvStem,
     Mlp,
     attend,
@@ -25,6 +26,7 @@ from vitserve.models.architectures.layers import (
     init_weights,
     official_cfg,
     register_variants,
+    with_class_token,
 )
 
 # The weights are on Google Drive (pages to download from by hand, not files)
@@ -71,7 +73,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x * a)) / a
 
 
-class DeepViT(nn.Module):
+class DeepViT(Classifier):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 396, depth: int = 16, re_attention_blocks: int = 5, num_heads: int = 12,
                  mlp_ratio: float = 3.0, scale_maps: bool = False, adjust: float = 0.5):
@@ -93,17 +95,10 @@ class DeepViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        x = with_class_token(x, self.cls_token, self.pos_embed)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs({

@@ -77,6 +77,26 @@ class ConvStem(nn.Module):
         return self.proj(x)
 
 
+class Classifier(nn.Module):
+    """What every port's whole model shares: `forward` is `forward_head(forward_features(x))`, and the head reads the
+    class token (`pool = "token"`) or the mean of the features over `mean_dims` (`pool = "mean"`)."""
+
+    pool = "token"
+    mean_dims: tuple[int, ...] = (1,)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0] if self.pool == "token" else x.mean(dim=self.mean_dims)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def with_class_token(tokens: torch.Tensor, cls_token: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+    """The class token ahead of the tokens (B, N, C), plus the position embeddings."""
+    return torch.cat((cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1) + pos_embed
+
+
 def init_weights(module: nn.Module) -> None:
     """The official repositories' initialization (timm's ViT of 2021): truncated normal Linear weights, zero biases,
     LayerNorms at one and zero."""

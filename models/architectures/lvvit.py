@@ -17,12 +17,14 @@ from torch import nn
 
 from vitserve.models.architectures.layers import (
     Attention,
+    Classifier,
     ConvStem,
     Mlp,
     checkpoint_filter_fn,
     init_weights,
     official_cfg,
     register_variants,
+    with_class_token,
 )
 
 RELEASES = "https://github.com/zihangJiang/TokenLabeling/releases/download/"
@@ -44,7 +46,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)) / self.skip_lam
 
 
-class LVViT(nn.Module):
+class LVViT(Classifier):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 384, depth: int = 16, num_heads: int = 6, mlp_ratio: float = 3.0,
                  skip_lam: float = 2.0, stem_width: int = 64):
@@ -65,7 +67,7 @@ class LVViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        x = with_class_token(x, self.cls_token, self.pos_embed)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -74,9 +76,6 @@ class LVViT(nn.Module):
         if pre_logits:
             return x[:, 0]
         return self.head(x[:, 0]) + 0.5 * self.aux_head(x[:, 1:]).amax(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs({

@@ -111,7 +111,9 @@ class PatchEmbed(nn.Module):
         return self.pos(self.norm(self.conv(x)))
 
 
-class ResT(nn.Module):
+class ResT(layers.Classifier):
+    pool = "mean"
+
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, embed_dims=(64, 128, 256, 512),
                  num_heads=(1, 2, 4, 8), mlp_ratios=(4, 4, 4, 4), depths=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1)):
         super().__init__()
@@ -141,13 +143,6 @@ class ResT(nn.Module):
             if i < 4:
                 x = x.transpose(1, 2).reshape(b, c, height, width)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -140,7 +140,9 @@ class PatchEmbedding(nn.Module):
         return self.conv3(self.conv2(self.conv1(x)))
 
 
-class ShuffleTransformer(nn.Module):
+class ShuffleTransformer(layers.Classifier):
+    pool, mean_dims = "mean", (2, 3)
+
     def __init__(self, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000, token_dim: int = 32,
                  embed_dim: int = 96, mlp_ratio: float = 4.0, layers=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
                  window_size: int = 7):
@@ -163,13 +165,6 @@ class ShuffleTransformer(nn.Module):
         for i in range(1, 5):
             x = getattr(self, f"stage{i}")(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _init_weights(module: nn.Module) -> None:

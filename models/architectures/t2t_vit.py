@@ -20,12 +20,14 @@ from torch import nn
 
 from vitserve.models.architectures.layers import (
     Attention,
+    Classifier,
     Mlp,
     attend,
     checkpoint_filter_fn,
     init_weights,
     official_cfg,
     register_variants,
+    with_class_token,
 )
 
 RELEASES = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
@@ -137,7 +139,7 @@ def sinusoids(positions: int, dim: int) -> torch.Tensor:
     return table.float()[None]
 
 
-class T2TViT(nn.Module):
+class T2TViT(Classifier):
     def __init__(self, img_size: int = 224, tokens_type: str = "performer", in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  token_dim: int = 64):
@@ -156,17 +158,10 @@ class T2TViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.tokens_to_token(x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        x = with_class_token(x, self.cls_token, self.pos_embed)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs({
