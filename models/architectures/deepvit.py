@@ -26,7 +26,6 @@ from vitserve.models.architectures.layers import (
     init_weights,
     official_cfg,
     register_variants,
-    with_class_token,
 )
 
 # The weights are on Google Drive (pages to download from by hand, not files)
@@ -94,11 +93,7 @@ class DeepViT(Classifier):
         self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = with_class_token(x, self.cls_token, self.pos_embed)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.through_blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
 
 
 default_cfgs = generate_default_cfgs({

@@ -91,6 +91,14 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def through_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A plain ViT's trunk (T2T-ViT, LV-ViT, DeepViT): the class token ahead of `tokens`, the position
+        embeddings, every block, the final norm."""
+        x = with_class_token(tokens, self.cls_token, self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
 
 def with_class_token(tokens: torch.Tensor, cls_token: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
     """The class token ahead of the tokens (B, N, C), plus the position embeddings."""

@@ -24,7 +24,6 @@ from vitserve.models.architectures.layers import (
     init_weights,
     official_cfg,
     register_variants,
-    with_class_token,
 )
 
 RELEASES = "https://github.com/zihangJiang/TokenLabeling/releases/download/"
@@ -66,11 +65,7 @@ class LVViT(Classifier):
         self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = with_class_token(x, self.cls_token, self.pos_embed)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.through_blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if pre_logits:

@@ -27,7 +27,6 @@ from vitserve.models.architectures.layers import (
     init_weights,
     official_cfg,
     register_variants,
-    with_class_token,
 )
 
 RELEASES = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
@@ -157,11 +156,7 @@ class T2TViT(Classifier):
         self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.tokens_to_token(x)
-        x = with_class_token(x, self.cls_token, self.pos_embed)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.through_blocks(self.tokens_to_token(x))
 
 
 default_cfgs = generate_default_cfgs({
