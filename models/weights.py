@@ -43,7 +43,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"cannot read {path} as safetensors ({e}); is the file complete?") from e
-    return _unwrap(_torch_load(path), path)
+    return unwrap(_torch_load(path), path)
 
 
 def _torch_load(path: Path) -> object:
@@ -63,7 +63,8 @@ def _torch_load(path: Path) -> object:
                            "is the file complete?") from e
 
 
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+def unwrap(obj: object, path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint `obj` (from `path`), out of the training scripts' wrapper keys."""
     while isinstance(obj, dict) and not _is_state_dict(obj):
         key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict) and obj[k]), None)
         if key is None:

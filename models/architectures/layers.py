@@ -119,12 +119,11 @@ def init_weights(module: nn.Module) -> None:
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """The official training scripts' checkpoints (timm's CheckpointSaver: `state_dict_ema` / `state_dict`, keys
-    under `module.`) as a plain state dict; a plain one as it is."""
-    for key in ("state_dict_ema", "state_dict", "model"):
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    under `module.`) as a plain state dict, as `vitserve.models.weights` unwraps every checkpoint; a plain one as it
+    is."""
+    from vitserve.models.weights import unwrap
+
+    return unwrap(state_dict, "the checkpoint")
 
 
 def official_cfg(url: str = "", **kwargs) -> dict:
