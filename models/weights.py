@@ -16,8 +16,11 @@ from vitserve.config import hub_connect_timeout
 from vitserve.errors import CheckpointMismatchError, WeightsError, WeightsUnavailableError
 
 # Keys under which training scripts (timm's train.py, DeiT, Swin's original repo, Lightning-style loops) nest the
-# weights. EMA weights come first: when a checkpoint carries both, they are the ones its authors evaluate.
-WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+# weights, in the order they are looked for. timm's CheckpointSaver layout (`state_dict`, `state_dict_ema`): the EMA
+# weights, which timm's load_checkpoint takes. DeiT's layout, which CeiT, LocalViT and other DeiT-based repositories
+# keep (`model`, `model_ema`): `model`, which their evaluation (`main.py --eval --resume`) loads; `model_ema` alone
+# is still found.
+WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model", "model_ema", "module")
 # .pth.tar: what timm's train.py and the training scripts built on it (T2T-ViT, LV-ViT, ...) name their checkpoints
 SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
 SHOWN_KEYS = 8

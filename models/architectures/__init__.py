@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import timm
 
-from vitserve.models.architectures import ceit, cswin, deepvit, lvvit, rest, shuffle, t2t_vit
+from vitserve.models.architectures import ceit, cswin, deepvit, localvit, lvvit, rest, shuffle, t2t_vit
 
-ARCHITECTURES = (t2t_vit, lvvit, deepvit, rest, ceit, cswin, shuffle)
+ARCHITECTURES = (t2t_vit, lvvit, deepvit, rest, ceit, cswin, shuffle, localvit)
 
 
 def registered_timm():

@@ -13,6 +13,7 @@ from vitserve.models.families import (
     cswin,
     deepvit,
     deit,
+    localvit,
     lvvit,
     mvitv2,
     pvt_v2,
@@ -29,4 +30,4 @@ from vitserve.models.families import (
 )
 
 FAMILIES = (swin, swinv2, vit, deit, pvt_v2, twins, cait, tnt, mvitv2, volo, t2t_vit, lvvit, deepvit, rest, ceit,
-            cswin, shuffle, swin_digits)
+            cswin, shuffle, localvit, swin_digits)

@@ -1,5 +1,6 @@
 """Every family exports and verifies at real size, at its smallest size (the headline models too); the survey's
-families beyond timm's (VOLO, T2T-ViT, LV-ViT, DeepViT, ResT, CeiT, CSWin, Shuffle Transformer) are also served.
+families beyond timm's (VOLO, T2T-ViT, LV-ViT, DeepViT, ResT, CeiT, CSWin, Shuffle Transformer, LocalViT) are also
+served.
 
 Real sizes are used throughout (random-init weights; the hub is not reachable here), with the LayerNorms timm
 initializes to zero (Swin V2's post-norms) woken up, so that every block's attention counts. The verification
@@ -32,11 +33,12 @@ HEADLINE = ["swin_t", "vit_b_16", "deit_s", "swinv2_t"]
 # the official numbers of weights (tests/models/test_architectures.py) for vitserve's ports
 LARGER = {"swin_s", "swin_b", "deit_b", "volo_d2", "volo_d3", "volo_d4", "volo_d5", "t2t_vit_10", "t2t_vit_12",
           "t2t_vit_14", "t2t_vit_19", "t2t_vit_24", "t2t_vit_t_19", "t2t_vit_t_24", "lvvit_s", "lvvit_m", "deepvit_l",
-          "rest_small", "rest_base", "rest_large", "ceit_s", "ceit_b", "cswin_s", "cswin_b", "shuffle_s", "shuffle_b"}
+          "rest_small", "rest_base", "rest_large", "ceit_s", "ceit_b", "cswin_s", "cswin_b", "shuffle_s", "shuffle_b",
+          "localvit_t_se4", "localvit_s"}
 OTHERS = [n for n in SPECS if n not in HEADLINE and n not in LARGER and n != "swin_digits"]
 REWRITTEN = {"swin_t", "swinv2_t", "swinv2_cr_t", "volo_d1", "rest_lite"}
 SERVED = {"volo_d1", "t2t_vit_7", "t2t_vit_t_14", "lvvit_t", "deepvit_s", "rest_lite", "ceit_t", "cswin_t",
-          "shuffle_t"}
+          "shuffle_t", "localvit_t"}
 
 
 # ResT instance-normalises every softmax attention map (eps 1e-5). At random init the maps are nearly uniform

@@ -1,7 +1,7 @@
 """The networks vitserve ports from their authors' repositories (models/architectures/): the official parameter names
 and shapes, the official training scripts' checkpoints, the released weights' download or where to get them, and
-the parts of LV-ViT and DeepViT that differ from a plain ViT, against their formulas written out. T2T-ViT's own
-parts: tests/models/test_t2t_vit.py."""
+the parts of LV-ViT, DeepViT, ResT, CeiT, CSWin, Shuffle and LocalViT that differ from a plain ViT, against their
+formulas written out. T2T-ViT's own parts: tests/models/test_t2t_vit.py."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from vitserve.models.architectures import (
     ceit,
     cswin,
     deepvit,
+    localvit,
     lvvit,
     registered_timm,
     rest,
@@ -35,7 +36,8 @@ from vitserve.models.catalogue import SPECS
 
 OFFICIAL = Path(__file__).parent / "official"
 # the smallest variant of each, and of each kind where a family has two (T2T-ViT's Performer and transformer stems)
-SMALLEST = ["t2t_vit_7", "t2t_vit_t_14", "lvvit_t", "deepvit_s", "rest_lite", "ceit_t", "cswin_t", "shuffle_t"]
+SMALLEST = ["t2t_vit_7", "t2t_vit_t_14", "lvvit_t", "deepvit_s", "rest_lite", "ceit_t", "cswin_t", "shuffle_t",
+            "localvit_t"]
 
 
 @pytest.mark.parametrize("name", SMALLEST)
@@ -56,6 +58,7 @@ OFFICIAL_SIZES = {
     "deepvit_l": 58884252, "rest_lite": 10510220, "rest_small": 13681628, "rest_base": 30329932,
     "rest_large": 51679036, "ceit_t": 6398504, "ceit_s": 24287912, "ceit_b": 94571432, "cswin_t": 22320552,
     "cswin_s": 34643304, "cswin_b": 77382184, "shuffle_t": 28560578, "shuffle_s": 50131922, "shuffle_b": 88472864,
+    "localvit_t": 5950168, "localvit_t_se4": 9417640, "localvit_s": 22516120,
 }
 
 
@@ -119,7 +122,8 @@ def test_released_weights_are_downloaded_once_into_torchs_cache(release_server, 
 
 
 @pytest.mark.parametrize("name,url", [("t2t_vit_7", t2t_vit.RELEASES + "71.7_T2T_ViT_7.pth.tar"),
-                                      ("lvvit_s", lvvit.RELEASES + "1.0/lvvit_s-26M-224-83.3.pth.tar")])
+                                      ("lvvit_s", lvvit.RELEASES + "1.0/lvvit_s-26M-224-83.3.pth.tar"),
+                                      ("localvit_t_se4", localvit.RELEASE + "localvit_t_se4.pth")])
 def test_released_weights_offline_name_the_file_and_the_options(tmp_path, monkeypatch, name, url):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(w, "reachable", lambda address: False)
@@ -343,3 +347,45 @@ def test_shuffle_windows_gather_what_they_should(shuffled):
                 assert moved == same(r, c), (r, c, moved)
     index = shuffle.relative_position_index(7)
     assert index.shape == (49, 49) and index[0, 0] == 6 * 13 + 6 and index[0, 48] == 0 and index[48, 0] == 168
+
+
+def test_localvit_locality_feed_forward_written_out():
+    """LocalViT's block without its attention, written out: the patch tokens as a row-major map, x + BN(W2 SE(hswish(
+    BN(dw3x3(hswish(BN(W1 x))))))), where SE scales each channel by hsigmoid(fc2 relu(fc1 mean)), hswish(t) =
+    t relu6(t + 3) / 6; the class token untouched. The map transposed, or the gate squeezing by the maximum instead of
+    the mean, breaks it."""
+    model = _tiny(localvit.LocalViT, img_size=64, embed_dim=48, depth=2, num_heads=4, reduction=12)
+    block, x = model.blocks[0], torch.randn(2, 17, 48)
+    block.attn.forward = lambda t: torch.zeros_like(t)  # the feed-forward alone
+    conv = block.conv.conv
+    with torch.no_grad():  # a gate that varies with what it squeezes
+        conv[6].fc[0].weight.mul_(20)
+
+    def bn(t, norm):
+        shape = (1, -1, 1, 1)
+        return ((t - norm.running_mean.view(shape)) / torch.sqrt(norm.running_var.view(shape) + norm.eps)
+                * norm.weight.view(shape) + norm.bias.view(shape))
+
+    def hswish(t):
+        return t * torch.clamp(t + 3, 0, 6) / 6
+
+    def reference(transposed: bool = False, gate_from_max: bool = False) -> torch.Tensor:
+        grid = x[:, 1:].reshape(2, 4, 4, 48).permute(0, 3, 1, 2)
+        grid = grid.transpose(2, 3) if transposed else grid
+        y = hswish(bn(torch.einsum("oc,bchw->bohw", conv[0].weight[:, :, 0, 0], grid), conv[1]))
+        y = hswish(bn(torch.nn.functional.conv2d(y, conv[3].weight, padding=1, groups=192), conv[4]))
+        se = conv[6].fc
+        squeezed = y.amax(dim=(2, 3)) if gate_from_max else y.mean(dim=(2, 3))
+        hidden = torch.relu(squeezed @ se[0].weight.t() + se[0].bias)
+        y = y * (torch.clamp(hidden @ se[2].weight.t() + se[2].bias + 3, 0, 6) / 6)[:, :, None, None]
+        y = grid + bn(torch.einsum("oc,bchw->bohw", conv[7].weight[:, :, 0, 0], y), conv[8])
+        y = y.transpose(2, 3) if transposed else y
+        return torch.cat((x[:, :1], y.flatten(2).transpose(1, 2)), dim=1)
+
+    with torch.no_grad():
+        ours = block(x)
+        assert torch.equal(ours[:, 0], x[:, 0])
+        assert (ours - reference()).abs().max() < 1e-5
+        assert (ours - reference(transposed=True)).abs().max() > 1e-3
+        assert (ours - reference(gate_from_max=True)).abs().max() > 1e-3
+    assert conv[6].fc[0].out_features == 192 // 12  # hidden 4 x 48, reduced by `reduction`

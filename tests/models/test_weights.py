@@ -32,8 +32,11 @@ def _same(a: dict, b: dict) -> bool:
     lambda sd: {"state_dict": sd, "epoch": 3, "args": argparse.Namespace(lr=0.1)},  # timm train.py checkpoint
     lambda sd: {"model": sd, "optimizer": {}},
     lambda sd: {"state_dict": {k: torch.zeros_like(v) for k, v in sd.items()}, "state_dict_ema": sd},
+    # DeiT's main.py (and CeiT's, LocalViT's): its evaluation loads `model`, not the EMA copy beside it
+    lambda sd: {"model": sd, "model_ema": {k: torch.zeros_like(v) for k, v in sd.items()}, "epoch": 299},
+    lambda sd: {"model_ema": sd},
     lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DistributedDataParallel
-], ids=["plain", "timm-train", "model", "ema-preferred", "ddp-prefix"])
+], ids=["plain", "timm-train", "model", "ema-preferred", "deit-model-preferred", "ema-alone", "ddp-prefix"])
 def test_pth_wrappers(tmp_path, state_dict, wrap):
     path = tmp_path / "ckpt.pth"
     torch.save(wrap(state_dict), path)
