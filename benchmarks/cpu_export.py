@@ -21,8 +21,8 @@ import onnxruntime as ort
 import timm
 import torch
 
-from vitserve.export.bench import cpu_name
 from vitserve.export.onnx import INPUT_NAME, export_onnx, graph_stats
+from vitserve.machine import cpu_name
 from vitserve.models.build import build_model
 from vitserve.models.catalogue import resolve
 from vitserve.models.rewrites import deploy_copy

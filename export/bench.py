@@ -8,7 +8,6 @@ per runner and batch size) to the output directory and prints a table with the r
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vitserve import runtimes
+from vitserve import machine, runtimes
 from vitserve.artifact import read_manifest
 from vitserve.errors import ArtifactError
 from vitserve.runtimes.openvino import cpu_supports_bf16
@@ -175,22 +174,12 @@ def bench_artifact(
         if r["batch"] in baseline:
             r["vs_eager"] = r["images_per_s"] / baseline[r["batch"]]
     report = {"model": manifest.name, "architecture": manifest.architecture, "artifact": str(artifact),
-              "machine": f"{platform.machine()}, {cpu_name()}", "threads": threads, "rounds": rounds,
+              "machine": machine.summary(), "threads": threads, "rounds": rounds,
               "results": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     _chart(report, out / "bench.png")
     return report
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _chart(report: dict[str, Any], path: Path) -> None:

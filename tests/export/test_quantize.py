@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import numpy as np
 import pytest
 
 from tests.conftest import run_cli, run_cli_here
+from vitserve import machine
 from vitserve.errors import VitServeError
-from vitserve.export.quantize import QuantizationGateError, evaluate, quantize_artifact
+from vitserve.export.quantize import (
+    QuantizationGateError,
+    SpeedGateError,
+    evaluate,
+    quantize_artifact,
+    time_against_fp32,
+)
 from vitserve.models.digits import load_split
 from vitserve.runtimes import load as load_backend
 from vitserve.runtimes.openvino import cpu_supports_bf16
@@ -33,13 +42,17 @@ def digit_folders(tmp_path_factory):
 def test_int8_passes_the_gate_within_half_a_point(tmp_path, digits_artifact, digit_folders, method):
     out = tmp_path / f"int8-{method}"
     report = quantize_artifact(digits_artifact, digit_folders / "calib", out, method=method, samples=200,
-                               eval_dir=digit_folders / "heldout", progress=lambda m: None)
+                               eval_dir=digit_folders / "heldout", min_speedup=0, progress=lambda m: None)
     int8 = report["int8"]
     assert int8["images"] == 360
     assert int8["top1_agreement"] >= 0.99
     assert int8["accuracy_drop_points"] <= 0.5
     manifest = json.loads((out / "vitserve.json").read_text())
     assert manifest["quantization"]["int8"] == int8
+    speed = manifest["quantization"]["speed"]  # timed, not gated (whether int8 pays here depends on the CPU)
+    assert speed["batch"] == 8 and speed["rounds"] == 15 and speed["fp32_ms"] > 0 and speed["int8_ms"] > 0
+    assert speed["speedup"] == pytest.approx(speed["fp32_ms"] / speed["int8_ms"], rel=1e-2)
+    assert speed["min_speedup"] == 0 and speed["cpu"] and speed["machine"] and isinstance(speed["isa"], list)
     assert manifest["model_file"] == ("model.onnx" if method == "onnxruntime" else "model.xml")
     backend = load_backend(out, method, precision="f32")  # the int8 artifact serves
     assert backend(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
@@ -65,6 +78,44 @@ def test_gate_refuses_and_writes_nothing(tmp_path, digits_artifact, digit_folder
         quantize_artifact(digits_artifact, digit_folders / "calib", out, samples=50,
                           eval_dir=digit_folders / "heldout", progress=lambda m: None)
     assert not out.exists() and not any(p.name.startswith(".refused") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow  # a quantization
+def test_speed_gate_refuses_and_writes_nothing(tmp_path, digits_artifact, digit_folders):
+    """An int8 model that passes the accuracy gate but not the speed gate: refused, with both timings, the ratio and
+    the CPU in the message, and nothing written."""
+    out = tmp_path / "slow"
+    with pytest.raises(SpeedGateError) as refused:
+        quantize_artifact(digits_artifact, digit_folders / "calib", out, samples=50, eval_dir=digit_folders / "heldout",
+                          min_speedup=1000, progress=lambda m: None)
+    message = str(refused.value)
+    assert re.search(r"int8 runs at [\d.]+x the speed of fp32 in onnxruntime on this CPU \(.*\): fp32 [\d.]+ ms, "
+                     r"int8 [\d.]+ ms per batch of 8 \(medians of 15 interleaved calls each\), below --min-speedup "
+                     r"1000; nothing was written", message), message
+    assert machine.cpu_name() in message and "--min-speedup 0" in message
+    assert not out.exists() and not any(p.name.startswith(".slow") for p in tmp_path.iterdir())
+    with pytest.raises(VitServeError, match="--min-speedup must be 0 or more"):
+        quantize_artifact(digits_artifact, digit_folders / "calib", out, min_speedup=-1, progress=lambda m: None)
+
+
+def test_speed_is_timed_interleaved_and_the_ratio_points_the_right_way():
+    """The faster of two runners gets the ratio above 1 (fp32's median over int8's), both see the same input, and
+    calls alternate in which goes first."""
+    calls = []
+
+    def runner(name, seconds):
+        def run(x):
+            calls.append((name, x.shape))
+            time.sleep(seconds)
+        return run
+
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    speed = time_against_fp32(runner("fp32", 0.02), runner("int8", 0.002), x, rounds=4)
+    assert speed["speedup"] > 2 and speed["batch"] == 4 and speed["rounds"] == 4
+    assert speed["fp32_ms"] >= 20 and speed["int8_ms"] >= 2
+    assert {shape for _, shape in calls} == {(4, 3, 8, 8)} and len(calls) == 2 * (2 + 4)
+    assert [name for name, _ in calls[4:]] == ["fp32", "int8", "int8", "fp32", "fp32", "int8", "int8", "fp32"]
+    assert time_against_fp32(runner("fp32", 0.002), runner("int8", 0.02), x, rounds=2)["speedup"] < 0.5
 
 
 def test_evaluate_counts_agreement_and_accuracy():
@@ -94,9 +145,10 @@ def test_bad_inputs(tmp_path, digits_artifact, digit_folders):
 def test_cli_quantize(tmp_path, digits_artifact, digit_folders):
     out = tmp_path / "cli-int8"
     result = run_cli("quantize", str(digits_artifact), "--calib", str(digit_folders / "calib"), "--samples", "100",
-                     "--out", str(out))
+                     "--out", str(out), "--min-speedup", "0")
     assert result.returncode == 0, result.stderr
-    assert "top-1 agreement" in result.stdout and (out / "model.onnx").is_file()
+    assert "top-1 agreement" in result.stdout and "x fp32's speed here" in result.stdout
+    assert (out / "model.onnx").is_file()
     # the int8 artifact timed beside the fp32 one, in the same rounds
     result = run_cli("bench", str(digits_artifact), "--also", str(out), "--backends", "onnxruntime", "--no-eager",
                      "--batch-sizes", "2", "--rounds", "2", "--out", str(tmp_path / "bench"))
