@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PROOF_IMAGES = 2  # of each kind, random and photograph, kept in the artifact's proof
+
 
 @dataclass
 class ExportOptions:
@@ -114,7 +116,8 @@ class Job:
         """The staged artifact run by the runtime that serves it against the fp32 reference model, gated at the
         result's precision; the report, or VerificationError with it. With `child` (what runs there, for errors:
         "PyTorch running the package") the runtime runs in a fresh process (verify.outputs_in_child)."""
-        from vitserve.export.verify import RUNTIME_KEY, check_outputs, outputs_in_child, precision_gate, run_artifact
+        from vitserve.export.verify import RUNTIME_KEY, check_outputs, outputs_in_child, run_artifact
+        from vitserve.proof import gate
 
         self.stage(result)
         photo_names, inputs = self.verification_inputs
@@ -128,10 +131,27 @@ class Job:
                                             precision=result.precision)
         report: dict[str, Any] = {"runtime": runtime, "photos": photo_names, **result.report}
         report.update(check_outputs(outputs, self.built.model, inputs))
-        failed = precision_gate(report, result.dtype, self.options.atol)
+        failed = gate(report, result.dtype, self.options.atol)
         if failed:
             raise VerificationError(f"the {result.what} does not match the PyTorch model: {failed}", report)
         return report
+
+
+    def write_proof(self, result: Built) -> dict[str, Any]:
+        """Two of the verification's random images and two of its photographs, with the fp32 reference model's
+        logits for them, into the artifact (vitserve.proof; the inputs as float16, the logits computed from exactly
+        those values); the manifest's `proof` entry."""
+        import torch
+
+        from vitserve import proof
+
+        inputs = self.verification_inputs[1]
+        stored = {name: inputs[name][:PROOF_IMAGES].half().float() for name in ("random", "photos")}
+        with torch.no_grad():
+            references = {name: self.built.model(x).numpy() for name, x in stored.items()}
+        return proof.write(self.folder, {name: x.numpy() for name, x in stored.items()}, references,
+                           reference="the fp32 PyTorch model, before any rewrite", dtype=result.dtype,
+                           atol=self.options.atol if result.dtype == "fp32" else None)
 
 
 def export_artifact(built: BuiltModel, options: ExportOptions, progress: Callable[[str], None] = log.info) -> Manifest:
@@ -162,6 +182,7 @@ def export_artifact(built: BuiltModel, options: ExportOptions, progress: Callabl
             failed.write_text(json.dumps(e.report, indent=2) + "\n")
             raise VerificationError(f"{e} Full report: {failed}", e.report) from e
         manifest = job.manifest(result, report)
+        manifest.proof = job.write_proof(result)
         write_labels(staging / LABELS_NAME, built.labels)
         write_manifest(staging, manifest)
         install_artifact(staging, out)

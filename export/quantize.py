@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from vitserve import machine, runtimes
+from vitserve import machine, proof, runtimes
 from vitserve.artifact import (
     LABELS_NAME,
     Manifest,
@@ -224,6 +224,8 @@ def quantize_artifact(
         quantize = _quantize_onnxruntime if method == "onnxruntime" else _quantize_openvino
         details = quantize(artifact / manifest.model_file, tmp / model_file, manifest, calib.pixels)
         shutil.copy(artifact / manifest.labels_file, tmp / LABELS_NAME)
+        if manifest.proof:
+            shutil.copy(artifact / manifest.proof["file"], tmp / manifest.proof["file"])
         q_manifest = Manifest(**{**manifest.__dict__, "model_file": model_file, "labels_file": LABELS_NAME})
         write_manifest(tmp, q_manifest)
 
@@ -266,6 +268,11 @@ def quantize_artifact(
                 f"({machine.summary()}): {timing}, below --min-speedup {min_speedup:g}; nothing was written. Serve "
                 "the fp32 artifact here (int8 pays on CPUs with VNNI or AMX), or pass --min-speedup 0 to write the "
                 "int8 artifact anyway.")
+        if manifest.proof:  # what int8 gives on the proof's inputs: the floor a server holds this artifact to
+            inputs, references = proof.read(artifact, manifest.proof)
+            outputs = proof.run(int8_backend, inputs, batch)
+            q_manifest.proof = {**manifest.proof, "dtype": "int8", "atol": None, "int8_min_cosine": {
+                name: round(proof.compare(references[name], outputs[name])["min_cosine"], 6) for name in references}}
         q_manifest.quantization = report
         write_manifest(tmp, q_manifest)
         install_artifact(tmp, out)

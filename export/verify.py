@@ -3,10 +3,12 @@
 Every export runs the artifact through the runtime that serves it (vitserve.runtimes, loaded from the staged
 artifact folder exactly as `vitserve serve` loads it) on random tensors *and* on real photographs (scikit-image
 ships a few), preprocessed with the model's own timm eval transform, and compares with the original (un-rewritten)
-PyTorch model: max |logit difference|, lowest cosine similarity, top-1 agreement, gated by precision_gate. A
-runtime that loads native code (an AOTInductor package) runs in a child process (outputs_in_child). Over tolerance
-an fp32 ONNX export also gets the first block whose output diverges, found by exporting the deploy model again with
-every block's output as an extra graph output (locate_divergence).
+PyTorch model: max |logit difference|, lowest cosine similarity, top-1 agreement, gated by vitserve.proof.gate (the
+gate a server applies to the artifact's proof at load). A runtime that loads native code (an AOTInductor package)
+runs in a child process (outputs_in_child). Over tolerance an fp32 ONNX export also gets the first block whose
+output diverges, found by exporting the deploy model again with every block's output as an extra graph output
+(locate_divergence). The verified artifact keeps a few of the inputs and the model's answers (vitserve.proof), which
+a server re-runs before it serves.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 from vitserve.artifact import Preprocess
 from vitserve.errors import ExportError
 from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+from vitserve.proof import compare, worst
 from vitserve.runtimes.onnxruntime import session as onnxruntime_session
 
 log = logging.getLogger(__name__)
@@ -57,22 +60,6 @@ def sample_photos(preprocess: Preprocess) -> tuple[list[str], torch.Tensor]:
     )
     images = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS]
     return list(PHOTOS), torch.stack([transform(img) for img in images])
-
-
-def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-    ref = reference.reshape(len(reference), -1).astype(np.float64)
-    out = got.reshape(len(got), -1).astype(np.float64)
-    diff = np.abs(ref - out)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    both_zero = (np.abs(ref).max(1) == 0) & (np.abs(out).max(1) == 0)  # the same answer, with no direction
-    cosine = np.where(both_zero, 1.0, (ref * out).sum(1) / np.maximum(norms, 1e-300))
-    return {
-        "batch": len(ref),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "min_cosine": float(cosine.min()),
-        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()),
-    }
 
 
 def verification_inputs(preprocess: Preprocess) -> tuple[list[str], dict[str, torch.Tensor]]:
@@ -104,10 +91,7 @@ def check_outputs(outputs: dict[str, np.ndarray], reference: nn.Module,
         with torch.no_grad():
             ref = reference(x).numpy()
         per_input[name] = compare(ref, outputs[name])
-    stats = per_input.values()
-    return {"inputs": per_input, "max_abs_diff": max(s["max_abs_diff"] for s in stats),
-            "min_cosine": min(s["min_cosine"] for s in stats),
-            "top1_agreement": min(s["top1_agreement"] for s in stats)}
+    return worst(per_input)
 
 
 CHILD_OUTPUT_TAIL = 6000  # characters of a failed child's stderr that its error carries (a faulthandler stack)
@@ -150,28 +134,6 @@ def outputs_in_child(module: str, args: list[str], inputs: dict[str, np.ndarray]
             raise ChildFailed(failure, stderr)
         with np.load(outputs_file) as saved:
             return {name: saved[name] for name in saved.files}
-
-
-# Every precision is gated on the logits' direction, which does not depend on their scale. fp32 is also held to
-# atol; the difference alone proves nothing where the logits themselves are smaller than atol (timm starts some
-# classifiers near zero: a random-init LeViT-128S's logits stay below 1e-4, so logits of zeros would pass).
-MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "fp8": 0.98}
-
-
-def precision_gate(report: dict[str, Any], dtype: str, atol: float) -> str | None:
-    """Marks check_runner's `report` passed or not for an export computing in `dtype` (lowest logit cosine >=
-    MIN_COSINE[dtype]; fp32 also max |logit difference| <= atol, reduced precision not, as its difference scales with
-    the logits); returns what failed, or None."""
-    failures = []
-    if dtype == "fp32":
-        report["atol"] = atol
-        if report["max_abs_diff"] > atol:
-            failures.append(f"max |logit difference| {report['max_abs_diff']:.3g} > atol {atol:g}")
-    report["min_cosine_required"] = MIN_COSINE[dtype]
-    if report["min_cosine"] < MIN_COSINE[dtype]:
-        failures.append(f"lowest logit cosine {report['min_cosine']:.6f} < {MIN_COSINE[dtype]}")
-    report["passed"] = not failures
-    return None if report["passed"] else f"{'; '.join(failures)} (top-1 agreement {report['top1_agreement']:.1%})"
 
 
 def run_artifact(folder: Path, runtime: str, inputs: dict[str, np.ndarray], *, device: str = "auto",

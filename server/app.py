@@ -56,6 +56,8 @@ class Service:
     ready: bool = False
     draining: bool = False
     warmed_batch_sizes: list[int] = field(default_factory=list)
+    proof: dict | None = None  # the artifact's proof re-run by this backend (Runtime.check_proof); None: none
+    refused: str | None = None  # why the model is kept out of service (its proof failed, without --allow-drift)
     pending: int = 0  # inference requests between arrival and answer (counted by LimitsAndMetrics)
 
     decode_limiter: anyio.CapacityLimiter | None = None  # decode threads at once (set in the lifespan)
@@ -136,6 +138,36 @@ def load_service(settings: Settings) -> Service:
     return Service(settings, manifest, labels, backend, batcher, metrics)
 
 
+def check_proof(service: Service) -> None:
+    """Re-runs the artifact's proof through the backend that will serve it (vitserve.proof): passed, the model may
+    serve; failed, it is kept out of service (`refused`, which /readyz and every refused request give) unless
+    --allow-drift; the outcome in the log and the vitserve_proof metric."""
+    report = service.proof = service.backend.check_proof()
+    state = "none" if report is None else "passed" if report["passed"] else "failed"
+    service.metrics.proof.labels(state).set(1)
+    if report is None:
+        log.warning("%s has no proof (exported before vitserve kept one): its answers are not re-checked here; "
+                    "export it again to have them checked", service.settings.artifact)
+    elif report["passed"]:
+        log.info("proof: the artifact's images give the fp32 model's answers in %s (max |logit difference| %.3g, "
+                 "lowest cosine %.6f)", report["runtime"], report["max_abs_diff"], report["min_cosine"])
+    elif service.settings.allow_drift:
+        log.warning("%s; serving anyway (--allow-drift)", report["reason"])
+    else:
+        service.refused = f"{report['reason']}; not serving it (--allow-drift serves anyway)"
+        log.error("%s", service.refused)
+
+
+def proof_state(service: Service) -> str:
+    """What /readyz says of the proof."""
+    report = service.proof
+    if report is None:
+        return "none: the artifact was exported before vitserve kept one"
+    if report["passed"]:
+        return f"passed in {report['runtime']}"
+    return f"failed, serving anyway (--allow-drift): {report['reason']}"
+
+
 def warm_batch_sizes(max_batch_size: int) -> list[int]:
     """1, 2, 4, ... up to max_batch_size, and max_batch_size itself."""
     sizes, size = [], 1
@@ -165,6 +197,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         nonlocal service
         service = service or await run_in_threadpool(load_service, settings)
         app.state.service = service
+        await run_in_threadpool(check_proof, service)
         await run_in_threadpool(_warm_up, service)
         # decoding is CPU work: more threads than cores only add memory (a malloc arena each) and contention
         service.decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
@@ -175,7 +208,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
             grpc_server, app.state.grpc_port = await start_server(service, settings.host, settings.grpc_port,
                                                                   settings.max_body_bytes)
-        service.ready = True
+        service.ready = service.refused is None
         log.info("serving %s (%s), warmed at batch sizes %s, %d batch(es) in flight", service.manifest.name,
                  service.backend.description, ", ".join(map(str, service.warmed_batch_sizes)),
                  service.batcher.batches_in_flight)

@@ -16,7 +16,8 @@ from vitserve.server.batching import ShuttingDownError
 def get_service(request: Request) -> Service:
     service = request.app.state.service
     if service is None or not service.ready:
-        raise ShuttingDownError("the model is not ready")
+        raise ShuttingDownError(f"the model is not ready: {service.refused}" if service and service.refused else
+                                "the model is not ready")
     return service
 
 

@@ -26,5 +26,8 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.inference_seconds = Histogram("vitserve_inference_seconds", "backend time per batch",
                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.proof = Gauge("vitserve_proof", "1 for the state of the artifact's proof re-run at load: passed, "
+                           "failed (not served; or served with --allow-drift) or none (an artifact without one)",
+                           ["state"], registry=r)
         self.total_seconds = Histogram("vitserve_request_seconds", "request time by route", ["route"],
                                        buckets=LATENCY_BUCKETS, registry=r)

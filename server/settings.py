@@ -51,6 +51,9 @@ class Settings(BaseSettings):
                             "decode's")
     api_key: SecretStr | None = Field(None, description="if set, required on inference routes (environment only: "
                                       "VITSERVE_API_KEY)")
+    allow_drift: bool = Field(False, description="serve even when the artifact's proof (a few inputs and the fp32 "
+                              "model's answers, re-run here before serving) does not hold on this runtime and "
+                              "device; /readyz, the log and vitserve_proof say so")
     drain_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: readiness fails at once, requests keep being "
                                  "read and served this long, then no new connections are accepted")
 

@@ -26,7 +26,7 @@ def copy(digits_artifact, tmp_path):
 
 def test_the_manifest_records_every_other_file(digits_artifact):
     manifest = read_manifest(digits_artifact)
-    assert set(manifest.files) == {"model.onnx", "labels.txt"}
+    assert set(manifest.files) == {"model.onnx", "labels.txt", "proof.npz"}
     for name, record in manifest.files.items():
         data = (digits_artifact / name).read_bytes()
         assert record == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

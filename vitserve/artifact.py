@@ -5,6 +5,7 @@ An artifact is a directory::
     model.onnx      the graph, batch dimension dynamic (1..max_batch); or model.xml + model.bin (OpenVINO IR),
                     or model.pt2 (AOTInductor package, `--format torch`), or model.engine (TensorRT)
     labels.txt      one class name per line, line i = class index i
+    proof.npz       a few inputs and the fp32 model's answers, which a server re-runs before serving
     vitserve.json   the manifest below, with the size and SHA-256 of every other file (`files`)
 
 Only the standard library is used here: the server reads manifests without torch or onnx.
@@ -114,6 +115,9 @@ class Manifest:
     graph: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
+    # proof.npz: a few inputs and the fp32 model's logits, re-run by a server before it serves (vitserve.proof);
+    # empty in artifacts written before vitserve kept one
+    proof: dict[str, Any] = field(default_factory=dict)
     # --format torch / tensorrt: device, dtype, batch buckets, ...; an fp16 ONNX: dtype
     package: dict[str, Any] = field(default_factory=dict)
     # every file of the artifact but the manifest: name -> {"bytes": size, "sha256": hex digest}; write_manifest

@@ -36,7 +36,7 @@ class Built:
     Attributes:
         model_file: the file in the staging folder the manifest names.
         runtime: the runtime (vitserve.runtimes) that verifies it, and that `--backend auto` serves it with.
-        dtype: the precision it computes in, which picks the verification gate (verify.precision_gate).
+        dtype: the precision it computes in, which picks the verification gate (vitserve.proof.gate).
         what: names it in a failed verification: "the {what} does not match the PyTorch model".
         graph: statistics for the manifest (nodes, file size).
         package: the manifest's `package` record (device, dtype, buckets, ...).

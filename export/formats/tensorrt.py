@@ -43,7 +43,8 @@ class TensorRTFormat(Format):
             optimization_profiles,
             reference_evaluator,
         )
-        from vitserve.export.verify import check_runner, precision_gate
+        from vitserve.export.verify import check_runner
+        from vitserve.proof import gate
 
         options, folder = job.options, job.folder
         dtype = options.torch_options.dtype if options.torch_options else "fp16"
@@ -54,7 +55,7 @@ class TensorRTFormat(Format):
         inputs = job.verification_inputs[1]
         onnx_check = check_runner(lambda x: evaluator.run(None, {INPUT_NAME: x})[0], job.built.model,
                                   {"single_photo": inputs["single_photo"]})
-        failed = precision_gate(onnx_check, dtype, options.atol)
+        failed = gate(onnx_check, dtype, options.atol)
         if failed:
             raise VerificationError(f"the {dtype} plugin ONNX does not match the model: {failed}", onnx_check)
         job.progress(f"  {plugin['plugin_nodes']} plugin nodes, {plugin['float32_layer_norms']} float32 LayerNorms; "

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from vitserve.server.app import proof_state
+
 router = APIRouter(tags=["health"])
 
 
@@ -17,12 +19,16 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """200 once the model is loaded and warmed; 503 before, and from the moment a shutdown begins."""
+    """200 once the model is loaded, its proof re-run and passed, and warmed; 503 before, when the proof failed
+    (`refused`, with the reason), and from the moment a shutdown begins."""
     service = request.app.state.service
+    if service is not None and service.refused and not service.draining:
+        return JSONResponse({"status": "refused", "model": service.manifest.name, "reason": service.refused},
+                            status_code=503)
     if service is None or not service.ready or service.draining:
         state = "draining" if service is not None and service.draining else "loading"
         return JSONResponse({"status": state}, status_code=503)
-    return JSONResponse({"status": "ready", "model": service.manifest.name})
+    return JSONResponse({"status": "ready", "model": service.manifest.name, "proof": proof_state(service)})
 
 
 @router.get("/metrics")

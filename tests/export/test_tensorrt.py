@@ -27,10 +27,10 @@ from vitserve.export.tensorrt import (
     optimization_profiles,
     reference_evaluator,
 )
-from vitserve.export.verify import compare
 from vitserve.models.build import build_model
 from vitserve.models.catalogue import SPECS
 from vitserve.models.rewrites import deploy_copy
+from vitserve.proof import compare
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

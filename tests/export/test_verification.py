@@ -13,9 +13,10 @@ import torch
 import vitserve.models.rewrites as rewrite_module
 from vitserve.errors import ExportError, VerificationError
 from vitserve.export.pipeline import ExportOptions, export_artifact
-from vitserve.export.verify import compare, outputs_in_child, precision_gate
+from vitserve.export.verify import outputs_in_child
 from vitserve.models.build import build_model
 from vitserve.models.catalogue import SPECS
+from vitserve.proof import compare, gate
 
 
 def _broken_deploy_copy(break_fn):
@@ -76,13 +77,13 @@ def test_wrong_rewrite_fails_when_the_logits_are_smaller_than_atol(tmp_path, mon
 def test_the_gate_compares_directions():
     ref = np.array([[2e-6, -1e-6, 5e-7], [0.0, 0.0, 0.0]])
     same = compare(ref, ref * (1 + 1e-7))
-    assert same["min_cosine"] > 0.99999 and precision_gate(same, "fp32", atol=1e-4) is None
+    assert same["min_cosine"] > 0.99999 and gate(same, "fp32", atol=1e-4) is None
     zeros = compare(ref, np.zeros_like(ref))
     assert zeros["max_abs_diff"] < 1e-4
-    assert "lowest logit cosine" in precision_gate(zeros, "fp32", atol=1e-4)
+    assert "lowest logit cosine" in gate(zeros, "fp32", atol=1e-4)
     shifted = compare(ref + 1.0, ref + 1.0 + 2e-4)
-    assert "max |logit difference|" in precision_gate(shifted, "fp32", atol=1e-4)
-    assert precision_gate(shifted, "fp16", atol=1e-4) is None
+    assert "max |logit difference|" in gate(shifted, "fp32", atol=1e-4)
+    assert gate(shifted, "fp16", atol=1e-4) is None
 
 
 @pytest.mark.slow  # exports that fail verification

@@ -53,7 +53,8 @@ def _error(response, status: int, fragment: str = "") -> None:
 
 def test_health_ready_metrics_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready", "model": "swin_digits"}
+    assert client.get("/readyz").json() == {"status": "ready", "model": "swin_digits",
+                                           "proof": "passed in onnxruntime CPUExecutionProvider"}
     client.post("/classify", files={"file": ("3.png", EXAMPLES[3], "image/png")})
     metrics = client.get("/metrics").text
     assert "vitserve_batches_computing 0.0" in metrics  # the batch of that request has finished

@@ -5,10 +5,11 @@ from __future__ import annotations
 import abc
 import importlib
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from vitserve import proof
 from vitserve.artifact import Manifest, read_manifest
 
 
@@ -41,12 +42,44 @@ class Runtime(abc.ABC):
         return f"{self.library} {importlib.import_module(self.library).__version__}"
 
     @property
+    def computes_in(self) -> str:
+        """The precision the model computes in here ("fp32", "fp16", "bf16", "fp8" or "int8"), which picks the gate
+        its proof is held to (vitserve.proof): an int8 artifact's, or the dtype it was exported in."""
+        return "int8" if self.manifest.quantization else self.manifest.package.get("dtype", "fp32")
+
+    @property
     def model_path(self) -> Path:
         return self.directory / self.manifest.model_file
 
     @abc.abstractmethod
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, num_classes) float32 logits, N at most the manifest's max_batch."""
+
+    def check_proof(self) -> dict[str, Any] | None:
+        """The artifact's proof (vitserve.proof) run here and gated at the precision this computes in: the report,
+        with `passed` and, when not, `reason`; None for an artifact written before proofs were."""
+        entry = self.manifest.proof
+        if not entry:
+            return None
+        inputs, references = proof.read(self.directory, entry)
+        outputs = proof.run(self, inputs, self.manifest.max_batch)
+        report = proof.worst({name: proof.compare(references[name], outputs[name]) for name in references})
+        dtype = self.computes_in
+        report.update(runtime=self.description, dtype=dtype)
+        if dtype == "int8":  # per input set, the cosine its quantization reached there less a margin
+            floors = entry["int8_min_cosine"]
+            failures = [f"{name}: {failed}" for name, figures in report["inputs"].items()
+                        if (failed := proof.gate(figures, dtype, None,
+                                                 min_cosine=max(0.0, floors[name] - proof.INT8_MARGIN)))]
+            report["passed"] = not failures
+            failed = "; ".join(failures) or None
+        else:
+            failed = proof.gate(report, dtype, entry.get("atol"))
+        if failed:
+            sets = ", ".join(f"{count} {name}" for name, count in entry["inputs"].items())
+            report["reason"] = (f"the artifact's proof ({sets} images) does not give the fp32 model's answers in "
+                                f"{self.description}: {failed}")
+        return report
 
     def reserve(self, calls: int) -> None:
         """Makes now whatever each of `calls` calls at once keeps of its own (OpenVINO's infer requests, a CUDA

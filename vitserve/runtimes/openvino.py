@@ -59,6 +59,11 @@ class OpenVINORuntime(Runtime):
         self._requests = Pool(self.compiled.create_infer_request)  # an infer request runs one call at a time
         self.description = f"openvino CPU {self.precision}"
 
+    @property
+    def computes_in(self) -> str:
+        exported = super().computes_in
+        return "bf16" if self.precision == "bf16" and exported == "fp32" else exported
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with self._requests.take() as request:
             result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})

@@ -156,5 +156,9 @@ class TensorRTRuntime(Runtime):
         self.description = (f"TensorRT {self.runner.trt_version} {package.get('dtype', 'fp16')}, "
                             f"{len(profiles)} optimization profiles")
 
+    @property
+    def computes_in(self) -> str:
+        return self.manifest.package.get("dtype", "fp16")  # engines built before the dtype was recorded: fp16
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.runner(batch)
