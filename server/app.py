@@ -57,6 +57,7 @@ class Service:
     draining: bool = False
     warmed_batch_sizes: list[int] = field(default_factory=list)
     proof: dict | None = None  # the artifact's proof re-run by this backend (Runtime.check_proof); None: none
+    choice: dict | None = None  # how --backend auto --precision auto chose the backend (runtimes.choose)
     refused: str | None = None  # why the model is kept out of service (its proof failed, without --allow-drift)
     pending: int = 0  # inference requests between arrival and answer (counted by LimitsAndMetrics)
 
@@ -115,8 +116,14 @@ class Service:
 
 def load_service(settings: Settings) -> Service:
     """Loads the artifact into a backend and builds the batcher; VitServeError when the artifact is unusable."""
-    backend = runtimes.load(settings.artifact, settings.backend, threads=settings.threads, device=settings.device,
-                            precision=settings.precision)
+    choice = None
+    if settings.backend == runtimes.AUTO and settings.precision == runtimes.AUTO:
+        from vitserve.runtimes.choose import choose
+
+        backend, choice = choose(settings.artifact, threads=settings.threads, device=settings.device)
+    else:
+        backend = runtimes.load(settings.artifact, settings.backend, threads=settings.threads,
+                                device=settings.device, precision=settings.precision)
     manifest = backend.manifest
     if settings.max_batch_size > manifest.max_batch:
         raise VitServeError(f"--max-batch-size {settings.max_batch_size} exceeds the artifact's max_batch "
@@ -135,14 +142,16 @@ def load_service(settings: Settings) -> Service:
                              batches_in_flight=settings.batches_in_flight or backend.batches_in_flight,
                              on_batch=on_batch, on_queue_depth=metrics.queue_depth.set,
                              on_computing=metrics.batches_computing.set)
-    return Service(settings, manifest, labels, backend, batcher, metrics)
+    return Service(settings, manifest, labels, backend, batcher, metrics, choice=choice)
 
 
 def check_proof(service: Service) -> None:
     """Re-runs the artifact's proof through the backend that will serve it (vitserve.proof): passed, the model may
     serve; failed, it is kept out of service (`refused`, which /readyz and every refused request give) unless
     --allow-drift; the outcome in the log and the vitserve_proof metric."""
-    report = service.proof = service.backend.check_proof()
+    report = service.proof = service.choice["proof"] if service.choice else service.backend.check_proof()
+    if service.choice:
+        log.info("backend: %s, %s", service.choice["chosen"], service.choice["why"])
     state = "none" if report is None else "passed" if report["passed"] else "failed"
     service.metrics.proof.labels(state).set(1)
     if report is None:

@@ -35,12 +35,15 @@ class Settings(BaseSettings):
                                           "overlaps another's on the GPU, else 1)")
     timeout_ms: float = Field(10_000, gt=0, description="a request not answered by then gets 504")
     threads: int | None = Field(None, ge=1, description="inference threads; unset: all cores")
-    backend: Backend = Field("auto", description="the runtime that runs the artifact; auto: the one it was exported "
-                             "for (onnxruntime for ONNX, openvino for an OpenVINO IR, torch / tensorrt for --format "
+    backend: Backend = Field("auto", description="the runtime that runs the artifact; auto with --precision auto: "
+                             "the fastest runtime and precision here that runs the artifact and passes its proof (a "
+                             "short timing at start-up); auto with another --precision: the one it was exported for "
+                             "(onnxruntime for ONNX, openvino for an OpenVINO IR, torch / tensorrt for --format "
                              "torch / tensorrt)")
     device: Device = Field("auto", description="onnxruntime: cpu, cuda or tensorrt (auto: CUDA where onnxruntime-gpu "
                            "sees a GPU); torch: the package's own")
-    precision: Precision = Field("auto", description="openvino: f32 or bf16 (auto: bf16 where the CPU has it)")
+    precision: Precision = Field("auto", description="openvino: f32 or bf16 (auto: with --backend auto, chosen with "
+                                 "it; with --backend openvino, bf16 where the CPU has it)")
     max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")
     max_images: int = Field(64, ge=1, description="images per request")

@@ -68,3 +68,33 @@ def digits_artifact(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "swin_digits"
     export_artifact(build_model(SPECS["swin_digits"]), ExportOptions(out=out, max_batch=64), progress=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def drifting_artifact(digits_artifact, tmp_path_factory) -> Path:
+    """The digits artifact carrying the proof of the same network with every weight moved by 1 % of its size (its
+    checksums rewritten to match): every runtime answers unlike that proof's reference logits, as a runtime that
+    computes differently would; beyond fp32's atol, within bf16's cosine gate."""
+    import shutil
+
+    import torch
+
+    from vitserve import proof
+    from vitserve.artifact import read_manifest, write_manifest
+    from vitserve.models.build import build_model
+    from vitserve.models.catalogue import SPECS
+
+    folder = tmp_path_factory.mktemp("drifting") / "swin_digits"
+    shutil.copytree(digits_artifact, folder)
+    manifest = read_manifest(folder)
+    inputs, _ = proof.read(folder, manifest.proof)
+    model = build_model(SPECS["swin_digits"]).model
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.01 * torch.randn(p.shape, generator=generator))
+        references = {name: model(torch.from_numpy(x)).numpy() for name, x in inputs.items()}
+    kept = {k: v for k, v in manifest.proof.items() if k not in ("file", "inputs")}
+    manifest.proof = proof.write(folder, inputs, references, **kept)
+    write_manifest(folder, manifest)
+    return folder

@@ -1,9 +1,9 @@
 """The proof an artifact carries (vitserve/proof.py): written at export, re-run by the serving runtime before the
 server calls the model ready, a mismatch kept out of service.
 
-A drifting runtime is made real here by giving the shipped model's artifact the proof of a slightly different
-model (its weights perturbed): the runtime then answers unlike the proof's reference, as a runtime that computes
-differently would, and the manifest's checksums still hold."""
+A drifting runtime is made real by giving the shipped model's artifact the proof of a slightly different model
+(tests/conftest.py's drifting_artifact): the runtime then answers unlike the proof's reference, as a runtime that
+computes differently would, and the manifest's checksums still hold."""
 
 from __future__ import annotations
 
@@ -56,27 +56,8 @@ def test_the_proof_holds_in_every_runtime_that_serves_it(digits_artifact, backen
         assert report["atol"] == 1e-4 and report["max_abs_diff"] < 1e-4
 
 
-@pytest.fixture(scope="module")
-def drifting(digits_artifact, tmp_path_factory):
-    """The digits artifact with the proof of the same network with every weight moved by 1 % of its size."""
-    folder = tmp_path_factory.mktemp("drift") / "swin_digits"
-    shutil.copytree(digits_artifact, folder)
-    manifest = read_manifest(folder)
-    inputs, _ = proof.read(folder, manifest.proof)
-    model = build_model(SPECS["swin_digits"]).model
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1 + 0.01 * torch.randn_like(p))
-        references = {name: model(torch.from_numpy(x)).numpy() for name, x in inputs.items()}
-    manifest.proof = proof.write(folder, inputs, references, **{k: v for k, v in manifest.proof.items()
-                                                                  if k not in ("file", "inputs")})
-    write_manifest(folder, manifest)  # the checksums hold: the drift is in what the runtime computes
-    return folder
-
-
-def test_a_drifting_runtime_fails_the_proof_and_says_how(drifting):
-    report = runtimes.load(drifting, "onnxruntime").check_proof()
+def test_a_drifting_runtime_fails_the_proof_and_says_how(drifting_artifact):
+    report = runtimes.load(drifting_artifact, "onnxruntime").check_proof()
     assert not report["passed"]
     assert report["reason"].startswith("the artifact's proof (2 random, 2 photos images) does not give the fp32 "
                                        "model's answers in onnxruntime CPUExecutionProvider: max |logit difference|")
@@ -107,6 +88,9 @@ def test_an_int8_artifact_is_held_to_what_its_quantization_reached(digits_artifa
 
 
 def _serve(artifact, **settings):
+    """The server on onnxruntime, whose fp32 gate the drifting proof fails (how --backend auto deals with a runtime
+    that fails the proof: tests/runtimes/test_choose.py)."""
+    settings = {"backend": "onnxruntime", **settings}
     return TestClient(create_app(Settings(artifact=artifact, max_batch_size=4, **settings)))
 
 
@@ -114,8 +98,8 @@ def _digit() -> bytes:
     return (ROOT / "examples" / "digit_3.png").read_bytes()
 
 
-def test_the_server_keeps_a_drifting_model_out_of_service(drifting):
-    with _serve(drifting) as client:
+def test_the_server_keeps_a_drifting_model_out_of_service(drifting_artifact):
+    with _serve(drifting_artifact) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "refused"
         assert "does not give the fp32 model's answers" in ready.json()["reason"]
@@ -126,8 +110,8 @@ def test_the_server_keeps_a_drifting_model_out_of_service(drifting):
         assert 'vitserve_proof{state="failed"} 1.0' in client.get("/metrics").text
 
 
-def test_allow_drift_serves_and_says_so(drifting):
-    with _serve(drifting, allow_drift=True) as client:
+def test_allow_drift_serves_and_says_so(drifting_artifact):
+    with _serve(drifting_artifact, allow_drift=True) as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready" and ready["proof"].startswith("failed, serving anyway (--allow-drift)")
         answer = client.post("/classify", content=_digit(), headers={"content-type": "image/png"})
@@ -136,7 +120,8 @@ def test_allow_drift_serves_and_says_so(drifting):
 
 def test_a_passing_proof_and_an_artifact_without_one(digits_artifact, tmp_path):
     with _serve(digits_artifact) as client:
-        assert client.get("/readyz").json()["proof"] == "passed in onnxruntime CPUExecutionProvider"
+        ready = client.get("/readyz").json()
+        assert ready["proof"] == "passed in onnxruntime CPUExecutionProvider" and "backend_choice" not in ready
         assert 'vitserve_proof{state="passed"} 1.0' in client.get("/metrics").text
     old = tmp_path / "old"  # as vitserve wrote artifacts before proofs: served, unchecked, and said so
     shutil.copytree(digits_artifact, old)

@@ -28,7 +28,11 @@ def readyz(request: Request) -> JSONResponse:
     if service is None or not service.ready or service.draining:
         state = "draining" if service is not None and service.draining else "loading"
         return JSONResponse({"status": state}, status_code=503)
-    return JSONResponse({"status": "ready", "model": service.manifest.name, "proof": proof_state(service)})
+    body = {"status": "ready", "model": service.manifest.name, "backend": service.backend.description,
+            "proof": proof_state(service)}
+    if service.choice:  # --backend auto --precision auto
+        body["backend_choice"] = service.choice["why"]
+    return JSONResponse(body)
 
 
 @router.get("/metrics")

@@ -63,7 +63,7 @@ def _serves_like_the_model(name: str, artifact, model: torch.nn.Module) -> None:
     pixels."""
     buffer = io.BytesIO()
     Image.fromarray(skimage.data.coffee()).save(buffer, format="JPEG", quality=95)
-    with TestClient(create_app(Settings(artifact=artifact, max_batch_size=8))) as client:
+    with TestClient(create_app(Settings(artifact=artifact, max_batch_size=8, backend="onnxruntime"))) as client:
         response = client.post("/classify?top_k=5", content=buffer.getvalue(), headers={"content-type": "image/jpeg"})
     assert response.status_code == 200, response.text
     served = response.json()["results"][0]["predictions"]

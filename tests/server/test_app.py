@@ -26,14 +26,16 @@ from vitserve.server.settings import Settings
 EXAMPLES = {d: (ROOT / "examples" / f"digit_{d}.png").read_bytes() for d in range(10)}
 
 
+# The server's routes and protocols, on onnxruntime (whose answers the tests compare with); how --backend auto
+# chooses: tests/runtimes/test_choose.py
 @pytest.fixture(scope="module")
 def client(digits_artifact):
-    with TestClient(create_app(Settings(artifact=digits_artifact, max_images=8))) as c:
+    with TestClient(create_app(Settings(artifact=digits_artifact, max_images=8, backend="onnxruntime"))) as c:
         yield c
 
 
 def _client(artifact, **settings) -> TestClient:
-    return TestClient(create_app(Settings(artifact=artifact, **settings)))
+    return TestClient(create_app(Settings(artifact=artifact, **{"backend": "onnxruntime", **settings})))
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -54,6 +56,7 @@ def _error(response, status: int, fragment: str = "") -> None:
 def test_health_ready_metrics_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "model": "swin_digits",
+                                           "backend": "onnxruntime CPUExecutionProvider",
                                            "proof": "passed in onnxruntime CPUExecutionProvider"}
     client.post("/classify", files={"file": ("3.png", EXAMPLES[3], "image/png")})
     metrics = client.get("/metrics").text

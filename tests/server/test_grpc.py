@@ -33,6 +33,7 @@ SERVICE = "/inference.GRPCInferenceService/"
 
 def _start(artifact, **settings):
     """(TestClient, tritonclient.grpc client) for an app serving gRPC on a free port."""
+    settings = {"backend": "onnxruntime", **settings}  # the answers compared are onnxruntime's
     client = TestClient(create_app(Settings(artifact=artifact, grpc_port=0, **settings)))
     client.__enter__()
     return client, tg.InferenceServerClient(f"127.0.0.1:{client.app.state.grpc_port}")

@@ -29,7 +29,7 @@ EXAMPLES = {d: (ROOT / "examples" / f"digit_{d}.png").read_bytes() for d in rang
 
 @pytest.fixture
 def server(digits_artifact):
-    s = Server(digits_artifact, "--max-batch-size", "8", "--threads", "1")
+    s = Server(digits_artifact, "--max-batch-size", "8", "--threads", "1", "--backend", "onnxruntime")
     s.wait_ready()
     yield s
     s.stop()
@@ -75,8 +75,8 @@ def test_sigterm_under_load_loses_nothing(digits_artifact, in_flight):
     One image per batch on one thread makes the 24 x 8 images take a good fraction of a second, so the signal
     lands while most of them are still queued (checked: some answers must come after the signal).
     """
-    server = Server(digits_artifact, "--max-batch-size", "1", "--threads", "1", "--max-images", "8",
-                    "--batches-in-flight", in_flight)
+    server = Server(digits_artifact, "--max-batch-size", "1", "--threads", "1", "--max-images", "8", "--backend",
+                    "onnxruntime", "--batches-in-flight", in_flight)
     server.wait_ready()
     files = [("file", (f"{d}.png", EXAMPLES[d], "image/png")) for d in range(8)]
 
@@ -137,7 +137,7 @@ def test_grpc_under_sigterm_loses_nothing(digits_artifact):
 
     grpc_port = free_port()
     server = Server(digits_artifact, "--grpc-port", str(grpc_port), "--max-batch-size", "1", "--threads", "1",
-                    "--max-images", "8", "--drain-grace-s", "0")
+                    "--backend", "onnxruntime", "--max-images", "8", "--drain-grace-s", "0")
     server.wait_ready()
     images = np.array([EXAMPLES[d] for d in range(8)], dtype=np.object_)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")

@@ -1,9 +1,11 @@
-"""`vitserve classify ARTIFACT IMAGE...`: classify image files with an artifact, without a server."""
+"""`vitserve classify ARTIFACT IMAGE...`: classify image files with an artifact, without a server. The artifact's
+proof is re-run first, as the server does, and a runtime that fails it is an error."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from vitserve import runtimes
@@ -18,8 +20,20 @@ def run(args: argparse.Namespace) -> int:
     from vitserve.preprocess import IMAGE_SUFFIXES, decode_image, draft_side, find_images, transform
     from vitserve.scores import softmax, top_k
 
-    name = runtimes.resolve(args.artifact, args.backend)
-    model = runtimes.load(args.artifact, name, precision=args.precision, device=runtimes.info(name).local_device)
+    if args.backend == runtimes.AUTO and args.precision == runtimes.AUTO:
+        from vitserve.runtimes.choose import choose
+
+        model, choice = choose(args.artifact, local=True)
+        print(f"backend: {choice['chosen']}, {choice['why']}", file=sys.stderr)
+        if choice["proof"] is not None and not choice["proof"]["passed"]:
+            raise VitServeError(choice["proof"]["reason"])
+    else:
+        name = runtimes.resolve(args.artifact, args.backend)
+        model = runtimes.load(args.artifact, name, precision=args.precision,
+                              device=runtimes.info(name).local_device)
+        report = model.check_proof()
+        if report is not None and not report["passed"]:
+            raise VitServeError(report["reason"])
     manifest = model.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
     paths = [p for given in map(Path, args.images) for p in (find_images(given) if given.is_dir() else [given])]
@@ -55,7 +69,8 @@ def add(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--backend", default="auto", choices=[runtimes.AUTO, *runtimes.NAMES],
-                   help="default auto: the backend the artifact was exported for")
+                   help="default auto: with --precision auto, the fastest backend and precision here that runs the "
+                   "artifact and passes its proof; else the backend the artifact was exported for")
     p.add_argument("--precision", default="auto", choices=runtimes.PRECISIONS, help="openvino only")
     p.add_argument("--fast-jpeg", action="store_true", help=FAST_JPEG_HELP)
     p.set_defaults(func=run)
