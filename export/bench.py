@@ -3,6 +3,11 @@
 Runners take turns within every round (the order rotates each round), so a machine that slows down mid-run slows
 all of them alike; each figure is the median (and p90) over the rounds. Writes bench.json and bench.png (images/s
 per runner and batch size) to the output directory and prints a table with the ratios against timm eager.
+
+With `peers`, the runners a user would otherwise pick by hand for the same model join the same rounds (OpenVINO
+converted from the timm model and compiled with its defaults, onnxruntime on a plain torch.onnx.export of it,
+torch.compile with its defaults), and so does the runtime `--backend auto --precision auto` chooses for the
+artifact here ("vitserve auto"), whose ratio to the fastest peer is reported: what choosing buys, or costs.
 """
 
 from __future__ import annotations
@@ -34,12 +39,7 @@ def eager_runner(artifact: Path, threads: int | None) -> Callable[[np.ndarray], 
     speed does not depend on them)."""
     import torch
 
-    from vitserve.models.architectures import registered_timm
-
-    timm = registered_timm()
-    manifest = read_manifest(artifact)
-    kwargs = dict(manifest.weights.get("timm_kwargs") or {}, num_classes=manifest.num_classes)
-    model = timm.create_model(manifest.architecture, pretrained=False, **kwargs).eval()
+    model = _timm_model(read_manifest(artifact))
     if threads:
         torch.set_num_threads(threads)
 
@@ -48,6 +48,68 @@ def eager_runner(artifact: Path, threads: int | None) -> Callable[[np.ndarray], 
             return model(torch.from_numpy(x))
 
     return run
+
+
+def peer_runners(artifact: Path, threads: int | None, max_batch: int) -> dict[str, Callable[[np.ndarray], Any]]:
+    """What a user would run by hand for the artifact's architecture (timm's model, random weights), each with its
+    library's defaults: OpenVINO converted from PyTorch, onnxruntime on a plain torch.onnx.export (no rewrite),
+    torch.compile."""
+    import tempfile
+
+    import onnxruntime
+    import openvino as ov
+    import torch
+
+    from vitserve.export.onnx import export_onnx
+
+    manifest = read_manifest(artifact)
+    model = _timm_model(manifest)
+    shape = tuple(manifest.input.shape[1:])
+    if threads:
+        torch.set_num_threads(threads)
+    runners: dict[str, Callable[[np.ndarray], Any]] = {}
+
+    core = ov.Core()
+    with torch.no_grad():
+        converted = ov.convert_model(model, example_input=torch.zeros(2, *shape))
+    converted.reshape([-1, *shape])
+    compiled = core.compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    runners[f"peer: OpenVINO from timm ({precision.get_type_name()})"] = lambda x: compiled(x)[0]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plain.onnx"
+        export_onnx(model, shape, path, max_batch=max_batch, opset=18)
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    runners["peer: onnxruntime, plain export"] = lambda x: session.run(None, {name: x})[0]
+
+    compiled_model = torch.compile(model)
+
+    def run_compiled(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return compiled_model(torch.from_numpy(x))
+
+    runners["peer: torch.compile"] = run_compiled
+    return runners
+
+
+def auto_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[[np.ndarray], Any]]:
+    """The runtime `vitserve serve` (--backend auto --precision auto) chooses for the artifact on this machine."""
+    from vitserve.runtimes.choose import choose
+
+    runtime, choice = choose(artifact, threads=threads, local=True)
+    return f"vitserve auto ({choice['chosen']})", runtime
+
+
+def _timm_model(manifest):
+    from vitserve.models.architectures import registered_timm
+
+    kwargs = dict(manifest.weights.get("timm_kwargs") or {}, num_classes=manifest.num_classes)
+    return registered_timm().create_model(manifest.architecture, pretrained=False, **kwargs).eval()
 
 
 def artifact_runner(artifact: Path, threads: int | None) -> tuple[str, Callable[[np.ndarray], Any]]:
@@ -104,12 +166,18 @@ def export_cpu_package(built, out: Path, dtype: str, batch_sizes: list[int], *, 
 
 
 def runners_for(artifact: Path, backends: list[str], precisions: list[str], threads: int | None,
-                eager: bool, also: list[Path] = ()) -> dict[str, Callable[[np.ndarray], Any]]:
+                eager: bool, also: list[Path] = (), peers: bool = False,
+                max_batch: int = 1) -> dict[str, Callable[[np.ndarray], Any]]:
     """timm eager, the artifact in each of `backends` x `precisions` that can run it (in the backend it was made
-    for when none of them can: a torch package), and each `also` artifact in its own backend."""
+    for when none of them can: a torch package), each `also` artifact in its own backend, and with `peers` the
+    peers and vitserve's own choice (peer_runners, auto_runner)."""
     runners: dict[str, Callable[[np.ndarray], Any]] = {}
     if eager:
         runners["timm eager (PyTorch)"] = eager_runner(artifact, threads)
+    if peers:
+        runners.update(peer_runners(artifact, threads, max_batch))
+        label, model = auto_runner(artifact, threads)
+        runners[label] = model
     manifest = read_manifest(artifact)
     able = [b for b in backends if runtimes.info(b).can_run(manifest)]  # onnxruntime cannot run an OpenVINO IR
     if not able or "torch" in able:  # its own backend; a torch package runs at the precision it was compiled for
@@ -145,11 +213,12 @@ def bench_artifact(
     threads: int | None = None,
     eager: bool = True,
     also: list[Path] = (),
+    peers: bool = False,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     manifest = read_manifest(artifact)
-    runners = runners_for(artifact, backends, precisions, threads, eager, also)
+    runners = runners_for(artifact, backends, precisions, threads, eager, also, peers, max(batch_sizes))
     shape = manifest.input.shape[1:]
     times: dict[tuple[str, int], list[float]] = {}
     with tqdm(total=len(batch_sizes) * rounds * len(runners), desc="bench", unit="run") as bar:
@@ -173,6 +242,13 @@ def bench_artifact(
     for r in results:
         if r["batch"] in baseline:
             r["vs_eager"] = r["images_per_s"] / baseline[r["batch"]]
+    for batch in {r["batch"] for r in results}:  # vitserve's choice against the fastest peer
+        peer = max((r for r in results if r["batch"] == batch and r["runner"].startswith("peer: ")),
+                   key=lambda r: r["images_per_s"], default=None)
+        for r in results:
+            if peer is not None and r["batch"] == batch and r["runner"].startswith("vitserve auto"):
+                r["vs_fastest_peer"] = r["images_per_s"] / peer["images_per_s"]
+                r["fastest_peer"] = peer["runner"]
     report = {"model": manifest.name, "architecture": manifest.architecture, "artifact": str(artifact),
               "machine": machine.summary(), "threads": threads, "rounds": rounds,
               "results": results}
@@ -210,6 +286,8 @@ def format_table(report: dict[str, Any]) -> str:
     rows = ["| runner | batch | median ms | p90 ms | images/s | vs timm eager |", "|---|---|---|---|---|---|"]
     for r in sorted(report["results"], key=lambda r: (r["batch"], r["runner"])):
         ratio = f"{r['vs_eager']:.2f}x" if "vs_eager" in r else "-"
+        if "vs_fastest_peer" in r:
+            ratio += f", {r['vs_fastest_peer']:.2f}x the fastest peer"
         rows.append(f"| {r['runner']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
                     f"{r['images_per_s']:.1f} | {ratio} |")
     return "\n".join(rows)

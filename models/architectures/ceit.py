@@ -12,7 +12,6 @@ layer-wise class-token attention block (LCA), in which only the last block's cla
 from __future__ import annotations
 
 import torch
-from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -114,11 +113,7 @@ class CeiT(layers.Classifier):
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, side) for _ in range(depth))
         self.lca = LayerClassAttention(embed_dim, num_heads, mlp_ratio)
         self.pos_layer_embed = nn.Parameter(torch.zeros(1, depth, embed_dim))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
-        self.apply(layers.init_weights)
+        self.add_norm_and_head(embed_dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised output of the class-token attention, (B, 1, width)."""

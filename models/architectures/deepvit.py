@@ -12,7 +12,6 @@ the re-generated maps by the attention scale. The official eval transform uses 0
 from __future__ import annotations
 
 import torch
-from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -23,7 +22,6 @@ from vitserve.models.architectures.layers import (
     Mlp,
     attend,
     checkpoint_filter_fn,
-    init_weights,
     official_cfg,
     register_variants,
 )
@@ -86,11 +84,7 @@ class DeepViT(Classifier):
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, i >= depth - re_attention_blocks, scale_maps, adjust)
             for i in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_weights)
+        self.add_norm_and_head(embed_dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.through_blocks(self.patch_embed(x).flatten(2).transpose(1, 2))

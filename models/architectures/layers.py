@@ -91,6 +91,15 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def add_norm_and_head(self, embed_dim: int, num_classes: int) -> None:
+        """The final LayerNorm (eps 1e-6) and the classifier, registered after the blocks as the official models do,
+        then the official initialization: truncated normal position embeddings and class token, init_weights."""
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_weights)
+
     def through_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
         """A plain ViT's trunk (T2T-ViT, LV-ViT, DeepViT): the class token ahead of `tokens`, the position
         embeddings, every block, the final norm."""

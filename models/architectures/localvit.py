@@ -13,7 +13,6 @@ and the gate's reduction.
 from __future__ import annotations
 
 import torch
-from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -87,11 +86,7 @@ class LocalViT(layers.Classifier):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, side * side + 1, embed_dim))
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, reduction, side) for _ in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
-        self.apply(layers.init_weights)
+        self.add_norm_and_head(embed_dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.through_blocks(self.patch_embed.proj(x).flatten(2).transpose(1, 2))

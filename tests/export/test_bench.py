@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli, run_cli_here
 
 
@@ -44,3 +46,42 @@ def test_eager_baseline_of_an_artifact_of_a_ported_architecture(tmp_path, digits
     (artifact / "vitserve.json").write_text(json.dumps(manifest))
     logits = eager_runner(artifact, threads=1)(np.zeros((1, 3, 224, 224), dtype=np.float32))
     assert tuple(logits.shape) == (1, 10)
+
+
+@pytest.mark.slow  # torch.compile
+def test_peers_and_vitserves_choice_in_the_same_rounds(tmp_path, digits_artifact):
+    """--peers: what a user would pick by hand for the same model, and the runtime `serve` chooses, timed beside the
+    rest; the choice's ratio is to the fastest peer at each batch size, as the figures themselves give it."""
+    out = tmp_path / "bench"
+    result = run_cli("bench", str(digits_artifact), "--peers", "--no-eager", "--backends", "onnxruntime",
+                     "--batch-sizes", "1,2", "--rounds", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "bench.json").read_text())["results"]
+    runners = {r["runner"] for r in results}
+    assert {"peer: onnxruntime, plain export", "peer: torch.compile"} <= runners
+    assert any(r.startswith("peer: OpenVINO from timm (") for r in runners)
+    for batch in (1, 2):
+        rows = [r for r in results if r["batch"] == batch]
+        fastest = max((r for r in rows if r["runner"].startswith("peer: ")), key=lambda r: r["images_per_s"])
+        (auto,) = [r for r in rows if r["runner"].startswith("vitserve auto (")]
+        assert auto["fastest_peer"] == fastest["runner"]
+        assert auto["vs_fastest_peer"] == pytest.approx(auto["images_per_s"] / fastest["images_per_s"])
+    assert "the fastest peer |" in result.stdout
+
+
+@pytest.mark.slow  # torch.compile
+def test_the_peers_run_the_same_model(digits_artifact):
+    """Each peer runs the one timm model it was given (random weights), so that the timings compare like with like:
+    onnxruntime's plain export and torch.compile agree to float32 rounding, OpenVINO (at its default precision,
+    bf16 where the CPU has it) in direction."""
+    import numpy as np
+
+    from vitserve.export.bench import peer_runners
+    from vitserve.proof import compare
+
+    peers = peer_runners(digits_artifact, None, max_batch=4)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    outputs = {name.split(" (")[0]: np.asarray(run(x), dtype=np.float32) for name, run in peers.items()}
+    compiled = outputs["peer: torch.compile"]
+    assert compare(compiled, outputs["peer: onnxruntime, plain export"])["max_abs_diff"] < 1e-4
+    assert compare(compiled, outputs["peer: OpenVINO from timm"])["min_cosine"] > 0.99

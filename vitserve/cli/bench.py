@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         also = packages + also
     report = bench_artifact(artifact, out, backends=args.backends, precisions=args.precisions,
                             batch_sizes=args.batch_sizes, rounds=args.rounds, threads=args.threads,
-                            eager=not args.no_eager, also=also)
+                            eager=not args.no_eager, also=also, peers=args.peers)
     print(f"{report['model']} on {report['machine']}, threads {args.threads or 'all'}, median of {args.rounds} "
           "rounds\n")
     print(format_table(report))
@@ -53,6 +53,9 @@ def add(sub) -> None:
     p.add_argument("--rounds", type=int, default=10, help="timed runs of each runner per batch size (default 10)")
     p.add_argument("--threads", type=int, default=None, help="threads for every runner (default: all cores)")
     p.add_argument("--no-eager", action="store_true", help="skip the timm eager baseline (no torch needed)")
+    p.add_argument("--peers", action="store_true", help="also time what a user would pick by hand (OpenVINO "
+                   "converted from timm, onnxruntime on a plain export, torch.compile) and the runtime `serve` "
+                   "chooses here (`vitserve auto`), with its ratio to the fastest peer")
     p.add_argument("--also", nargs="+", default=[], metavar="ARTIFACT", help="more artifacts of the same model "
                    "in the same rounds, each in the backend it was made for (e.g. the int8 ones from "
                    "`vitserve quantize`)")
