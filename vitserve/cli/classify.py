@@ -1,5 +1,6 @@
-"""`vitserve classify ARTIFACT IMAGE...`: classify image files with an artifact, without a server. The artifact's
-proof is re-run first, as the server does, and a runtime that fails it is an error."""
+"""`vitserve classify ARTIFACT SRC...`: classify image files with an artifact, without a server: printed, or with
+`--out FILE.jsonl|.parquet` streamed to a file that `--resume` continues (vitserve/bulk.py). The artifact's proof is
+re-run first, as the server does, and a runtime that fails it is an error."""
 
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vitserve.artifact import read_labels
-    from vitserve.preprocess import IMAGE_SUFFIXES, decode_image, draft_side, find_images, transform
+    from vitserve.bulk import FORMATS, classify_to_file, expand_sources
+    from vitserve.preprocess import IMAGE_SUFFIXES, decode_image, draft_side, transform
     from vitserve.scores import softmax, top_k
 
+    if (args.resume or args.batch) and not args.out:
+        raise VitServeError("--resume and --batch go with --out FILE")
+    if args.out and Path(args.out).suffix not in FORMATS:
+        raise VitServeError(f"--out {args.out}: write .jsonl or .parquet")
     if args.backend == runtimes.AUTO and args.precision == runtimes.AUTO:
         from vitserve.runtimes.choose import choose
 
@@ -36,9 +42,16 @@ def run(args: argparse.Namespace) -> int:
             raise VitServeError(report["reason"])
     manifest = model.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
-    paths = [p for given in map(Path, args.images) for p in (find_images(given) if given.is_dir() else [given])]
+    paths = expand_sources(args.images)
     if not paths:
         raise VitServeError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(args.images)}")
+    if args.out:
+        summary = classify_to_file(model, manifest, labels, paths, Path(args.out), k=args.top_k, resume=args.resume,
+                                   batch=args.batch, fast_jpeg=args.fast_jpeg)
+        skipped = f", {summary['skipped']} were there already" if summary["skipped"] else ""
+        print(f"wrote {summary['images']} images to {summary['out']} ({summary['errors']} unreadable{skipped})")
+        return 0
+
     min_side = draft_side(manifest.preprocess) if args.fast_jpeg else None
 
     def read(path: Path) -> np.ndarray:
@@ -65,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
 def add(sub) -> None:
     p = sub.add_parser("classify", help="classify image files with an artifact, without a server")
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")
-    p.add_argument("images", nargs="+", help="image files, or folders of them (searched to any depth)")
+    p.add_argument("images", nargs="+", metavar="SRC", help="image files, folders of them (searched to any depth), "
+                   "glob patterns ('photos/**/*.jpg'), or list files (.txt, .lst: one path per line)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--backend", default="auto", choices=[runtimes.AUTO, *runtimes.NAMES],
@@ -73,4 +87,10 @@ def add(sub) -> None:
                    "artifact and passes its proof; else the backend the artifact was exported for")
     p.add_argument("--precision", default="auto", choices=runtimes.PRECISIONS, help="openvino only")
     p.add_argument("--fast-jpeg", action="store_true", help=FAST_JPEG_HELP)
+    p.add_argument("--out", metavar="FILE", help="stream the results to FILE.jsonl or FILE.parquet (pyarrow), one "
+                   "row per image, unreadable images as rows with their error, progress on stderr")
+    p.add_argument("--resume", action="store_true", help="with --out: continue an interrupted run, skipping the "
+                   "images already in FILE")
+    p.add_argument("--batch", type=int, metavar="N", help="with --out: images per model call (default: the "
+                   "artifact's max_batch)")
     p.set_defaults(func=run)
