@@ -16,7 +16,7 @@ PACKAGE_DIRS = {"vitserve": "vitserve", "models": "vitserve.models", "export": "
 # the layer of a module: the longest prefix listed; anything else under vitserve is the core
 LAYER_PREFIXES = {"vitserve.kernels": "kernels", "vitserve.runtimes": "runtimes", "vitserve.models": "models",
                   "vitserve.export": "export", "vitserve.server": "server", "vitserve.cli": "cli",
-                  "vitserve.__main__": "cli"}
+                  "vitserve.__main__": "cli", "vitserve.ray": "ray"}
 MAY_IMPORT = {
     "core": {"core"},
     "kernels": {"core", "kernels"},
@@ -24,7 +24,8 @@ MAY_IMPORT = {
     "models": {"core", "kernels", "models"},
     "export": {"core", "kernels", "runtimes", "models", "export"},
     "server": {"core", "runtimes", "server"},
-    "cli": {"core", "kernels", "runtimes", "models", "export", "server", "cli"},
+    "ray": {"core", "runtimes", "ray"},  # Ray Data's predictor: runs artifacts, like the server
+    "cli": {"core", "kernels", "runtimes", "models", "export", "server", "ray", "cli"},
 }
 # libraries that the serving install does not have: the core and the server never import them; among the runtimes
 # only the torch runtime imports torch (when that runtime is chosen)

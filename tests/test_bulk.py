@@ -13,7 +13,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ROOT, run_cli_here
+from tests.conftest import ROOT, run_cli, run_cli_here
 from vitserve import runtimes
 from vitserve.artifact import read_labels
 from vitserve.bulk import classify_to_file, done_paths, expand_sources
@@ -104,7 +104,7 @@ def test_parquet_has_a_row_per_image(digits_artifact, images, tmp_path):
 
 def test_cli_options_that_need_out(digits_artifact):
     result = run_cli_here("classify", str(digits_artifact), str(EXAMPLES), "--resume")
-    assert result.returncode == 1 and "--resume and --batch go with --out FILE" in result.stderr
+    assert result.returncode == 1 and "--resume, --batch and --ray go with --out FILE" in result.stderr
     result = run_cli_here("classify", str(digits_artifact), str(EXAMPLES), "--out", "x.csv")
     assert result.returncode == 1 and "write .jsonl or .parquet" in result.stderr
 
@@ -132,3 +132,32 @@ def test_killed_midway_and_resumed_every_image_once(digits_artifact, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1500 and len({r["path"] for r in rows}) == 1500
     assert all(r["top_k"][0]["label"] == r["path"][-5] for r in rows)  # 0007.png is a 7
+
+
+@pytest.mark.slow  # a Ray instance
+def test_ray_gives_the_answers_of_the_local_run(digits_artifact, images, tmp_path):
+    """`classify --ray` on a local Ray instance with 2 workers (vitserve.ray.Classifier in map_batches): every
+    image once, the same labels and scores as the run in one process, the unreadable file and a missing one as
+    rows with their errors."""
+    sources = [str(images), str(tmp_path / "gone.png")]
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    common = ["--backend", "onnxruntime", "--top-k", "3"]
+    result = run_cli("classify", str(digits_artifact), *sources, "--out", str(local), *common)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("classify", str(digits_artifact), *sources, "--out", str(on_ray), "--ray", "--workers", "2",
+                     "--batch", "8", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wrote 32 images" in result.stdout and "(2 unreadable)" in result.stdout
+
+    def rows(path):
+        return {r["path"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+    here, there = rows(local), rows(on_ray)
+    assert set(here) == set(there) and len(there) == 32
+    for path, row in here.items():
+        if "error" in row:
+            assert "error" in there[path]
+        else:
+            assert [c["index"] for c in there[path]["top_k"]] == [c["index"] for c in row["top_k"]]
+            assert [c["score"] for c in there[path]["top_k"]] == pytest.approx([c["score"] for c in row["top_k"]],
+                                                                               abs=1e-6)

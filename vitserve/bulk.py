@@ -135,7 +135,26 @@ def _batches(paths: list[Path], size: int, decode: Callable) -> Iterator[tuple]:
 def classify_to_file(model: Callable[[np.ndarray], np.ndarray], manifest: Manifest, labels: list[str],
                      paths: list[Path], out: Path, *, k: int = 5, resume: bool = False, batch: int | None = None,
                      fast_jpeg: bool = False, workers: int | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Classifies `paths` into `out` (.jsonl or .parquet); returns {"images", "skipped", "errors", "out"}."""
+    """Classifies `paths` into `out` (.jsonl or .parquet) here; returns {"images", "skipped", "errors", "out"}."""
+    size = batch or manifest.max_batch
+    if not 1 <= size <= manifest.max_batch:
+        raise VitServeError(f"--batch {size}: the artifact runs 1 to {manifest.max_batch} images at a time")
+    min_side = draft_side(manifest.preprocess) if fast_jpeg else None
+
+    def produce(todo: list[Path]) -> Iterator[list[dict[str, Any]]]:
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for read, pixels, failed in _batches(todo, size, lambda chunk: _decode(chunk, manifest, min_side, pool)):
+                rows = [{"path": str(p), "error": message} for p, message in failed]
+                if pixels is not None:
+                    rows += [{"path": str(path), "top_k": classes}
+                             for path, classes in zip(read, top_k(softmax(model(pixels)), labels, k))]
+                yield rows
+
+    return write_results(out, paths, produce, resume=resume, show_progress=show_progress)
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """VitServeError for an --out that cannot be written as asked (before any model is loaded)."""
     if out.suffix not in FORMATS:
         raise VitServeError(f"--out {out}: write .jsonl or .parquet")
     if out.suffix == ".parquet":
@@ -147,26 +166,27 @@ def classify_to_file(model: Callable[[np.ndarray], np.ndarray], manifest: Manife
     if not resume and (stream.exists() or out.exists()):
         raise VitServeError(f"{stream if stream.exists() else out} exists: pass --resume to continue it, or remove "
                             "it to start again")
+
+
+def write_results(out: Path, paths: list[Path], produce: Callable[[list[Path]], Iterable[list[dict[str, Any]]]],
+                  *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """The rows `produce` gives for the images of `paths` not yet in `out` (with `resume`), appended to the
+    stream file as each group arrives; then the parquet file, for .parquet. Returns the summary."""
+    check_out(out, resume)
+    stream = stream_path(out)
     done = done_paths(stream) if resume else set()
     todo = [p for p in paths if str(p) not in done]
-    size = batch or manifest.max_batch
-    if not 1 <= size <= manifest.max_batch:
-        raise VitServeError(f"--batch {size}: the artifact runs 1 to {manifest.max_batch} images at a time")
-    min_side = draft_side(manifest.preprocess) if fast_jpeg else None
     progress = Progress(len(todo), len(paths) - len(todo)) if show_progress else None
     errors = 0
     stream.parent.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, open(stream, "a") as f:
-        for read, pixels, failed in _batches(todo, size, lambda chunk: _decode(chunk, manifest, min_side, pool)):
-            lines = [{"path": str(p), "error": message} for p, message in failed]
-            if pixels is not None:
-                for path, classes in zip(read, top_k(softmax(model(pixels)), labels, k)):
-                    lines.append({"path": str(path), "top_k": classes})
-            f.write("".join(json.dumps(line) + "\n" for line in lines))
+    with open(stream, "a") as f:
+        for rows in produce(todo):
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
             f.flush()
-            errors += len(failed)
+            failed = sum("error" in row for row in rows)
+            errors += failed
             if progress:
-                progress.update(len(read) + len(failed), len(failed))
+                progress.update(len(rows), failed)
     if progress:
         progress.close()
     if out.suffix == ".parquet":

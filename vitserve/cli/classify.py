@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from vitserve import runtimes
@@ -18,14 +19,22 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vitserve.artifact import read_labels
-    from vitserve.bulk import FORMATS, classify_to_file, expand_sources
+    from vitserve.bulk import check_out, classify_to_file, expand_sources, write_results
     from vitserve.preprocess import IMAGE_SUFFIXES, decode_image, draft_side, transform
     from vitserve.scores import softmax, top_k
 
-    if (args.resume or args.batch) and not args.out:
-        raise VitServeError("--resume and --batch go with --out FILE")
-    if args.out and Path(args.out).suffix not in FORMATS:
-        raise VitServeError(f"--out {args.out}: write .jsonl or .parquet")
+    if (args.resume or args.batch or args.ray is not None) and not args.out:
+        raise VitServeError("--resume, --batch and --ray go with --out FILE")
+    if args.out:
+        check_out(Path(args.out), args.resume)
+    if args.ray is not None:
+        from vitserve.ray import classify_on_ray
+
+        paths = expand_sources(args.images)
+        rows = partial(classify_on_ray, args.artifact, k=args.top_k, batch=args.batch or 32,
+                       address=args.ray or None, concurrency=args.workers, backend=args.backend,
+                       precision=args.precision)
+        return _summary(write_results(Path(args.out), paths, rows, resume=args.resume))
     if args.backend == runtimes.AUTO and args.precision == runtimes.AUTO:
         from vitserve.runtimes.choose import choose
 
@@ -46,11 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise VitServeError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(args.images)}")
     if args.out:
-        summary = classify_to_file(model, manifest, labels, paths, Path(args.out), k=args.top_k, resume=args.resume,
-                                   batch=args.batch, fast_jpeg=args.fast_jpeg)
-        skipped = f", {summary['skipped']} were there already" if summary["skipped"] else ""
-        print(f"wrote {summary['images']} images to {summary['out']} ({summary['errors']} unreadable{skipped})")
-        return 0
+        return _summary(classify_to_file(model, manifest, labels, paths, Path(args.out), k=args.top_k,
+                                         resume=args.resume, batch=args.batch, fast_jpeg=args.fast_jpeg))
 
     min_side = draft_side(manifest.preprocess) if args.fast_jpeg else None
 
@@ -75,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(summary: dict) -> int:
+    skipped = f", {summary['skipped']} were there already" if summary["skipped"] else ""
+    print(f"wrote {summary['images']} images to {summary['out']} ({summary['errors']} unreadable{skipped})")
+    return 0
+
+
 def add(sub) -> None:
     p = sub.add_parser("classify", help="classify image files with an artifact, without a server")
     p.add_argument("artifact", help="artifact directory written by `vitserve export`")
@@ -92,5 +104,9 @@ def add(sub) -> None:
     p.add_argument("--resume", action="store_true", help="with --out: continue an interrupted run, skipping the "
                    "images already in FILE")
     p.add_argument("--batch", type=int, metavar="N", help="with --out: images per model call (default: the "
-                   "artifact's max_batch)")
+                   "artifact's max_batch; with --ray, 32 per Ray batch)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="with --out: classify on a Ray cluster "
+                   "(ADDRESS, e.g. ray://head:10001; none: a Ray instance started here), each worker loading the "
+                   "artifact once (vitserve.ray.Classifier); needs 'vitserve[ray]'")
+    p.add_argument("--workers", type=int, metavar="N", help="with --ray: Ray workers (default: one per two CPUs)")
     p.set_defaults(func=run)
