@@ -164,6 +164,17 @@ def test_protocols_benchmark_runs(digits_artifact):
                     "| V2 REST (tritonclient.http)", "| V2 gRPC (tritonclient.grpc)"], done.stdout
 
 
+@pytest.mark.slow  # a live server
+def test_bulk_benchmark_runs(digits_artifact):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bulk.py"), str(digits_artifact), "--images",
+                           "16", "--rounds", "1", "--per-request", "4", "--concurrency", "2"],
+                          capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ")[0] for line in done.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert rows == ["| vitserve classify --out (bulk)", "| vitserve serve, POST /classify (4 per request, 2 clients)",
+                    "| plain loop, one image at a time"], done.stdout
+
+
 # the runs whose tables README and docs/ show: benchmarks/results/ files, one run (one card) each
 README_RUNS = [("gpu_swin_h200.json", "gpu_swin_h200_cudagraphs.json"),
                ("gpu_swin_h100-2026-11-27-swin.json", "gpu_swin_h100-2026-11-27-vit.json",
