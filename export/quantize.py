@@ -28,7 +28,6 @@ import random
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,18 +106,11 @@ def evaluate(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | 
 
 def time_against_fp32(fp32: Callable[[np.ndarray], np.ndarray], int8: Callable[[np.ndarray], np.ndarray],
                       x: np.ndarray, rounds: int = SPEED_ROUNDS) -> dict[str, Any]:
-    """Median milliseconds per call of each on the batch `x`, the calls interleaved (which goes first alternates per
-    round), so that both see the same machine load; `speedup` is fp32's time over int8's."""
-    for _ in range(2):
-        fp32(x), int8(x)
-    times: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for i in range(rounds):
-        order = (("fp32", fp32), ("int8", int8)) if i % 2 == 0 else (("int8", int8), ("fp32", fp32))
-        for name, run in order:
-            started = time.perf_counter()
-            run(x)
-            times[name].append(time.perf_counter() - started)
-    fp32_ms, int8_ms = (statistics.median(times[name]) * 1e3 for name in ("fp32", "int8"))
+    """Median milliseconds per call of each on the batch `x`, the calls interleaved (machine.time_interleaved: which
+    goes first alternates per round), so that both see the same machine load; `speedup` is fp32's time over
+    int8's."""
+    fp32_times, int8_times = machine.time_interleaved([fp32, int8], x, rounds)
+    fp32_ms, int8_ms = (statistics.median(times) * 1e3 for times in (fp32_times, int8_times))
     return {"batch": len(x), "rounds": rounds, "fp32_ms": round(fp32_ms, 3), "int8_ms": round(int8_ms, 3),
             "speedup": round(fp32_ms / int8_ms, 3)}
 

@@ -1,10 +1,12 @@
 """What the CPU here is and which of the instruction sets that decide int8 and bf16 speed it has: recorded beside
 every timing (`vitserve bench`, `vitserve quantize`'s speed gate), since the same artifact is fast on one CPU and
-slow on the next."""
+slow on the next; and how runners are timed against each other on it (time_interleaved)."""
 
 from __future__ import annotations
 
 import platform
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # /proc/cpuinfo flags that change which precision is fastest: AVX-512 and its VNNI (int8 dot products) and BF16,
@@ -45,3 +47,18 @@ def summary() -> str:
     """One line for messages: "x86_64, AMD EPYC (avx2 fma)"."""
     flags = " ".join(isa_flags()) or "no AVX2"
     return f"{platform.machine()}, {cpu_name()} ({flags})"
+
+
+def time_interleaved(runners: Sequence[Callable], x, rounds: int, warm_calls: int = 2) -> list[list[float]]:
+    """Seconds per call of each runner on `x`: `warm_calls` each first, then `rounds` rounds in which every runner
+    runs once, the order rotating (for two runners: alternating), so that all see the same machine load."""
+    for runner in runners:
+        for _ in range(warm_calls):
+            runner(x)
+    times: list[list[float]] = [[] for _ in runners]
+    for r in range(rounds):
+        for i in [(r + k) % len(runners) for k in range(len(runners))]:
+            started = time.perf_counter()
+            runners[i](x)
+            times[i].append(time.perf_counter() - started)
+    return times

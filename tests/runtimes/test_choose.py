@@ -9,7 +9,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from tests.conftest import ROOT, run_cli_here
-from vitserve.runtimes.choose import ROUNDS, _time, candidates, choose
+from vitserve.machine import time_interleaved
+from vitserve.runtimes.choose import ROUNDS, candidates, choose
 from vitserve.runtimes.openvino import cpu_supports_bf16
 from vitserve.server.app import create_app
 from vitserve.server.settings import Settings
@@ -48,7 +49,8 @@ def test_timing_interleaves_and_measures_each_runner():
             time.sleep(seconds)
         return run
 
-    times = _time([runner("a", 0.01), runner("b", 0.001), runner("c", 0.005)], torch.zeros(1).numpy(), rounds=3)
+    runners = [runner("a", 0.01), runner("b", 0.001), runner("c", 0.005)]
+    times = time_interleaved(runners, torch.zeros(1).numpy(), rounds=3)
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up
     assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # the order rotates every round
     assert all(len(t) == 3 for t in times)

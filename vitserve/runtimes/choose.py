@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from vitserve.artifact import read_manifest
 from vitserve.errors import ArtifactError
+from vitserve.machine import time_interleaved
 from vitserve.runtimes import AUTO, RUNTIMES, load, made_for
 from vitserve.runtimes.base import Runtime
 
@@ -79,9 +79,10 @@ def choose(artifact_dir: str | Path, *, threads: int | None = None, device: str 
                "the only one of the runtimes here that ran the artifact and passed its proof")
         return runtime, {"chosen": runtime.description, "why": why, "candidates": rows, "proof": report}
 
-    size = min(batch, read_manifest(artifact_dir).max_batch)
-    x = np.random.default_rng(0).standard_normal((size, *passing[0][0].manifest.input.shape[1:]), dtype=np.float32)
-    times = _time([runtime for runtime, _, _ in passing], x, rounds)
+    manifest = passing[0][0].manifest
+    size = min(batch, manifest.max_batch)
+    x = np.random.default_rng(0).standard_normal((size, *manifest.input.shape[1:]), dtype=np.float32)
+    times = time_interleaved([runtime for runtime, _, _ in passing], x, rounds, WARM_CALLS)
     for (_, _, row), seconds in zip(passing, times):
         row["ms"] = round(statistics.median(seconds) * 1e3, 3)
     best = min(range(len(passing)), key=lambda i: passing[i][2]["ms"])
@@ -91,18 +92,3 @@ def choose(artifact_dir: str | Path, *, threads: int | None = None, device: str 
            f"ms per batch of {size} (median of {rounds} interleaved calls), against {others}")
     return runtime, {"chosen": runtime.description, "why": why, "batch": size, "rounds": rounds, "candidates": rows,
                      "proof": report}
-
-
-def _time(runners: list[Runtime], x: np.ndarray, rounds: int) -> list[list[float]]:
-    """Seconds per call of each runner on `x`: WARM_CALLS each first, then `rounds` rounds in which every runner
-    runs once, the order rotating, so that all see the same machine."""
-    for runner in runners:
-        for _ in range(WARM_CALLS):
-            runner(x)
-    times: list[list[float]] = [[] for _ in runners]
-    for r in range(rounds):
-        for i in [(r + k) % len(runners) for k in range(len(runners))]:
-            started = time.perf_counter()
-            runners[i](x)
-            times[i].append(time.perf_counter() - started)
-    return times
