@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitserve import proof
 from vitserve.artifact import Preprocess
 from vitserve.errors import ExportError
 from vitserve.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -69,11 +70,6 @@ def verification_inputs(preprocess: Preprocess) -> tuple[list[str], dict[str, to
     random_x = torch.randn(RANDOM_BATCH, *preprocess.input_size, generator=generator)
     photo_names, photo_x = sample_photos(preprocess)
     return photo_names, {"random": random_x, "photos": photo_x, "single_photo": photo_x[:1]}
-
-
-def in_chunks(run: Callable[[np.ndarray], np.ndarray], max_batch: int) -> Callable[[np.ndarray], np.ndarray]:
-    """`run` applied to at most max_batch images at a time, the outputs concatenated."""
-    return lambda x: np.concatenate([run(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
 
 
 def check_runner(run: Callable[[np.ndarray], np.ndarray], reference: nn.Module,
@@ -143,8 +139,7 @@ def run_artifact(folder: Path, runtime: str, inputs: dict[str, np.ndarray], *, d
     from vitserve import runtimes
 
     loaded = runtimes.load(folder, runtime, device=device, precision=precision)
-    run = in_chunks(loaded, loaded.manifest.max_batch)
-    return {name: run(x) for name, x in inputs.items()}, f"{loaded.description} ({loaded.version()})"
+    return proof.run(loaded, inputs, loaded.manifest.max_batch), f"{loaded.description} ({loaded.version()})"
 
 
 LOADED = "vitserve: artifact loaded"  # what the verification child prints once its runtime has loaded the artifact
@@ -168,9 +163,8 @@ def _child(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     loaded = runtimes.load(args.folder, args.runtime, device=args.device, precision=args.precision)
     print(LOADED, file=sys.stderr, flush=True)
-    run = in_chunks(loaded, loaded.manifest.max_batch)
     with np.load(args.inputs) as inputs:
-        logits = {name: run(inputs[name]) for name in inputs.files}
+        logits = proof.run(loaded, {name: inputs[name] for name in inputs.files}, loaded.manifest.max_batch)
     np.savez(args.outputs, **logits, **{RUNTIME_KEY: np.array(f"{loaded.description} ({loaded.version()})")})
 
 

@@ -96,6 +96,7 @@ def read(folder: Path, entry: dict[str, Any]) -> tuple[dict[str, np.ndarray], di
 
 
 def run(model, inputs: dict[str, np.ndarray], max_batch: int) -> dict[str, np.ndarray]:
-    """Every input set through `model` (a runtime), at most max_batch images per call."""
+    """Every input set through `model` (a runtime), at most max_batch images per call (as the server's batches),
+    the outputs concatenated: the export's verification and the proof at load both run artifacts this way."""
     return {name: np.concatenate([model(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
             for name, x in inputs.items()}
