@@ -38,16 +38,9 @@ class Classifier:
 
     def __init__(self, artifact: str, top_k: int = 5, backend: str = runtimes.AUTO,
                  precision: str = runtimes.AUTO):
-        if backend == runtimes.AUTO and precision == runtimes.AUTO:
-            from vitserve.runtimes.choose import choose
+        from vitserve.runtimes.choose import load_local
 
-            self.model, _ = choose(artifact, local=True)
-        else:
-            name = runtimes.resolve(artifact, backend)
-            self.model = runtimes.load(artifact, name, precision=precision, device=runtimes.info(name).local_device)
-        report = self.model.check_proof()
-        if report is not None and not report["passed"]:
-            raise VitServeError(report["reason"])
+        self.model, _ = load_local(artifact, backend, precision)
         self.manifest = self.model.manifest
         self.labels = read_labels(Path(artifact) / self.manifest.labels_file)
         self.k = top_k

@@ -35,20 +35,11 @@ def run(args: argparse.Namespace) -> int:
                        address=args.ray or None, concurrency=args.workers, backend=args.backend,
                        precision=args.precision)
         return _summary(write_results(Path(args.out), paths, rows, resume=args.resume))
-    if args.backend == runtimes.AUTO and args.precision == runtimes.AUTO:
-        from vitserve.runtimes.choose import choose
+    from vitserve.runtimes.choose import load_local
 
-        model, choice = choose(args.artifact, local=True)
+    model, choice = load_local(args.artifact, args.backend, args.precision)
+    if choice:
         print(f"backend: {choice['chosen']}, {choice['why']}", file=sys.stderr)
-        if choice["proof"] is not None and not choice["proof"]["passed"]:
-            raise VitServeError(choice["proof"]["reason"])
-    else:
-        name = runtimes.resolve(args.artifact, args.backend)
-        model = runtimes.load(args.artifact, name, precision=args.precision,
-                              device=runtimes.info(name).local_device)
-        report = model.check_proof()
-        if report is not None and not report["passed"]:
-            raise VitServeError(report["reason"])
     manifest = model.manifest
     labels = read_labels(Path(args.artifact) / manifest.labels_file)
     paths = expand_sources(args.images)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from vitserve.artifact import read_manifest
-from vitserve.errors import ArtifactError
+from vitserve.errors import ArtifactError, VitServeError
 from vitserve.machine import time_interleaved
-from vitserve.runtimes import AUTO, RUNTIMES, load, made_for
+from vitserve.runtimes import AUTO, RUNTIMES, info, load, made_for, resolve
 from vitserve.runtimes.base import Runtime
 
 log = logging.getLogger(__name__)
@@ -92,3 +92,20 @@ def choose(artifact_dir: str | Path, *, threads: int | None = None, device: str 
            f"ms per batch of {size} (median of {rounds} interleaved calls), against {others}")
     return runtime, {"chosen": runtime.description, "why": why, "batch": size, "rounds": rounds, "candidates": rows,
                      "proof": report}
+
+
+def load_local(artifact_dir: str | Path, backend: str = AUTO,
+               precision: str = AUTO) -> tuple[Runtime, dict[str, Any] | None]:
+    """A runtime for running the artifact outside the server (`vitserve classify`, a Ray worker): with `backend` and
+    `precision` both auto the one `choose` picks, else the one named on its local device; its proof held, a failing
+    one a VitServeError with the proof's reason. Returns the runtime and the choice (None for a named backend)."""
+    if backend == AUTO and precision == AUTO:
+        runtime, choice = choose(artifact_dir, local=True)
+        report = choice["proof"]
+    else:
+        name = resolve(artifact_dir, backend)
+        runtime, choice = load(artifact_dir, name, precision=precision, device=info(name).local_device), None
+        report = runtime.check_proof()
+    if report is not None and not report["passed"]:
+        raise VitServeError(report["reason"])
+    return runtime, choice
