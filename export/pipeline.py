@@ -136,7 +136,6 @@ class Job:
             raise VerificationError(f"the {result.what} does not match the PyTorch model: {failed}", report)
         return report
 
-
     def write_proof(self, result: Built) -> dict[str, Any]:
         """Two of the verification's random images and two of its photographs, with the fp32 reference model's
         logits for them, into the artifact (vitserve.proof; the inputs as float16, the logits computed from exactly
