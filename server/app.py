@@ -239,10 +239,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.add_middleware(LimitsAndMetrics, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log)
 
-    from vitserve.server.routes import ROUTERS
+    from vitserve.server.routes import ROUTERS, ui
 
     for router in ROUTERS:
         app.include_router(router)
+    if not settings.no_ui:
+        app.include_router(ui.router)
 
     def openapi() -> dict:
         """FastAPI's schema, made specific to the loaded model: its name and its V2 input names."""

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     allow_drift: bool = Field(False, description="serve even when the artifact's proof (a few inputs and the fp32 "
                               "model's answers, re-run here before serving) does not hold on this runtime and "
                               "device; /readyz, the log and vitserve_proof say so")
+    no_ui: bool = Field(False, description="leave out the try-it page (GET /: pick images, see their top classes; "
+                        "it calls POST /classify like any client)")
     drain_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: readiness fails at once, requests keep being "
                                  "read and served this long, then no new connections are accepted")
 

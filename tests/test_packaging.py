@@ -55,6 +55,13 @@ def test_grpc_protocol_is_in_the_wheel(wheel):
             "vitserve/server/kserve_grpc.py"} <= set(wheel)
 
 
+@with_wheel
+def test_try_it_page_is_in_the_wheel(wheel):
+    from vitserve.server.routes.ui import ASSETS
+
+    assert {f"vitserve/server/ui/{name}" for name in ("index.html", *ASSETS)} <= set(wheel)
+
+
 def _imported_after(code: str) -> list[str]:
     probe = f"""
 import sys

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitserve.artifact import Preprocess
 from vitserve.errors import PayloadTooLargeError, RequestError, VitServeError
@@ -73,7 +73,10 @@ def decode_image(data: bytes, max_pixels: int | None = None, min_side: int | Non
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's errors for unknown, corrupt, truncated data
+    except UnidentifiedImageError as e:  # PIL's own message names an in-memory object, which tells a client nothing
+        raise RequestError("not a readable image: its bytes begin like no image format the server reads (JPEG, "
+                           "PNG, WebP, GIF, BMP, TIFF, ...)") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's errors for corrupt, truncated data
         raise RequestError(f"not a readable image ({type(e).__name__}: {e})") from e
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -122,6 +122,7 @@ def test_container_answers_like_the_artifact_outside(container, digits_artifact,
         assert health.returncode == 0, health.stderr
         files = {"file": ("chelsea.jpg", io.BytesIO(photo.read_bytes()), "image/jpeg")}
         response = httpx.post(f"{server.url}/classify", params={"top_k": 10}, files=files, timeout=30)
+        page, script = (httpx.get(f"{server.url}{path}", timeout=10) for path in ("/", "/ui/app.js"))
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
             tensor = grpcclient.InferInput("images", [1], "BYTES")
             tensor.set_data_from_numpy(np.array([photo.read_bytes()], dtype=np.object_))
@@ -129,6 +130,7 @@ def test_container_answers_like_the_artifact_outside(container, digits_artifact,
     finally:
         server.stop()
     assert response.status_code == 200, response.text
+    assert page.status_code == 200 and script.status_code == 200 and "classify" in script.text  # the try-it page
     assert list(np.argsort(-logits, kind="stable")) == [p["index"] for p in expected]
     got = response.json()["results"][0]["predictions"]
     assert [p["index"] for p in got] == [p["index"] for p in expected]
