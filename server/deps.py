@@ -1,24 +1,46 @@
-"""Request dependencies: the loaded service, and the API key check."""
+"""Request dependencies: the model version a request goes to, and the API key check."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from pydantic import SecretStr
 
 from vitserve.errors import UnauthorizedError
-from vitserve.server.app import Service
 from vitserve.server.batching import ShuttingDownError
+from vitserve.server.repository import Repository
+from vitserve.server.service import Service
 
 
-def get_service(request: Request) -> Service:
-    service = request.app.state.service
-    if service is None or not service.ready:
-        raise ShuttingDownError(f"the model is not ready: {service.refused}" if service and service.refused else
-                                "the model is not ready")
+def get_repository(request: Request) -> Repository:
+    repository = request.app.state.repository
+    if repository is None or not repository.started:
+        raise ShuttingDownError("the server is not ready")
+    return repository
+
+
+def _resolve(request: Request, name: str | None, version: str | None) -> Service:
+    service = get_repository(request).resolve(name, version)
+    request.scope["state"]["served"] = (service.name, str(service.version))  # for the request metrics
     return service
+
+
+# Async generators, so that they run on the event loop: the chosen Service is counted as in use until the request is
+# answered (an unload waits for it).
+async def classify_service(request: Request, model: str | None = Query(
+        None, description="the model to ask; needed when the server serves several"), version: str | None = Query(
+        None, description="its version (default: the highest that serves)")) -> AsyncIterator[Service]:
+    with _resolve(request, model, version).serving() as service:
+        yield service
+
+
+async def v2_service(request: Request, name: str, version: str | None = None) -> AsyncIterator[Service]:
+    """The model and version of a /v2/models/{name}[/versions/{version}] path."""
+    with _resolve(request, name, version).serving() as service:
+        yield service
 
 
 def check_api_key(request: Request) -> None:
@@ -39,5 +61,7 @@ def api_key_matches(expected: SecretStr | None, x_api_key: str | None, authoriza
     return given is not None and secrets.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
-ServiceDep = Annotated[Service, Depends(get_service)]
+RepositoryDep = Annotated[Repository, Depends(get_repository)]
+ClassifyService = Annotated[Service, Depends(classify_service)]
+V2Service = Annotated[Service, Depends(v2_service)]
 Authorized = Depends(check_api_key)

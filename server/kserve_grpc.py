@@ -1,9 +1,11 @@
 """The KServe V2 / Open Inference Protocol over gRPC (`vitserve serve --grpc-port N`), beside the HTTP routes.
 
-One model, one batcher: gRPC requests join the same batches, limits, metrics and shutdown as HTTP ones. The service
-is `inference.GRPCInferenceService` (open_inference.proto): ServerLive, ServerReady, ModelReady, ServerMetadata,
-ModelMetadata, ModelInfer; beside it gRPC's standard health check (`grpc.health.v1.Health/Check`, for Kubernetes'
-gRPC probes and load balancers): SERVING when ServerReady would say ready.
+gRPC requests go to the same models, and join the same batches, limits, metrics and shutdown as HTTP ones. The
+service is `inference.GRPCInferenceService` (open_inference.proto): ServerLive, ServerReady, ModelReady,
+ServerMetadata, ModelMetadata, ModelInfer, and the model repository extension's RepositoryIndex,
+RepositoryModelLoad and RepositoryModelUnload (behind the API key); beside it gRPC's standard health check
+(`grpc.health.v1.Health/Check`, for Kubernetes' gRPC probes and load balancers): SERVING when ServerReady would say
+ready.
 
 A ModelInfer request carries exactly one input, as on REST (v2.py): `pixel_values` FP32 [N, C, H, W], or `images`
 BYTES [N] (encoded image files, no base64), in `raw_input_contents` (what `tritonclient.grpc` sends) or in typed
@@ -19,6 +21,7 @@ DEADLINE_EXCEEDED past the request timeout, INTERNAL when the backend failed on 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,15 +37,18 @@ from vitserve.errors import NotFoundError, RequestError, UnauthorizedError, VitS
 from vitserve.server import grpc_health_pb2 as health_pb
 from vitserve.server import kserve_v2 as v2
 from vitserve.server import open_inference_pb2 as pb
-from vitserve.server.app import Service, access_log, request_id
+from vitserve.server.app import access_log, request_id
 from vitserve.server.batching import BatchFailedError, DeadlineExceededError, QueueFullError, ShuttingDownError
 from vitserve.server.deps import api_key_matches
+from vitserve.server.repository import Repository, check_load_parameters
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
-EXTENSIONS = ["classification"]
+EXTENSIONS = ["classification", "model_repository"]
+# the model and version the current call was routed to (for its metrics), set where it is resolved
+SERVED: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("served", default=("", ""))
 
 # RequestError.status (HTTP) -> gRPC status; other client mistakes are INVALID_ARGUMENT
 CLIENT_STATUSES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
@@ -81,10 +87,11 @@ def _value(parameter: pb.InferParameter) -> Any:
     return getattr(parameter, which) if which else None
 
 
-def encode_infer(request: v2.InferRequest, manifest: Manifest, logits: np.ndarray,
-                 labels: list[str]) -> pb.ModelInferResponse:
-    """The requested outputs (all of them when none was named), each in raw_output_contents."""
-    response = pb.ModelInferResponse(model_name=manifest.name, model_version="1", id=request.id or "")
+def encode_infer(request: v2.InferRequest, manifest: Manifest, logits: np.ndarray, labels: list[str],
+                 served: tuple[str, int]) -> pb.ModelInferResponse:
+    """The requested outputs (all of them when none was named), each in raw_output_contents; `served`: the model's
+    name and version."""
+    response = pb.ModelInferResponse(model_name=served[0], model_version=str(served[1]), id=request.id or "")
     for requested in request.outputs or [{"name": manifest.output.name, "parameters": {}}]:
         k = requested["parameters"].get("classification")
         if k is not None:
@@ -99,61 +106,92 @@ def encode_infer(request: v2.InferRequest, manifest: Manifest, logits: np.ndarra
 
 
 class Servicer:
-    """The V2 RPCs and the health check, on the app's Service; `handlers()` registers them with a grpc.aio server."""
+    """The V2 RPCs and the health check, on the app's Repository; `handlers()` registers them with a grpc.aio
+    server."""
 
-    def __init__(self, service: Service):
-        self.service = service
+    def __init__(self, repository: Repository):
+        self.repository = repository
+        self.settings = repository.settings
 
     async def server_live(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._ready)
+        return pb.ServerReadyResponse(ready=self.repository.ready)
 
     async def health_check(self, request: health_pb.HealthCheckRequest, context) -> health_pb.HealthCheckResponse:
         if request.service not in ("", SERVICE):
             raise NotFoundError(f"unknown service {request.service!r}; ask for '' (the server) or {SERVICE!r}")
         status = health_pb.HealthCheckResponse
-        return status(status=status.SERVING if self._ready else status.NOT_SERVING)
-
-    @property
-    def _ready(self) -> bool:
-        return self.service.ready and not self.service.draining
+        return status(status=status.SERVING if self.repository.ready else status.NOT_SERVING)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="vitserve", version=__version__, extensions=EXTENSIONS)
 
+    def _resolve(self, name: str, version: str):
+        service = self.repository.resolve(name, version)
+        SERVED.set((service.name, str(service.version)))
+        return service
+
     async def model_ready(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        v2.check_model(self.service.manifest, request.name, request.version)
-        return pb.ModelReadyResponse(ready=not self.service.draining)
+        try:
+            self._resolve(request.name, request.version)
+        except ShuttingDownError:
+            return pb.ModelReadyResponse(ready=False)
+        except NotFoundError:
+            if request.name in self.repository.sources:  # in the repository, not loaded (or not that version)
+                return pb.ModelReadyResponse(ready=False)
+            raise
+        return pb.ModelReadyResponse(ready=not self.repository.draining)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
-        v2.check_model(self.service.manifest, request.name, request.version)
-        meta = v2.model_metadata(self.service.manifest, self.service.backend.name)
+        service = self._resolve(request.name, request.version)
+        meta = v2.model_metadata(service.name, list(self.repository.services.get(service.name, {})),
+                                 service.manifest, service.backend.name)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                                         inputs=[tensor(**t) for t in meta["inputs"]],
                                         outputs=[tensor(**t) for t in meta["outputs"]])
 
-    async def model_infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        service, arrived = self.service, time.perf_counter()
+    def _authorize(self, context) -> None:
         metadata = dict(context.invocation_metadata() or ())
-        if not api_key_matches(service.settings.api_key, metadata.get("x-api-key"), metadata.get("authorization")):
+        if not api_key_matches(self.settings.api_key, metadata.get("x-api-key"), metadata.get("authorization")):
             raise UnauthorizedError("missing or wrong API key: send the metadata `authorization: Bearer KEY` or "
                                     "`x-api-key: KEY`")
-        if service.full:
-            raise QueueFullError(service.refusal)
-        service.pending += 1
+
+    async def model_infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        repository, arrived = self.repository, time.perf_counter()
+        self._authorize(context)
+        if repository.full:
+            raise QueueFullError(repository.refusal)
+        repository.pending += 1
         try:
-            v2.check_model(service.manifest, request.model_name, request.model_version)
-            with service.batcher.expecting():  # an open batch waits for this request while it is decoded
-                parsed = parse_infer(request, service.manifest, service.settings.max_images)
-                images = parsed.pixel_values if parsed.pixel_values is not None else await service.decode(
-                    parsed.images)
-            logits, _ = await service.infer(images, arrived)
+            with self._resolve(request.model_name, request.model_version).serving() as service:
+                with service.batcher.expecting():  # an open batch waits for this request while it is decoded
+                    parsed = parse_infer(request, service.manifest, service.settings.max_images)
+                    images = parsed.pixel_values if parsed.pixel_values is not None else await service.decode(
+                        parsed.images)
+                logits, _ = await service.infer(images, arrived)
         finally:
-            service.pending -= 1
-        return encode_infer(parsed, service.manifest, logits, service.labels)
+            repository.pending -= 1
+        return encode_infer(parsed, service.manifest, logits, service.labels, (service.name, service.version))
+
+    async def repository_index(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        self._authorize(context)
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[entry(**row) for row in self.repository.index(request.ready)])
+
+    async def repository_load(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
+        self._authorize(context)
+        check_load_parameters(dict(request.parameters))
+        await self.repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(self, request: pb.RepositoryModelUnloadRequest,
+                                context) -> pb.RepositoryModelUnloadResponse:
+        self._authorize(context)
+        await self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
         services = {
@@ -164,6 +202,9 @@ class Servicer:
                 "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
                 "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
                 "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+                "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
+                "RepositoryModelLoad": (self.repository_load, pb.RepositoryModelLoadRequest),
+                "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest),
             },
             HEALTH_SERVICE: {"Check": (self.health_check, health_pb.HealthCheckRequest)},
         }
@@ -182,6 +223,7 @@ class Servicer:
             given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
             rid = request_id(given.encode()).decode()
             await context.send_initial_metadata((("x-request-id", rid),))
+            SERVED.set(("", ""))
             try:
                 return await method(request, context)
             except RequestError as e:
@@ -204,19 +246,20 @@ class Servicer:
 
     def _record(self, route: str, code: grpc.StatusCode, started: float, peer: str, rid: str) -> None:
         took = time.perf_counter() - started
-        if self.service.settings.access_log:
+        if self.settings.access_log:
             access_log.info("%s gRPC %s %s %.1f ms id=%s", peer, route, code.name, took * 1000, rid)
-        self.service.metrics.requests.labels(route, code.name).inc()
-        self.service.metrics.total_seconds.labels(route).observe(took)
+        metrics = self.repository.metrics
+        metrics.requests.labels(route, code.name, *SERVED.get()).inc()
+        metrics.total_seconds.labels(route).observe(took)
 
 
-async def start_server(service: Service, host: str, port: int, max_message_bytes: int) -> tuple[aio.Server, int]:
+async def start_server(repository: Repository, host: str, port: int, max_message_bytes: int) -> tuple[aio.Server, int]:
     """A started grpc.aio server on the running event loop, and the port it listens on (`port` 0: a free one)."""
     server = aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),  # a port already in use is an error, not silently shared with another server
     ])
-    server.add_generic_rpc_handlers(Servicer(service).handlers())
+    server.add_generic_rpc_handlers(Servicer(repository).handlers())
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

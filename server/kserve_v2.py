@@ -23,7 +23,7 @@ import numpy as np
 
 from vitserve import runtimes
 from vitserve.artifact import Manifest
-from vitserve.errors import NotFoundError, RequestError
+from vitserve.errors import RequestError
 
 IMAGES_INPUT = "images"
 HEADER_LENGTH = "inference-header-content-length"
@@ -42,11 +42,12 @@ class InferRequest:
         return len(self.pixel_values) if self.pixel_values is not None else len(self.images or [])
 
 
-def model_metadata(manifest: Manifest, backend: str) -> dict[str, Any]:
-    """`backend`: the name of the serving backend (onnxruntime, openvino, torch, tensorrt)."""
+def model_metadata(name: str, versions: list[int], manifest: Manifest, backend: str) -> dict[str, Any]:
+    """The V2 model metadata of a served model: its `versions` loaded, `backend` the name of the runtime that serves
+    (onnxruntime, openvino, torch, tensorrt)."""
     return {
-        "name": manifest.name,
-        "versions": ["1"],
+        "name": name,
+        "versions": [str(v) for v in sorted(versions)],
         "platform": runtimes.info(backend).platform,
         "inputs": [
             {"name": manifest.input.name, "datatype": "FP32", "shape": list(manifest.input.shape)},
@@ -54,15 +55,6 @@ def model_metadata(manifest: Manifest, backend: str) -> dict[str, Any]:
         ],
         "outputs": [{"name": manifest.output.name, "datatype": "FP32", "shape": list(manifest.output.shape)}],
     }
-
-
-def check_model(manifest: Manifest, name: str, version: str | None) -> None:
-    """NotFoundError unless `name` is the served model and `version` is None or empty (the server's choice) or
-    "1", its only version."""
-    if name != manifest.name:
-        raise NotFoundError(f"unknown model {name!r}; this server serves {manifest.name!r}")
-    if version and version != "1":
-        raise NotFoundError(f"model {name!r} has only version '1', not {version!r}")
 
 
 def parse_request(body: bytes, header_length: str | None, manifest: Manifest, max_images: int) -> InferRequest:
@@ -233,9 +225,9 @@ def _base64_elements(data: Any) -> list[bytes]:
 
 
 def encode_response(
-    request: InferRequest, manifest: Manifest, logits: np.ndarray, labels: list[str]
+    request: InferRequest, manifest: Manifest, logits: np.ndarray, labels: list[str], served: tuple[str, int]
 ) -> tuple[bytes, int | None]:
-    """(body, JSON header length or None when the body is pure JSON)."""
+    """(body, JSON header length or None when the body is pure JSON); `served`: the model's name and version."""
     wanted = request.outputs or [{"name": manifest.output.name}]
     outputs, blobs = [], []
     for requested in wanted:
@@ -260,7 +252,7 @@ def encode_response(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         outputs.append(tensor)
-    response: dict[str, Any] = {"model_name": manifest.name, "model_version": "1", "outputs": outputs}
+    response: dict[str, Any] = {"model_name": served[0], "model_version": str(served[1]), "outputs": outputs}
     if request.id is not None:
         response["id"] = request.id
     head = json.dumps(response).encode()

@@ -3,7 +3,7 @@
 On SIGTERM / SIGINT: /readyz answers 503 at once, so load balancers stop sending; for `drain_grace_s` the server
 keeps reading and serving what reaches it (requests already on the wire are not cut off half-read); then uvicorn
 stops accepting connections and waits for the requests in flight (queued ones included) to be answered; then the
-lifespan drains the batcher and the process exits. A second signal shuts down without the grace.
+lifespan drains the batchers and the process exits. A second signal shuts down without the grace.
 """
 
 from __future__ import annotations
@@ -16,41 +16,44 @@ import threading
 import uvicorn
 
 from vitserve.errors import VitServeError
-from vitserve.server.app import create_app, load_service
+from vitserve.server.app import create_app
+from vitserve.server.metrics import Metrics
+from vitserve.server.repository import Repository
 from vitserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service, grace_s: float):
+    def __init__(self, config: uvicorn.Config, repository: Repository, grace_s: float):
         super().__init__(config)
-        self._service = service
+        self._repository = repository
         self._grace_s = grace_s
         self._timer: threading.Timer | None = None
 
     def handle_exit(self, sig, frame) -> None:
         if self._timer is None and self._grace_s > 0:
-            self._service.draining = True  # readiness fails from the first signal on
+            self._repository.draining = True  # readiness fails from the first signal on
             self._timer = threading.Timer(self._grace_s, super().handle_exit, (sig, frame))
             self._timer.daemon = True
             self._timer.start()
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._service.draining = True
+        self._repository.draining = True
         super().handle_exit(sig, frame)
 
 
 def serve(settings: Settings) -> int:
-    """Loads the model (errors surface here, before any port is opened), then serves until a signal."""
+    """Loads the models (errors surface here, before any port is opened), then serves until a signal."""
     for port in (settings.port, settings.grpc_port):
         check_port_free(settings.host, port)
-    service = load_service(settings)
-    app = create_app(settings, service=service)
+    repository = Repository(settings, Metrics(settings.max_batch_size))
+    repository.load_all()
+    app = create_app(settings, repository=repository)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level="info",
                             timeout_graceful_shutdown=int(settings.timeout_ms / 1000) + 5, access_log=False)
-    server = _DrainingServer(config, service, settings.drain_grace_s)
+    server = _DrainingServer(config, repository, settings.drain_grace_s)
     server.run()
     return 0 if server.started else 1
 

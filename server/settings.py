@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vitserve import runtimes
 
@@ -21,7 +21,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VITSERVE_", extra="ignore")
 
-    artifact: Path = Field(description="artifact directory written by `vitserve export`")
+    artifact: Annotated[list[Path], NoDecode] = Field(
+        description="artifact directories written by `vitserve export`, or repositories of them (one folder per "
+        "model, optionally with numbered version folders); VITSERVE_ARTIFACT separates several with commas")
+    version_policy: str = Field("latest:1", description="which versions of a model in a repository serve: latest:N "
+                                "(the N highest), all, or specific:V,V (a model folder's vitserve.yaml "
+                                "`version_policy:` overrides it for that model)")
+    poll_s: float | None = Field(None, gt=0, description="re-read the repositories every this many seconds: new "
+                                 "models and versions load, versions gone or out of the policy unload (requests "
+                                 "already routed to them finish); off when unset")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     grpc_port: int | None = Field(None, ge=0, le=65535, description="also serve the KServe V2 protocol over gRPC on "
@@ -68,6 +76,21 @@ class Settings(BaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @field_validator("artifact", mode="before")
+    @classmethod
+    def _paths(cls, value):
+        """One path or several: a list, or a string with commas (VITSERVE_ARTIFACT)."""
+        if isinstance(value, (str, Path)):
+            value = [p.strip() for p in str(value).split(",") if p.strip()]
+        return value
+
+    @field_validator("artifact")
+    @classmethod
+    def _some_path(cls, value: list[Path]) -> list[Path]:
+        if not value:
+            raise ValueError("give at least one artifact or repository directory")
+        return value
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

@@ -107,7 +107,7 @@ def test_the_server_keeps_a_drifting_model_out_of_service(drifting_artifact):
         refused = client.post("/classify", content=_digit(), headers={"content-type": "image/png"})
         assert refused.status_code == 503 and "does not give the fp32 model's answers" in refused.text
         assert client.get("/v2/health/ready").status_code == 503
-        assert 'vitserve_proof{state="failed"} 1.0' in client.get("/metrics").text
+        assert 'vitserve_proof{model="swin_digits",state="failed",version="1"} 1.0' in client.get("/metrics").text
 
 
 def test_allow_drift_serves_and_says_so(drifting_artifact):
@@ -122,7 +122,7 @@ def test_a_passing_proof_and_an_artifact_without_one(digits_artifact, tmp_path):
     with _serve(digits_artifact) as client:
         ready = client.get("/readyz").json()
         assert ready["proof"] == "passed in onnxruntime CPUExecutionProvider" and "backend_choice" not in ready
-        assert 'vitserve_proof{state="passed"} 1.0' in client.get("/metrics").text
+        assert 'vitserve_proof{model="swin_digits",state="passed",version="1"} 1.0' in client.get("/metrics").text
     old = tmp_path / "old"  # as vitserve wrote artifacts before proofs: served, unchecked, and said so
     shutil.copytree(digits_artifact, old)
     data = json.loads((old / "vitserve.json").read_text())
@@ -132,4 +132,4 @@ def test_a_passing_proof_and_an_artifact_without_one(digits_artifact, tmp_path):
     (old / "vitserve.json").write_text(json.dumps(data))
     with _serve(old) as client:
         assert client.get("/readyz").json()["proof"].startswith("none")
-        assert 'vitserve_proof{state="none"} 1.0' in client.get("/metrics").text
+        assert 'vitserve_proof{model="swin_digits",state="none",version="1"} 1.0' in client.get("/metrics").text

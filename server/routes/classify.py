@@ -9,7 +9,7 @@ from starlette.datastructures import UploadFile
 
 from vitserve.errors import RequestError, UnsupportedMediaTypeError
 from vitserve.scores import softmax, top_k
-from vitserve.server.deps import Authorized, ServiceDep
+from vitserve.server.deps import Authorized, ClassifyService
 
 router = APIRouter(tags=["classify"])
 
@@ -45,10 +45,11 @@ async def _read_images(request: Request, max_images: int, max_bytes: int) -> tup
 @router.post("/classify", dependencies=[Authorized], openapi_extra={"requestBody": REQUEST_BODY})
 async def classify(
     request: Request,
-    service: ServiceDep,
+    service: ClassifyService,
     top_k_: int = Query(5, alias="top_k", ge=1, le=1000, description="classes per image"),
 ) -> dict:
-    """Classifies one or more images; per image the top-k classes as {label, index, score} (softmax)."""
+    """Classifies one or more images; per image the top-k classes as {label, index, score} (softmax). With several
+    models served, `model` names the one to ask (and `version` one of its versions)."""
     settings = service.settings
     started = request.state.arrived  # set by LimitsAndMetrics, which admitted the request
     with service.batcher.expecting():  # an open batch waits for this request while it is read and decoded
@@ -60,7 +61,8 @@ async def classify(
     logits, stats = await service.infer(images, started)
     predictions = top_k(softmax(logits), service.labels, top_k_)
     return {
-        "model": service.manifest.name,
+        "model": service.name,
+        "version": service.version,
         "results": [{"image": name, "predictions": p} for name, p in zip(names, predictions)],
         "timings_ms": {
             "decode": round((decoded - decode_started) * 1e3, 3),

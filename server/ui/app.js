@@ -23,7 +23,8 @@ async function describeServer() {
       JSON.stringify({ name: m.name, version: m.version || null }))));
     $("model-row").hidden = models.length < 2;
     if (answer.ok) {
-      const one = models.length === 1 ? `${models[0].name}, on ${models[0].backend}` : `${models.length} models`;
+      const one = models.length === 1 ? `${models[0].name}, on ${models[0].backend}` :
+        `${models.length} models: ${[...new Set(models.map((m) => m.name))].join(", ")}`;
       $("server").textContent = `Serving ${one}.`;
     } else {
       $("server").textContent = `The server is not ready (${body.status}${body.reason ? ": " + body.reason : ""}).`;
@@ -88,7 +89,8 @@ function showPredictions(box, body) {
   const t = body.timings_ms;
   const timings = document.createElement("p");
   timings.className = "timings";
-  timings.textContent = `${body.model} · server ${t.total.toFixed(1)} ms (decode ${t.decode.toFixed(1)}, ` +
+  timings.textContent = `${body.model} version ${body.version} · server ${t.total.toFixed(1)} ms ` +
+    `(decode ${t.decode.toFixed(1)}, ` +
     `queue ${t.queue.toFixed(1)}, inference ${t.inference.toFixed(1)})`;
   box.replaceChildren(list, timings);
 }

@@ -72,9 +72,9 @@ def test_server_on_openvino(digits_artifact):
         body = (ROOT / "examples" / "digit_8.png").read_bytes()
         answer = client.post("/classify?top_k=1", content=body, headers={"content-type": "image/png"}).json()
         assert answer["results"][0]["predictions"][0]["label"] == "8"
-        assert client.app.state.service.backend.description == "openvino CPU f32"
-        assert client.app.state.service.batcher.batches_in_flight == 2  # the setting over the backend's 1
-        assert client.app.state.service.backend._requests.size == 2  # an infer request each, made before serving
+        assert client.app.state.repository.only.backend.description == "openvino CPU f32"
+        assert client.app.state.repository.only.batcher.batches_in_flight == 2  # the setting over the backend's 1
+        assert client.app.state.repository.only.backend._requests.size == 2  # a request each, made early
         files = [("file", (f"digit_{d}.png", (ROOT / "examples" / f"digit_{d}.png").read_bytes(), "image/png"))
                  for d in range(10)]
         with concurrent.futures.ThreadPoolExecutor(5) as pool:  # requests at once: batches computing at once
@@ -107,7 +107,7 @@ def test_export_openvino_ir_serves_only_on_openvino(tmp_path, pixels):
         body = (ROOT / "examples" / "digit_5.png").read_bytes()
         answer = client.post("/classify?top_k=1", content=body, headers={"content-type": "image/png"}).json()
         assert answer["results"][0]["predictions"][0]["label"] == "5"
-        assert client.app.state.service.backend.description == "openvino CPU f32"
+        assert client.app.state.repository.only.backend.description == "openvino CPU f32"
         assert client.get("/v2/models/swin_digits").json()["platform"] == "openvino"
 
 

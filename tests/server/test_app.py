@@ -55,24 +55,26 @@ def _error(response, status: int, fragment: str = "") -> None:
 
 def test_health_ready_metrics_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready", "model": "swin_digits",
-                                           "backend": "onnxruntime CPUExecutionProvider",
-                                           "proof": "passed in onnxruntime CPUExecutionProvider"}
+    backend, proof = "onnxruntime CPUExecutionProvider", "passed in onnxruntime CPUExecutionProvider"
+    assert client.get("/readyz").json() == {
+        "status": "ready", "model": "swin_digits", "backend": backend, "proof": proof,
+        "models": [{"name": "swin_digits", "version": 1, "backend": backend, "proof": proof}]}
     client.post("/classify", files={"file": ("3.png", EXAMPLES[3], "image/png")})
     metrics = client.get("/metrics").text
-    assert "vitserve_batches_computing 0.0" in metrics  # the batch of that request has finished
+    # the batch of that request has finished
+    assert 'vitserve_batches_computing{model="swin_digits",version="1"} 0.0' in metrics
     for name in ("vitserve_requests_total", "vitserve_queue_depth", "vitserve_batch_size_bucket",
                  "vitserve_decode_seconds_bucket", "vitserve_queue_wait_seconds_bucket",
                  "vitserve_inference_seconds_bucket", "vitserve_request_seconds_bucket"):
         assert name in metrics
-    assert 'route="/classify",status="200"' in metrics
+    assert 'model="swin_digits",route="/classify",status="200",version="1"' in metrics
     assert client.get("/docs").status_code == 200
     assert "/classify" in client.get("/openapi.json").json()["paths"]
 
 
 def test_model_is_warmed_before_ready(digits_artifact):
     with _client(digits_artifact, max_batch_size=12) as c:
-        assert c.app.state.service.warmed_batch_sizes == [1, 2, 4, 8, 12]
+        assert c.app.state.repository.only.warmed_batch_sizes == [1, 2, 4, 8, 12]
 
 
 # ---- /classify -----------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def test_limits(digits_artifact):
 
 
 def test_fast_jpeg_decodes_smaller_and_classifies_the_same(digits_artifact, monkeypatch):
-    import vitserve.server.app as app_module
+    import vitserve.server.service as service_module
 
     decoded = []
 
@@ -177,7 +179,7 @@ def test_fast_jpeg_decodes_smaller_and_classifies_the_same(digits_artifact, monk
         decoded.append(image.size)
         return image
 
-    monkeypatch.setattr(app_module, "decode_image", recording)
+    monkeypatch.setattr(service_module, "decode_image", recording)
     big = _encode(Image.open(io.BytesIO(EXAMPLES[3])).convert("RGB").resize((1024, 1024)), "JPEG", quality=95)
     answers = {}
     for fast in (False, True):
@@ -216,28 +218,28 @@ def test_queue_full_is_503_with_retry_after(digits_artifact):
 def test_admission_limit_refuses_before_reading(digits_artifact):
     """max_queue inference requests in progress: the next gets 503 from the middleware; probes still answer."""
     with _client(digits_artifact, max_queue=3) as c:
-        service = c.app.state.service
-        service.pending = 3  # three requests in progress
+        repository = c.app.state.repository
+        repository.pending = 3  # three requests in progress
         for path in ("/classify", "/v2/models/swin_digits/infer", "/v2/models/swin_digits/versions/1/infer"):
             response = c.post(path, content=b"never read", headers={"content-type": "image/png"})
             _error(response, 503, "3 requests are in progress")
             assert response.headers["retry-after"] == "1"
         assert c.get("/readyz").status_code == 200 and c.get("/healthz").status_code == 200
         assert 'route="/classify",status="503"' in c.get("/metrics").text
-        service.pending = 2
+        repository.pending = 2
         assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
-        assert service.pending == 2  # the request was counted while in progress, and released
+        assert repository.pending == 2  # the request was counted while in progress, and released
 
 
 def test_deadline_is_504(digits_artifact):
     with _client(digits_artifact, timeout_ms=50) as c:
-        batcher = c.app.state.service.batcher
+        batcher = c.app.state.repository.only.batcher
         real = batcher.infer
         batcher.infer = lambda x: (time.sleep(0.3), real(x))[1]
         _error(c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}), 504, "within 50 ms")
         batcher.infer = real
         time.sleep(0.4)  # the slow batch finishes in the background; its answer is discarded
-        c.app.state.service.settings.timeout_ms = 10_000  # the next request, with time to spare on a busy machine
+        c.app.state.repository.only.settings.timeout_ms = 10_000  # time to spare for the next
         assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
 
 
@@ -245,7 +247,7 @@ def test_an_answer_that_resumes_after_the_deadline_is_504(digits_artifact):
     """The batch answered in time, but the request's coroutine resumed only after its deadline (an event loop busy
     elsewhere): 504 all the same, so that no 200 ever leaves the server later than its timeout after arrival."""
     with _client(digits_artifact, timeout_ms=200) as c:
-        service = c.app.state.service
+        service = c.app.state.repository.only
         real = service.batcher.submit
 
         async def resumes_late(images, timeout_s):
@@ -256,7 +258,7 @@ def test_an_answer_that_resumes_after_the_deadline_is_504(digits_artifact):
         service.batcher.submit = resumes_late
         _error(c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}), 504, "within 200 ms")
         service.batcher.submit = real
-        service.settings.timeout_ms = 10_000  # the next request, with time to spare on a busy machine
+        service.settings.timeout_ms = 10_000  # time to spare for the next
         assert c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"}).status_code == 200
 
 
@@ -272,9 +274,9 @@ def test_server_timing_header(client, digits_artifact):
     answers = [client.post("/classify", content=b"", headers={"content-type": "image/png"}), client.get("/healthz")]
     with _client(digits_artifact, max_body_mb=0.001, max_queue=1) as c:
         answers.append(c.post("/classify", content=EXAMPLES[5], headers={"content-type": "image/png"}))
-        c.app.state.service.pending = 1
+        c.app.state.repository.pending = 1
         answers.append(c.post("/classify", content=b"x", headers={"content-type": "image/png"}))
-        c.app.state.service.pending = 0
+        c.app.state.repository.pending = 0
     assert [a.status_code for a in answers] == [400, 200, 413, 503]
     assert all(re.fullmatch(r"app;dur=\d+\.\d", a.headers["server-timing"]) for a in answers)
 
@@ -307,7 +309,7 @@ def test_request_ids_and_access_log(digits_artifact, caplog):
 
 def test_backend_failure_is_500_and_server_keeps_serving(digits_artifact):
     with _client(digits_artifact) as c:
-        batcher = c.app.state.service.batcher
+        batcher = c.app.state.repository.only.batcher
         real = batcher.infer
 
         def broken(x):
@@ -328,7 +330,8 @@ def _pixels(*digits: int) -> np.ndarray:
 
 
 def test_v2_metadata_and_health(client):
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification",
+                                                         "model_repository"]
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     meta = client.get("/v2/models/swin_digits").json()
@@ -338,7 +341,7 @@ def test_v2_metadata_and_health(client):
     assert client.get("/v2/models/swin_digits/versions/1").json() == meta
     assert client.get("/v2/models/swin_digits/ready").json()["ready"] is True
     _error(client.get("/v2/models/resnet50"), 404, "unknown model")
-    _error(client.get("/v2/models/swin_digits/versions/2/ready"), 404, "only version")
+    _error(client.get("/v2/models/swin_digits/versions/2/ready"), 404, "no version '2' loaded; loaded: 1")
 
 
 def test_v2_infer_json_fp32(client, digits_artifact):
@@ -423,19 +426,19 @@ def test_v2_bad_framing(client):
 
 def test_draining_fails_readiness_but_serves_what_arrives(digits_artifact):
     with _client(digits_artifact) as c:
-        c.app.state.service.draining = True
+        c.app.state.repository.draining = True
         assert c.get("/readyz").status_code == 503 and c.get("/readyz").json()["status"] == "draining"
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get("/healthz").status_code == 200
         response = c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"})
         assert response.status_code == 200, "a request that reached the server is not dropped while draining"
-        c.app.state.service.draining = False
+        c.app.state.repository.draining = False
 
 
 def test_stopped_batcher_refuses_with_503(digits_artifact):
     """Once the lifespan has stopped the batcher (the end of a shutdown), inference answers 503 + Retry-After."""
     with _client(digits_artifact) as c:
-        c.portal.call(c.app.state.service.batcher.stop)
+        c.portal.call(c.app.state.repository.only.batcher.stop)
         response = c.post("/classify", content=EXAMPLES[1], headers={"content-type": "image/png"})
         _error(response, 503, "shutting down")
         assert "retry-after" in response.headers

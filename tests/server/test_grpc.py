@@ -92,9 +92,13 @@ def test_health_and_metadata(served):
     with pytest.raises(InferenceServerException) as e:
         triton.get_model_metadata("resnet50")
     assert _status(e) == "StatusCode.NOT_FOUND" and "swin_digits" in e.value.message()
+    assert not triton.is_model_ready("swin_digits", "2")  # a version not loaded is not ready; its metadata: unknown
     with pytest.raises(InferenceServerException) as e:
-        triton.is_model_ready("swin_digits", "2")
-    assert _status(e) == "StatusCode.NOT_FOUND" and "only version '1'" in e.value.message()
+        triton.get_model_metadata("swin_digits", "2")
+    assert _status(e) == "StatusCode.NOT_FOUND" and "no version '2' loaded; loaded: 1" in e.value.message()
+    with pytest.raises(InferenceServerException) as e:
+        triton.is_model_ready("resnet50")
+    assert _status(e) == "StatusCode.NOT_FOUND"
 
 
 def test_images_give_the_same_logits_as_the_backend(served, digits_artifact):
@@ -223,8 +227,9 @@ def test_metrics_count_grpc_calls(served):
     with pytest.raises(InferenceServerException):
         triton.infer("swin_digits", [_images_input([b"junk"])])
     metrics = client.get("/metrics").text
-    ok = 'route="/inference.GRPCInferenceService/ModelInfer",status="OK"'
-    bad = 'route="/inference.GRPCInferenceService/ModelInfer",status="INVALID_ARGUMENT"'
+    ok = 'model="swin_digits",route="/inference.GRPCInferenceService/ModelInfer",status="OK",version="1"'
+    bad = ('model="swin_digits",route="/inference.GRPCInferenceService/ModelInfer",status="INVALID_ARGUMENT",'
+           'version="1"')
     assert f"vitserve_requests_total{{{ok}}}" in metrics and f"vitserve_requests_total{{{bad}}}" in metrics
 
 
@@ -243,16 +248,16 @@ def test_standard_health_check(served):
     with pytest.raises(grpc.RpcError) as e:
         _raw_call(port, check, b"\x0a\x03foo", None)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and "'foo'" in e.value.details()
-    client.app.state.service.draining = True
+    client.app.state.repository.draining = True
     try:
         assert _raw_call(port, check, b"", None)[0] == b"\x08\x02"  # NOT_SERVING
     finally:
-        client.app.state.service.draining = False
+        client.app.state.repository.draining = False
 
 
 def test_admission_limit_and_draining(served):
     client, triton = served
-    service = client.app.state.service
+    service = client.app.state.repository
     assert service.pending == 0  # every call so far, failed ones included, has been counted out again
     service.pending = service.settings.max_queue  # as if that many requests were in progress
     try:
@@ -317,7 +322,7 @@ def test_concurrent_grpc_requests_share_batches(digits_artifact):
             t.join()
         assert [int(r.argmax()) for r in results] == list(range(8))
         metrics = client.get("/metrics").text
-        executed = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+        executed = {line.split("{")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
                     if line.startswith("vitserve_batch_size_count") or line.startswith("vitserve_batch_size_sum")}
         assert executed["vitserve_batch_size_sum"] == 8  # the warm-up bypasses the batcher
         assert executed["vitserve_batch_size_count"] < 8  # in fewer batches than requests
@@ -346,7 +351,7 @@ def test_generated_modules_match_the_protos(module, tmp_path):
 def test_deadline_and_backend_failure(digits_artifact):
     client, triton = _start(digits_artifact, timeout_ms=50)
     try:
-        batcher = client.app.state.service.batcher
+        batcher = client.app.state.repository.only.batcher
         real = batcher.infer
         batcher.infer = lambda x: (time.sleep(0.3), real(x))[1]
         with pytest.raises(InferenceServerException) as e:
@@ -354,7 +359,7 @@ def test_deadline_and_backend_failure(digits_artifact):
         assert _status(e) == "StatusCode.DEADLINE_EXCEEDED" and "within 50 ms" in e.value.message()
         batcher.infer = real
         time.sleep(0.4)  # the slow batch finishes in the background; its answer is discarded
-        client.app.state.service.settings.timeout_ms = 10_000
+        client.app.state.repository.only.settings.timeout_ms = 10_000
 
         def broken(x):
             batcher.infer = real  # fails once
@@ -365,7 +370,7 @@ def test_deadline_and_backend_failure(digits_artifact):
             triton.infer("swin_digits", [_images_input([EXAMPLES[1]])])
         assert _status(e) == "StatusCode.INTERNAL" and "fell off" in e.value.message()
         assert triton.infer("swin_digits", [_images_input([EXAMPLES[1]])]).as_numpy("logits").argmax() == 1
-        assert client.app.state.service.pending == 0
+        assert client.app.state.repository.pending == 0
     finally:
         triton.close()
         client.__exit__(None, None, None)

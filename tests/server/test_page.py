@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,17 +70,22 @@ def test_no_ui_leaves_the_page_out(digits_artifact):
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_page_in_a_real_browser(digits_artifact, tmp_path):
-    """Behind an API key, on a phone-sized window: without the key the page says so; with it, examples/digit_3.png
-    is shown with the label 3 first; a text file gets the server's error on its own card. Screenshots are saved."""
+    """Two models behind an API key, on a phone-sized window: without the key the page says so; with it,
+    examples/digit_3.png is shown with the label 3 first by the model picked; a text file gets the server's error on
+    its own card; the other model picked answers next. Screenshots are saved."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")
-    server = Server(digits_artifact, "--threads", "1", "--backend", "onnxruntime",
-                    env={"VITSERVE_API_KEY": "sesame"})
+    repo = tmp_path / "repo"
+    shutil.copytree(digits_artifact, repo / "copy" / "3")  # a second model, at version 3
+    server = Server(digits_artifact, "--threads", "1", "--backend", "onnxruntime", env={"VITSERVE_API_KEY": "sesame"},
+                    command=[sys.executable, "-m", "vitserve", "serve", str(digits_artifact), str(repo)])
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'p'}"):
@@ -92,15 +98,21 @@ def test_page_in_a_real_browser(digits_artifact, tmp_path):
         browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
         wait = WebDriverWait(browser, 30)
         browser.get(server.url + "/")
-        wait.until(lambda b: "swin_digits" in b.find_element(By.ID, "server").text)
-        # every control is labelled (the browser's own association) and reachable from the keyboard
+        wait.until(lambda b: "2 models" in b.find_element(By.ID, "server").text)
+        browser.execute_script("document.getElementById('files').focus()")
+        order = ["files"]
+        for _ in range(4):  # Tab goes through every control, in reading order
+            ActionChains(browser).send_keys(Keys.TAB).perform()
+            order.append(browser.switch_to.active_element.get_attribute("id"))
+        assert order == ["files", "model", "top-k", "api-key", "classify"]
+        picker = Select(browser.find_element(By.ID, "model"))
+        assert [o.text for o in picker.options] == ["copy (version 3)", "swin_digits (version 1)"]
+        picker.select_by_visible_text("swin_digits (version 1)")
+        # every control is labelled (the browser's own association)
         unlabelled = browser.execute_script(
             "return [...document.querySelectorAll('input, select, button')].filter(e => !e.hidden && "
             "!e.closest('[hidden]') && (e.labels || []).length === 0 && !e.textContent.trim()).map(e => e.id)")
         assert unlabelled == []
-        browser.find_element(By.TAG_NAME, "body").click()
-        browser.switch_to.active_element.send_keys("\t")
-        assert browser.switch_to.active_element.get_attribute("id") == "files"
 
         upload = browser.find_element(By.ID, "files")
         results = lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result")  # noqa: E731, newest first
@@ -118,7 +130,8 @@ def test_page_in_a_real_browser(digits_artifact, tmp_path):
         assert labels[0] == "3" and len(labels) == 5
         assert card.find_element(By.TAG_NAME, "figcaption").text == "digit_3.png"
         assert browser.execute_script("return arguments[0].naturalWidth", card.find_element(By.TAG_NAME, "img")) > 0
-        assert re.search(r"server [\d.]+ ms \(decode", card.find_element(By.CLASS_NAME, "timings").text)
+        assert re.search(r"^swin_digits version 1 · server [\d.]+ ms \(decode",
+                         card.find_element(By.CLASS_NAME, "timings").text)
         assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
         browser.save_screenshot(str(tmp_path / "try-it-digit.png"))
 
@@ -136,6 +149,14 @@ def test_page_in_a_real_browser(digits_artifact, tmp_path):
         assert wide == [], wide  # nothing needs sideways scrolling on a phone
         assert browser.execute_script("return document.documentElement.clientWidth") == 390
         browser.save_screenshot(str(tmp_path / "try-it-error.png"))
+
+        picker.select_by_visible_text("copy (version 3)")
+        upload.clear()
+        upload.send_keys(str(ROOT / "examples" / "digit_7.png"))
+        wait.until(lambda b: answered(b, 4))
+        timings = results(browser)[0].find_element(By.CLASS_NAME, "timings").text
+        assert timings.startswith("copy version 3 ·")
+        assert results(browser)[0].find_elements(By.CSS_SELECTOR, ".predictions .label")[0].text == "7"
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "status of 40" not in
                   e["message"]]  # the 401 and the 400 the test asked for
         assert errors == [], errors

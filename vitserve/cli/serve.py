@@ -1,5 +1,5 @@
-"""`vitserve serve ARTIFACT`: the HTTP (and gRPC) server. Its flags are the server's Settings fields, made once from
-them here: the flag's name, type, choices, help and default all come from the field (server/settings.py)."""
+"""`vitserve serve PATH [PATH ...]`: the HTTP (and gRPC) server. Its flags are the server's Settings fields, made
+once from them here: the flag's name, type, choices, help and default all come from the field (server/settings.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {name for name in Settings.model_fields if name not in Settings.NOT_FLAGS}
     given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
     try:
-        settings = Settings(artifact=Path(args.artifact), **given)
+        settings = Settings(artifact=[Path(p) for p in args.artifact], **given)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise VitServeError(f"invalid settings: {problems}") from e
@@ -84,11 +84,15 @@ class SettingsParser(argparse.ArgumentParser):
 def add(sub) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve an artifact over HTTP (POST /classify, KServe V2) and optionally gRPC (KServe V2)",
-        description="Serve an artifact: POST /classify, the KServe V2 protocol under /v2, /healthz, /readyz, "
-        "/metrics, /docs; with --grpc-port, the KServe V2 protocol over gRPC too. Unset flags come from VITSERVE_* "
-        "environment variables; VITSERVE_API_KEY, if set, is required on inference routes.",
+        help="serve artifacts over HTTP (POST /classify, KServe V2, a try-it page) and optionally gRPC (KServe V2)",
+        description="Serve artifacts, or repositories of them (one folder per model, numbered version folders): "
+        "POST /classify, the KServe V2 protocol under /v2 with its model repository extension, /healthz, /readyz, "
+        "/metrics, /docs, the try-it page at /; with --grpc-port, the KServe V2 protocol over gRPC too. Unset flags "
+        "come from VITSERVE_* environment variables; VITSERVE_API_KEY, if set, is required on inference and "
+        "repository routes.",
     )
     p.__class__ = SettingsParser  # argparse makes every subparser with one class; this one completes itself
-    p.add_argument("artifact", help="artifact directory written by `vitserve export`")
+    p.add_argument("artifact", nargs="+", metavar="PATH", help="an artifact directory written by `vitserve export`, "
+                   "or a model repository: one folder per model, each an artifact or numbered version folders "
+                   "(NAME/1/, NAME/2/) of artifacts")
     p.set_defaults(func=run)
