@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,58 +88,82 @@ def decode_image(data: bytes, max_pixels: int | None = None, min_side: int | Non
     return image.convert("RGB")
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image of a given size goes in the eval transform, computed once (`geometry`) and carried out by the
+    PIL transform here and by the torch runtime's on-device one alike: resize the whole image to `resize` (None:
+    keep it), or, for a very elongated image, resample only `source_box` of it straight to the crop; then paste it
+    at `offset` on a `canvas` filled with `fill` where it is smaller than the crop; then crop `size` x `size` at
+    (`left`, `top`)."""
+
+    resize: tuple[int, int] | None  # (width, height)
+    source_box: tuple[float, float, float, float] | None  # (left, top, right, bottom) of the source image
+    canvas: tuple[int, int] | None  # (width, height)
+    offset: tuple[int, int]
+    fill: tuple[int, int, int]
+    left: int
+    top: int
+    size: int
+
+
+def geometry(width: int, height: int, preprocess: Preprocess) -> Geometry:
+    """The eval transform's steps for a width x height image (timm's, with the checkpoint's crop mode)."""
+    _, crop, crop_w = preprocess.input_size
+    if crop != crop_w:
+        raise ValueError(f"only square model inputs are supported, got {crop}x{crop_w}")
+    scale = math.floor(crop / preprocess.crop_pct)
+    fill = (0, 0, 0)
+    if preprocess.crop_mode == "squash":  # both sides to scale, then CenterCrop
+        size = (scale, scale)
+    elif preprocess.crop_mode == "border":  # the longer side to scale (timm's ResizeKeepRatio), then CenterCropOrPad
+        ratio = max(height / scale, width / scale)
+        size = (max(1, round(width / ratio)), max(1, round(height / ratio)))  # timm fails on a side of 0; this keeps 1
+        fill = tuple(round(255 * m) for m in preprocess.mean)
+    else:  # "center": torchvision's Resize(scale) of the shorter side, then CenterCrop(crop)
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = scale, int(scale * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        top, left = int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
+        if new_long > LONG_RESIZE_RATIO * new_short:
+            # A very elongated image (a 1x40000 strip would resize to gigapixels): resample only the source box
+            # that maps onto the crop, at a cost independent of the aspect ratio. Shrinking, this equals
+            # resize-then-crop up to one 8-bit level in a few pixels; where PIL upsamples an axis it differs by a
+            # few levels.
+            sx, sy = width / size[0], height / size[1]
+            box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+            return Geometry(None, box, None, (0, 0), fill, 0, 0, crop)
+        return Geometry(None if size == (width, height) else size, None, None, (0, 0), fill, left, top, crop)
+    # torchvision's CenterCrop (fill 0) / timm's CenterCropOrPad: pad a side shorter than the crop with `fill`, the
+    # odd pixel after, then crop around the center, rounding like torchvision
+    w, h = size
+    canvas, offset = None, (0, 0)
+    if crop > w or crop > h:
+        canvas, offset = (max(w, crop), max(h, crop)), (max(crop - w, 0) // 2, max(crop - h, 0) // 2)
+        w, h = canvas
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return Geometry(None if size == (width, height) else size, None, canvas, offset, fill, left, top, crop)
+
+
 def transform(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     """RGB PIL image -> float32 array (3, H, W), normalized like timm's eval transform (its crop mode too)."""
-    _, height, width = preprocess.input_size
-    if height != width:
-        raise ValueError(f"only square model inputs are supported, got {height}x{width}")
-    scale = math.floor(height / preprocess.crop_pct)
+    g = geometry(*image.size, preprocess)
     resample = INTERPOLATION[preprocess.interpolation]
-    if preprocess.crop_mode == "squash":  # both sides to scale, then CenterCrop
-        image = _center_crop_or_pad(_resize(image, (scale, scale), resample), height)
-    elif preprocess.crop_mode == "border":  # the longer side to scale (timm's ResizeKeepRatio), then CenterCropOrPad
-        w, h = image.size
-        ratio = max(h / scale, w / scale)
-        size = (max(1, round(w / ratio)), max(1, round(h / ratio)))  # timm fails on a side of 0; this keeps 1
-        fill = tuple(round(255 * m) for m in preprocess.mean)
-        image = _center_crop_or_pad(_resize(image, size, resample), height, fill)
+    if g.source_box is not None:
+        image = image.resize((g.size, g.size), resample, box=g.source_box)
     else:
-        image = _shorter_side_then_crop(image, scale, height, resample)
-    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+        if g.resize is not None:  # torchvision's Resize of a PIL image: no resampling when the size is right
+            image = image.resize(g.resize, resample)
+        if g.canvas is not None:
+            canvas = Image.new("RGB", g.canvas, g.fill)
+            canvas.paste(image, g.offset)
+            image = canvas
+        image = image.crop((g.left, g.top, g.left + g.size, g.top + g.size))
+    return normalize(np.asarray(image, dtype=np.float32).transpose(2, 0, 1), preprocess)
+
+
+def normalize(pixels: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """(3, H, W) values 0..255 -> ToTensor's /255, then Normalize, in float32."""
+    array = pixels / np.float32(255)
     mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preprocess.std, dtype=np.float32).reshape(3, 1, 1)
     return (array - mean) / std
-
-
-def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
-    """torchvision's Resize of a PIL image to (width, height): no resampling at all when the size is already right."""
-    return image if image.size == size else image.resize(size, resample)
-
-
-def _center_crop_or_pad(image: Image.Image, size: int, fill: tuple[int, ...] = (0, 0, 0)) -> Image.Image:
-    """torchvision's CenterCrop (fill 0) / timm's CenterCropOrPad: pad a side shorter than `size` with `fill`, the
-    odd pixel after, then crop size x size around the center, rounding like torchvision."""
-    w, h = image.size
-    if size > w or size > h:
-        canvas = Image.new("RGB", (max(w, size), max(h, size)), fill)
-        canvas.paste(image, (max(size - w, 0) // 2, max(size - h, 0) // 2))
-        image, (w, h) = canvas, canvas.size
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
-
-
-def _shorter_side_then_crop(image: Image.Image, scale: int, crop: int, resample: Image.Resampling) -> Image.Image:
-    """crop_mode 'center': torchvision's Resize(scale) of the shorter side, then CenterCrop(crop)."""
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = scale, int(scale * long / short)
-    size = (new_short, new_long) if w <= h else (new_long, new_short)
-    top, left = int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
-    if new_long <= LONG_RESIZE_RATIO * new_short:
-        return _resize(image, size, resample).crop((left, top, left + crop, top + crop))
-    # A very elongated image (a 1x40000 strip would resize to gigapixels): resample only the source box that
-    # maps onto the crop, at a cost independent of the aspect ratio. Shrinking, this equals resize-then-crop
-    # up to one 8-bit level in a few pixels; where PIL upsamples an axis it differs by a few levels.
-    sx, sy = w / size[0], h / size[1]
-    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-    return image.resize((crop, crop), resample, box=box)

@@ -1,0 +1,149 @@
+"""The eval transform on the model's device, for the torch runtime: encoded images in, the batch the model sees out.
+
+JPEGs are decoded where the model runs (torchvision's decode_jpeg: nvJPEG in batches on a CUDA device, libjpeg-turbo
+on the CPU), so that the compressed bytes, not float32 pixels, cross the bus; other formats (PNG, WebP, ...) and
+JPEGs the device decoder refuses (CMYK, progressive ones some nvJPEG versions reject) are decoded on the CPU by the
+server's own decode_image and sent as uint8. Resize (antialiased, the artifact's interpolation), crop or pad and
+normalise then run on the device, image by image (sizes differ), following the same `vitserve.preprocess.geometry`
+as the CPU path; tests/runtimes/test_device_preprocess.py holds the two to a stated tolerance on photographs.
+
+Each image keeps its own outcome: one that cannot be decoded gets its RequestError in place of its pixels, and the
+rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from vitserve.artifact import Preprocess
+from vitserve.errors import PayloadTooLargeError, RequestError
+from vitserve.preprocess import decode_image, geometry, transform
+
+MODES = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
+         "bicubic": InterpolationMode.BICUBIC, "lanczos": InterpolationMode.LANCZOS, "box": InterpolationMode.BOX,
+         "hamming": InterpolationMode.HAMMING}
+ON_DEVICE = ("nearest", "bilinear", "bicubic")  # antialiased resizes torch has on tensors; others: the CPU path
+JPEG_START = b"\xff\xd8\xff"
+
+
+def check_header(data: bytes, max_pixels: int | None) -> tuple[str, int, int]:
+    """(format, width, height) from the header alone, before any pixel is decoded: RequestError for data that is no
+    image, PayloadTooLargeError over `max_pixels` (the CPU path's checks, without its decode)."""
+    if not data:
+        raise RequestError("empty image: the upload has no bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, (width, height) = image.format, image.size
+    except Image.DecompressionBombError as e:
+        raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}") from e
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for data that is no image
+        raise RequestError("not a readable image: its bytes begin like no image format the server reads (JPEG, "
+                           "PNG, WebP, GIF, BMP, TIFF, ...)") from e
+    if max_pixels is not None and width * height > max_pixels:
+        raise PayloadTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return fmt, width, height
+
+
+class DevicePreprocess:
+    """Encoded images -> the model's input batch on `device`, with the artifact's eval transform."""
+
+    def __init__(self, preprocess: Preprocess, device: str | torch.device, dtype: torch.dtype = torch.float32):
+        self.preprocess = preprocess
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.mean = torch.tensor(preprocess.mean, device=self.device).view(3, 1, 1) * 255
+        self.std = torch.tensor(preprocess.std, device=self.device).view(3, 1, 1) * 255
+
+    def __call__(self, blobs: list[bytes], max_pixels: int | None = None) -> tuple[torch.Tensor, list[Exception]]:
+        """(batch (N, 3, H, W) of `dtype` on the device, failures): row i holds image i, or zeros where
+        `failures` has an exception for index i (failures is a list of N entries, None where the image is fine)."""
+        _, size, _ = self.preprocess.input_size
+        batch = torch.zeros((len(blobs), 3, size, size), dtype=self.dtype, device=self.device)
+        failures: list[Exception | None] = [None] * len(blobs)
+        pixels = self.decode(blobs, max_pixels, failures)
+        for i, image in enumerate(pixels):
+            if image is None:
+                continue
+            try:
+                batch[i] = self.transform(image)
+            except Exception as e:  # noqa: BLE001 - this image only
+                failures[i] = RequestError(f"cannot preprocess this image: {e}")
+        return batch, failures
+
+    def decode(self, blobs: list[bytes], max_pixels: int | None,
+               failures: list[Exception | None]) -> list[torch.Tensor | np.ndarray | None]:
+        """Per image: uint8 (3, H, W) on the device (a JPEG the device decodes), or a float32 (3, H, W) numpy array
+        already transformed on the CPU (another format, or a transform the device cannot do), or None (failed)."""
+        out: list[torch.Tensor | np.ndarray | None] = [None] * len(blobs)
+        jpegs = []
+        for i, data in enumerate(blobs):
+            try:
+                fmt, width, height = check_header(data, max_pixels)
+            except RequestError as e:
+                failures[i] = e
+                continue
+            if fmt == "JPEG" and data.startswith(JPEG_START) and self._on_device(width, height):
+                jpegs.append(i)
+            else:
+                out[i] = self._on_cpu(data, max_pixels, failures, i)
+        if jpegs:
+            for i, image in zip(jpegs, self._decode_jpegs([blobs[i] for i in jpegs])):
+                out[i] = image if image is not None else self._on_cpu(blobs[i], max_pixels, failures, i)
+        return out
+
+    def _on_device(self, width: int, height: int) -> bool:
+        """Whether the transform of a width x height image runs on the device: an interpolation torch resizes with
+        antialiasing, and a crop inside the (resized, padded) image; the rest (a very elongated image, a crop_pct
+        above 1) is rare and runs on the CPU."""
+        g = geometry(width, height, self.preprocess)
+        w, h = g.canvas or g.resize or (width, height)
+        return (self.preprocess.interpolation in ON_DEVICE and g.source_box is None and min(g.left, g.top) >= 0
+                and g.left + g.size <= w and g.top + g.size <= h)
+
+    def _decode_jpegs(self, blobs: list[bytes]) -> list[torch.Tensor | None]:
+        """All at once (one nvJPEG batch on CUDA); where the batch fails, one by one, None for those that fail."""
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        try:
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
+        except RuntimeError:
+            decoded = []
+            for one in data:
+                try:
+                    decoded.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=self.device,
+                                               apply_exif_orientation=True))
+                except RuntimeError:
+                    decoded.append(None)
+            return decoded
+
+    def _on_cpu(self, data: bytes, max_pixels: int | None, failures: list, i: int) -> np.ndarray | None:
+        try:
+            return transform(decode_image(data, max_pixels), self.preprocess)
+        except RequestError as e:
+            failures[i] = e
+            return None
+
+    def transform(self, image: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (3, H, W) on the device -> the normalised crop; a CPU-transformed array is moved as it is."""
+        if isinstance(image, np.ndarray):
+            return torch.from_numpy(image).to(self.device, self.dtype, non_blocking=True)
+        g = geometry(image.shape[2], image.shape[1], self.preprocess)
+        if g.resize is not None:
+            width, height = g.resize
+            image = F.resize(image, [height, width], interpolation=MODES[self.preprocess.interpolation],
+                             antialias=True)
+        if g.canvas is not None:
+            width, height = g.canvas
+            x, y = g.offset
+            canvas = torch.tensor(g.fill, dtype=torch.uint8, device=self.device).view(3, 1, 1).expand(
+                3, height, width).clone()
+            canvas[:, y:y + image.shape[1], x:x + image.shape[2]] = image
+            image = canvas
+        crop = image[:, g.top:g.top + g.size, g.left:g.left + g.size]
+        return ((crop.float() - self.mean) / self.std).to(self.dtype)
