@@ -19,9 +19,10 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,19 +56,25 @@ class BatchStats:
 
 @dataclass
 class _Item:
-    image: np.ndarray  # C, H, W
+    image: Any  # C, H, W; or what `collate` takes
     future: asyncio.Future
     queued_at: float
 
 
 class DynamicBatcher:
     """Collects images into batches for `infer` ((N, C, H, W) -> (N, classes)), up to `batches_in_flight` batches
-    at a time (`infer` must then be safe to call from that many threads at once)."""
+    at a time (`infer` must then be safe to call from that many threads at once).
+
+    With `collate` (default: np.stack of (C, H, W) arrays) the images may be anything `infer` takes as a batch: the
+    encoded files a runtime that decodes on its own device takes, as a list. Such an `infer` may answer an image
+    with an exception instead of its output (a file it cannot decode): that image's request fails with it, and the
+    rest of the batch is answered."""
 
     def __init__(
         self,
-        infer: Callable[[np.ndarray], np.ndarray],
+        infer: Callable[[Any], Sequence[np.ndarray | Exception]],
         *,
+        collate: Callable[[list[Any]], Any] = np.stack,
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
@@ -79,6 +86,7 @@ class DynamicBatcher:
         if max_batch_size < 1 or max_queue < 1 or batches_in_flight < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size, max_queue and batches_in_flight must be >= 1, max_wait_s >= 0")
         self.infer = infer
+        self.collate = collate
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -138,8 +146,9 @@ class DynamicBatcher:
         while self._queue or self._collecting or self._running:
             await asyncio.sleep(0.005)
 
-    async def submit(self, images: np.ndarray, timeout_s: float) -> tuple[np.ndarray, BatchStats]:
-        """Queues a request's images (N, C, H, W); returns their outputs (N, classes) in order, and stats.
+    async def submit(self, images: Sequence[Any], timeout_s: float) -> tuple[np.ndarray, BatchStats]:
+        """Queues a request's images ((N, C, H, W), or what `collate` takes); returns their outputs (N, classes) in
+        order, and stats.
 
         Raises QueueFullError / ShuttingDownError at once, DeadlineExceededError after `timeout_s`, or
         BatchFailedError when the backend failed on a batch that held one of these images.
@@ -219,8 +228,8 @@ class DynamicBatcher:
         self._on_computing(len(self._running))
         slots.release()
 
-    def _infer(self, images: list[np.ndarray]) -> np.ndarray:
-        return self.infer(np.stack(images))  # in the worker thread: stacking a large batch takes tens of ms
+    def _infer(self, images: list[Any]) -> Sequence[np.ndarray | Exception]:
+        return self.infer(self.collate(images))  # in the worker thread: stacking a large batch takes tens of ms
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()
@@ -244,5 +253,9 @@ class DynamicBatcher:
         seconds = time.perf_counter() - started
         self._on_batch(len(batch), seconds, waits)
         for item, output, wait in zip(batch, outputs, waits):
-            if not item.future.done():
+            if item.future.done():
+                continue
+            if isinstance(output, Exception):  # this image alone (a file the runtime could not decode)
+                item.future.set_exception(output)
+            else:
                 item.future.set_result((output, wait, seconds, len(batch)))

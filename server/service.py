@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Service:
     proof: dict | None = None  # the artifact's proof re-run by this backend (Runtime.check_proof); None: none
     choice: dict | None = None  # how --backend auto --precision auto chose the backend (runtimes.choose)
     refused: str | None = None  # why the model is kept out of service (its proof failed, without --allow-drift)
+    on_device: bool = False  # images decoded by the runtime on its device (--decode): the batcher takes files
     in_use: int = 0  # requests routed to this version and not yet answered (an unload waits for them)
     decode_limiter: anyio.CapacityLimiter | None = None  # decode threads at once, shared by the server's models
     _idle: asyncio.Event | None = None
@@ -55,8 +57,11 @@ class Service:
         min_side = draft_side(preprocess) if self.settings.fast_jpeg else None
         return transform(decode_image(data, self.settings.max_pixels, min_side), preprocess)
 
-    async def decode(self, blobs: list[bytes]) -> np.ndarray:
-        """Encoded images -> (N, C, H, W), decoded in a worker thread so the event loop stays free."""
+    async def decode(self, blobs: list[bytes]) -> np.ndarray | list[bytes]:
+        """Encoded images -> (N, C, H, W), decoded in a worker thread so the event loop stays free; with --decode
+        device, the files as they are: the runtime decodes them in the batch, on its device."""
+        if self.on_device:
+            return blobs
         started = time.perf_counter()
         arrays = await anyio.to_thread.run_sync(lambda: [self.decode_one(b) for b in blobs],
                                                 limiter=self.decode_limiter)
@@ -136,12 +141,18 @@ def load_service(settings: Settings, artifact: Path, metrics: Metrics, name: str
         for wait in waits:
             series.queue_seconds.observe(wait)
 
-    batcher = DynamicBatcher(backend, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
+    on_device = settings.decode == "device" or (settings.decode == "auto" and backend.on_gpu)
+    if on_device:
+        backend.decode_on_device(settings.max_pixels)
+    batcher = DynamicBatcher(backend.run_encoded if on_device else backend,
+                             collate=list if on_device else np.stack,
+                             max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
                              max_queue=settings.max_queue,
                              batches_in_flight=settings.batches_in_flight or backend.batches_in_flight,
                              on_batch=on_batch, on_queue_depth=series.queue_depth.set,
                              on_computing=series.batches_computing.set)
-    return Service(settings, name, version, artifact, manifest, labels, backend, batcher, series, choice=choice)
+    return Service(settings, name, version, artifact, manifest, labels, backend, batcher, series, choice=choice,
+                   on_device=on_device)
 
 
 def check_proof(service: Service) -> None:
@@ -189,9 +200,21 @@ def warm_batch_sizes(max_batch_size: int) -> list[int]:
 def warm_up(service: Service) -> None:
     service.backend.reserve(service.batcher.batches_in_flight)  # what each batch in flight keeps of its own
     shape = service.manifest.input.shape[1:]
+    sample = _sample_jpeg(shape[-1]) if service.on_device else None
     for size in warm_batch_sizes(service.settings.max_batch_size):
-        service.backend(np.zeros((size, *shape), dtype=np.float32))
+        if service.on_device:  # the decoder's first calls too
+            service.backend.run_encoded([sample] * size)
+        else:
+            service.backend(np.zeros((size, *shape), dtype=np.float32))
         service.warmed_batch_sizes.append(size)
+
+
+def _sample_jpeg(side: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (side * 2, side * 2), (128, 96, 64)).save(out, "JPEG")
+    return out.getvalue()
 
 
 def prepare(service: Service) -> Service:

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
                            "sees a GPU); torch: the package's own")
     precision: Precision = Field("auto", description="openvino: f32 or bf16 (auto: with --backend auto, chosen with "
                                  "it; with --backend openvino, bf16 where the CPU has it)")
+    decode: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="where images are decoded and resized: cpu (the server's threads), or device (on the "
+        "model's device, by the torch runtime: JPEGs by torchvision's decoder, nvJPEG on a GPU; the encoded bytes "
+        "cross to the GPU, not float32 pixels); auto: device for a torch package on a GPU, else cpu")
     max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="larger images (width x height) get 413")
     max_images: int = Field(64, ge=1, description="images per request")

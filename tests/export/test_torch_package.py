@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, run_cli, run_cli_here
+from vitserve.artifact import read_manifest
 from vitserve.errors import ArtifactError, ExportError, VerificationError
 from vitserve.export import toolchain
 from vitserve.export.formats import Built, get_format
@@ -235,6 +236,53 @@ def test_served_by_the_torch_backend(cpu_package):
         assert response.status_code == 200, response.text
         labels = [r["predictions"][0]["label"] for r in response.json()["results"]]
         assert labels == [p.stem.split("_")[1] for p in EXAMPLES]
+
+
+@pytest.mark.slow  # AOTInductor compiles
+@with_package
+def test_served_with_images_decoded_by_the_runtime(cpu_package, digits_artifact):
+    """--decode device (the default for a package on a GPU; on the CPU here): the files go to the runtime in the
+    batch, which decodes and transforms them on its device; the same classes and nearly the same logits as the
+    server's own CPU decoding, an unreadable file fails its request alone, and V2 pixel tensors join the same
+    batches."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from vitserve.server.app import create_app
+    from vitserve.server.settings import Settings
+
+    jpegs = []
+    for p in EXAMPLES:
+        out = io.BytesIO()
+        Image.open(p).convert("RGB").resize((120, 90)).save(out, "JPEG", quality=95)
+        jpegs.append((p.stem.split("_")[1] + ".jpg", out.getvalue(), "image/jpeg"))
+    files = [("file", j) for j in jpegs] + [("file", (p.name, p.read_bytes(), "image/png")) for p in EXAMPLES[:3]]
+    answers = {}
+    for decode in ("cpu", "device"):
+        settings = Settings(artifact=cpu_package, backend="torch", max_batch_size=16, decode=decode, max_images=16)
+        with TestClient(create_app(settings)) as c:
+            assert ("images decoded on cpu" in c.get("/readyz").json()["backend"]) == (decode == "device")
+            response = c.post("/classify", files=files, params={"top_k": 10})
+            assert response.status_code == 200, response.text
+            answers[decode] = response.json()["results"]
+            bad = c.post("/classify", files=[files[0], ("file", ("notes.txt", b"no image", "text/plain"))])
+            assert bad.status_code == 400 and "not a readable image" in bad.json()["error"]
+            body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
+                                "data": [base64.b64encode(jpegs[4][1]).decode()]}]}
+            v2 = c.post("/v2/models/swin_digits/infer", json=body).json()
+            pixels = np.stack([transform(decode_image(jpegs[4][1]), read_manifest(cpu_package).preprocess)])
+            tensor = c.post("/v2/models/swin_digits/infer", json={"inputs": [{
+                "name": "pixel_values", "shape": list(pixels.shape), "datatype": "FP32",
+                "data": pixels.ravel().tolist()}]}).json()
+            assert np.argmax(v2["outputs"][0]["data"]) == np.argmax(tensor["outputs"][0]["data"]) == 4
+    for cpu, device in zip(answers["cpu"], answers["device"]):
+        assert cpu["predictions"][0]["label"] == device["predictions"][0]["label"]
+        scores = {p["label"]: p["score"] for p in cpu["predictions"]}
+        assert all(abs(p["score"] - scores[p["label"]]) < 0.02 for p in device["predictions"])
+    assert [r["predictions"][0]["label"] for r in answers["device"][:10]] == [str(d) for d in range(10)]
 
 
 @pytest.mark.slow  # AOTInductor compiles

@@ -210,3 +210,11 @@ def test_serve_flags_and_environment(digits_artifact, monkeypatch):
     with pytest.raises(VitServeError, match="invalid version policy"):
         with TestClient(create_app(Settings(artifact=[digits_artifact], version_policy="newest"))):
             pass
+
+
+def test_decode_on_device_needs_the_torch_runtime(digits_artifact):
+    from vitserve.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="--decode device needs the torch runtime"):
+        with TestClient(create_app(Settings(artifact=[digits_artifact], backend="onnxruntime", decode="device"))):
+            pass

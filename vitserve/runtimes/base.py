@@ -11,6 +11,7 @@ import numpy as np
 
 from vitserve import proof
 from vitserve.artifact import Manifest, read_manifest
+from vitserve.errors import ArtifactError
 
 
 class Runtime(abc.ABC):
@@ -54,6 +55,20 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, num_classes) float32 logits, N at most the manifest's max_batch."""
+
+    # Decoding on the runtime's own device (the torch runtime): the server hands it encoded files instead of pixels.
+    on_gpu: bool = False  # runs on a GPU: decoding there is the default (--decode auto)
+
+    def decode_on_device(self, max_pixels: int | None) -> None:
+        """From now on run_encoded takes encoded files (images over `max_pixels` refused); ArtifactError where this
+        runtime cannot decode."""
+        raise ArtifactError(f"the {self.name} runtime does not decode images on its device; --decode device needs "
+                            "the torch runtime (an artifact of export --format torch)")
+
+    def run_encoded(self, items: list) -> list:
+        """Encoded image files (bytes) or preprocessed (C, H, W) float32 arrays -> per item its logits, or the
+        RequestError that keeps it from being classified (after decode_on_device)."""
+        raise NotImplementedError
 
     def check_proof(self) -> dict[str, Any] | None:
         """The artifact's proof (vitserve.proof) run here and gated at the precision this computes in: the report,

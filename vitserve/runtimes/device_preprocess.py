@@ -79,17 +79,23 @@ class DevicePreprocess:
 
     def decode(self, blobs: list[bytes], max_pixels: int | None,
                failures: list[Exception | None]) -> list[torch.Tensor | np.ndarray | None]:
-        """Per image: uint8 (3, H, W) on the device (a JPEG the device decodes), or a float32 (3, H, W) numpy array
-        already transformed on the CPU (another format, or a transform the device cannot do), or None (failed)."""
+        """Per image: uint8 (3, H, W) on the device (a JPEG the device decoded, or another file decoded on the CPU),
+        or a float32 (3, H, W) numpy array already transformed on the CPU (a transform the device cannot do, or a
+        preprocessed input), or None (failed)."""
         out: list[torch.Tensor | np.ndarray | None] = [None] * len(blobs)
         jpegs = []
         for i, data in enumerate(blobs):
+            if isinstance(data, np.ndarray):  # already preprocessed (a V2 pixel_values tensor's row)
+                out[i] = data
+                continue
             try:
                 fmt, width, height = check_header(data, max_pixels)
             except RequestError as e:
                 failures[i] = e
                 continue
-            if fmt == "JPEG" and data.startswith(JPEG_START) and self._on_device(width, height):
+            if not self._on_device(width, height):
+                out[i] = self._on_cpu(data, max_pixels, failures, i, transformed=True)
+            elif fmt == "JPEG" and data.startswith(JPEG_START):
                 jpegs.append(i)
             else:
                 out[i] = self._on_cpu(data, max_pixels, failures, i)
@@ -122,12 +128,18 @@ class DevicePreprocess:
                     decoded.append(None)
             return decoded
 
-    def _on_cpu(self, data: bytes, max_pixels: int | None, failures: list, i: int) -> np.ndarray | None:
+    def _on_cpu(self, data: bytes, max_pixels: int | None, failures: list, i: int,
+                transformed: bool = False) -> torch.Tensor | np.ndarray | None:
+        """Decoded on the CPU (the server's decode_image): its uint8 pixels sent to the device, or, `transformed`,
+        the whole transform done there too (float32 out)."""
         try:
-            return transform(decode_image(data, max_pixels), self.preprocess)
+            image = decode_image(data, max_pixels)
         except RequestError as e:
             failures[i] = e
             return None
+        if transformed:
+            return transform(image, self.preprocess)
+        return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).to(self.device, non_blocking=True)
 
     def transform(self, image: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (3, H, W) on the device -> the normalised crop; a CPU-transformed array is moved as it is."""

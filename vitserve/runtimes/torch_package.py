@@ -199,6 +199,20 @@ class GraphBucket:
             done.synchronize()
             return host_out[:n].numpy().copy()
 
+    def on_device(self, x: torch.Tensor) -> np.ndarray:
+        """The same for a batch already on the GPU (decoded there): copied into the graph's input on the device,
+        nothing crossing the bus but the logits."""
+        n = len(x)
+        with self.staging.take() as (_, host_out, done):
+            with self.gpu_lock:  # after the decode's kernels, on this stream
+                self.device_in[:n].copy_(x)
+                self.device_in[n:].zero_()
+                self.graph.replay()
+                host_out[:n].copy_(self.output[:n], non_blocking=True)
+                done.record()
+            done.synchronize()
+            return host_out[:n].numpy().copy()
+
 
 class PackageRunner:
     """A loaded package, run on batches padded up to the smallest batch bucket that holds them. On CUDA (unless
@@ -271,6 +285,18 @@ class PackageRunner:
             with self._lock:
                 return self.model(x.to(self.device))[:n].float().cpu().numpy()
 
+    def run_on_device(self, x: torch.Tensor) -> np.ndarray:
+        """A batch already on the package's device (N, C, H, W) -> logits on the host."""
+        n = len(x)
+        size = self.bucket(n)
+        with torch.no_grad():
+            if self.cuda_graphs:
+                return self.graph(size).on_device(x)
+            if size != n:
+                x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+            with self._lock:
+                return self.model(x.float())[:n].float().cpu().numpy()
+
 
 class TorchRuntime(PackageRunner, Runtime):
     """An artifact written by `vitserve export --format torch`: the only runtime that needs torch to serve
@@ -297,6 +323,20 @@ class TorchRuntime(PackageRunner, Runtime):
                          self.manifest.input.shape[1:], cuda_graphs=package.get("cuda_graphs", True),
                          loader=package.get("loader", "package"), transfer_dtype=COMPUTE[package["dtype"]])
         self.batches_in_flight = 2 if self.cuda_graphs else 1  # GraphBucket overlaps two calls
+        self.on_gpu = built_for == "cuda"
+        self.preprocessor = None  # vitserve.runtimes.device_preprocess.DevicePreprocess, after decode_on_device
         self.description = (f"torch AOTInductor {built_for} {package['dtype']}"
                             f"{', container runner' if self.loader == 'runner' else ''}"
                             f"{', CUDA graphs' if self.cuda_graphs else ''} (buckets {self.buckets})")
+
+    def decode_on_device(self, max_pixels: int | None) -> None:
+        from vitserve.runtimes.device_preprocess import DevicePreprocess
+
+        self.preprocessor = DevicePreprocess(self.manifest.preprocess, self.device, self.transfer_dtype)
+        self.max_pixels = max_pixels
+        self.description += f", images decoded on {self.device.type}"
+
+    def run_encoded(self, items: list) -> list:
+        batch, failures = self.preprocessor(items, self.max_pixels)
+        logits = self.run_on_device(batch)
+        return [row if failure is None else failure for row, failure in zip(logits, failures)]
