@@ -22,6 +22,11 @@
 #                       loader or by the container runner the export falls back to (its summary line: plain=ran or
 #                       runner=ran): where neither loads any CUDA package, they would cost minutes to show that
 #                       crash again
+#   gpu_serve.json      benchmarks/gpu_serve.py (GPU_SERVE=0: not run), after the swin process, within GPU_SERVE_S
+#                       (default 180): `vitserve serve` with the Swin-T torch artifact that process exported, JPEGs
+#                       decoded on the GPU, driven over HTTP at 1, 16 and 64 images per request; the served images/s
+#                       against the artifact's own at the server's batch size, the latency of a 1-image request.
+#                       It takes probe-small.pt2's place among the eight files
 #   gpu_swin.log        the probe's, the exports ahead's (below) and the benchmarks' output, one after the other
 # A crash in native code prints the Python stack of every thread (PYTHONFAULTHANDLER).
 # TOTAL_S (default 560) bounds the whole script; each benchmark process starts no new step in its last 60 seconds.
@@ -56,9 +61,12 @@ else
 fi
 if [[ ${DRY_RUN:-0} == 1 ]]; then
     device=cpu swin=swin_digits vit=swin_digits deit=swin_digits sizes=(--batches 1,4 --compile-batches 4)
+    serve_sizes=(--images-per-request 1,4 --concurrency 1,2 --seconds 1 --single 10 --processes 2 --max-batch-size 4
+                 --decode device)  # on the CPU: the path a GPU takes by default
     collect=(--collect-only)
 else
     device=cuda swin=swin_tiny_patch4_window7_224 vit=vit_base_patch16_224 deit=deit_small_patch16_224 sizes=()
+    serve_sizes=(--images-per-request 1,16,64 --concurrency 4,16,64 --seconds 8 --single 200 --processes 12)
     collect=()
 fi
 left() { echo $(( ${TOTAL_S:-560} - (SECONDS - started) )); }
@@ -135,6 +143,20 @@ if [[ -n $ahead && ${EXPORT_AHEAD:-1} == 1 ]]; then
     echo "export ahead ($ahead): exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
 fi
 bench swin --models "$swin" --sections "$swin_sections"
+serve_bench() {  # benchmarks/gpu_serve.py on the Swin torch artifact the swin process exported, within GPU_SERVE_S
+    local artifact budget
+    artifact=$(ls -d "$work/artifacts/$swin-"* 2>/dev/null | grep -v -e autotune -e no-graphs -e fp8 | head -1)
+    budget=$(( $(left) < ${GPU_SERVE_S:-180} ? $(left) : ${GPU_SERVE_S:-180} ))
+    echo "== serve" >> "$out/gpu_swin.log"
+    if [[ -z $artifact ]]; then echo "serve: not run, no torch artifact of $swin" | tee -a "$out/gpu_swin.log"; return; fi
+    if (( budget < 60 )); then echo "serve: not run, ${budget} s left" | tee -a "$out/gpu_swin.log"; return; fi
+    rm -f "$out/probe-small.pt2"  # eight files come back: the served figures take the probe's package's place
+    timeout "$budget" python benchmarks/gpu_serve.py "$artifact" --device "$device" --backend torch \
+        "${serve_sizes[@]}" --out "$out" --log "$work/serve.log" >> "$out/gpu_swin.log" 2>&1
+    echo "serve: exit $? after $((SECONDS - started)) s" | tee -a "$out/gpu_swin.log"
+    tail -n 40 "$work/serve.log" >> "$out/gpu_swin.log" 2>/dev/null
+}
+if [[ ${GPU_SERVE:-1} == 1 ]]; then serve_bench; fi
 bench vit --models "$vit" --sections "$vit_sections"
 bench deit --models "$deit" --sections "$deit_sections"
 bench gemm --models "$vit,$swin" --sections "$gemm_sections"

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -48,19 +47,27 @@ def test_device_script_dry_run_on_the_cpu(tmp_path):
     section that takes the artifact exported ahead and to one that does not."""
     out = _device_run_dry(tmp_path, TOTAL_S="1500", VIT_SECTIONS="package", DEIT_SECTIONS="eager")
     files = sorted(path.name for path in out.iterdir())
-    assert len(files) <= 8 and {"probe.txt", "probe-small.pt2", "kernel_tests.txt", "gpu_swin.log",
+    # eight files at most come back: the served figures take the place of the probe's package
+    assert len(files) <= 8 and {"probe.txt", "kernel_tests.txt", "gpu_swin.log", "gpu_serve.json",
                                 "gpu_swin-swin.json", "gpu_swin-vit.json", "gpu_swin-deit.json",
-                                "gpu_swin-gemm.json"} <= set(files), files
+                                "gpu_swin-gemm.json"} == set(files), files
     log = (out / "gpu_swin.log").read_text()
-    for name in ("probe", "swin", "vit", "deit", "gemm"):
+    for name in ("probe", "swin", "serve", "vit", "deit", "gemm"):
         assert f"{name}: exit 0" in log, log[-3000:]
 
     # the probe: it compiles its package and every case loads and runs it (the cases differ in how; a crash on a
     # GPU shows which way of loading avoids it)
     probe = (out / "probe.txt").read_text()
-    assert "wrapper.so" in probe and "ldd " in probe
-    with zipfile.ZipFile(out / "probe-small.pt2") as kept:  # the package, for examining elsewhere
-        assert any(name.endswith("wrapper.so") for name in kept.namelist())
+    assert "wrapper.so" in probe and "ldd " in probe and "probe-small.pt2" in probe
+
+    # the served benchmark, on the Swin torch artifact the swin process exported, its images decoded by the runtime
+    served = json.loads((out / "gpu_serve.json").read_text())
+    assert "images decoded on cpu" in served["server_backend"] and served["decode"] == "device"
+    assert [(r["images_per_request"], r["concurrency"]) for r in served["rows"]] == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["vs_model_alone"] > 0 and r["p99_ms"] >= r["p50_ms"]
+               for r in served["rows"]), served["rows"]
+    assert served["model_alone"]["batch"] == 4 and served["single_request"]["p50_ms"] > 0
+    assert 50_000 < served["jpeg_bytes_mean"] < 200_000  # ImageNet-like photographs
     for case in ("plain", "runner", "ld-debug", "inductor-first"):
         assert f"{case} (" in probe
     assert probe.count("ran: output (3, 10)") == 4, probe[-3000:]
