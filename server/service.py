@@ -18,7 +18,7 @@ import numpy as np
 
 from vitserve import runtimes
 from vitserve.artifact import Manifest, read_labels
-from vitserve.errors import VitServeError
+from vitserve.errors import ArtifactError, VitServeError
 from vitserve.preprocess import decode_image, draft_side, transform
 from vitserve.runtimes.base import Runtime
 from vitserve.server.batching import BatchStats, DeadlineExceededError, DynamicBatcher
@@ -143,7 +143,13 @@ def load_service(settings: Settings, artifact: Path, metrics: Metrics, name: str
 
     on_device = settings.decode == "device" or (settings.decode == "auto" and backend.on_gpu)
     if on_device:
-        backend.decode_on_device(settings.max_pixels)
+        try:
+            backend.decode_on_device(settings.max_pixels)
+        except ArtifactError as e:
+            if settings.decode == "device":
+                raise
+            log.warning("%s; images are decoded on the CPU", e)
+            on_device = False
     batcher = DynamicBatcher(backend.run_encoded if on_device else backend,
                              collate=list if on_device else np.stack,
                              max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,

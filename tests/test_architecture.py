@@ -28,9 +28,10 @@ MAY_IMPORT = {
     "cli": {"core", "kernels", "runtimes", "models", "export", "server", "ray", "cli"},
 }
 # libraries that the serving install does not have: the core and the server never import them; among the runtimes
-# only the torch runtime imports torch (when that runtime is chosen)
+# only the torch runtime imports torch (when that runtime is chosen), and torchvision for decoding on its device
 HEAVY = {"torch", "timm", "onnx", "onnxscript", "torchvision", "triton", "safetensors", "skimage"}
-HEAVY_ALLOWED = {"vitserve.runtimes.torch_package": {"torch"}}
+HEAVY_ALLOWED = {"vitserve.runtimes.torch_package": {"torch"},
+                 "vitserve.runtimes.device_preprocess": {"torch", "torchvision"}}
 
 
 def modules(root: Path) -> dict[str, Path]:

@@ -330,7 +330,11 @@ class TorchRuntime(PackageRunner, Runtime):
                             f"{', CUDA graphs' if self.cuda_graphs else ''} (buckets {self.buckets})")
 
     def decode_on_device(self, max_pixels: int | None) -> None:
-        from vitserve.runtimes.device_preprocess import DevicePreprocess
+        try:
+            from vitserve.runtimes.device_preprocess import DevicePreprocess
+        except ImportError as e:
+            raise ArtifactError(f"decoding images on the device needs torchvision ({e}): pip install torchvision, "
+                                "or serve with --decode cpu") from e
 
         self.preprocessor = DevicePreprocess(self.manifest.preprocess, self.device, self.transfer_dtype)
         self.max_pixels = max_pixels
