@@ -22,20 +22,11 @@ class ModelMetrics:
     decode_seconds: Histogram
     queue_seconds: Histogram
     inference_seconds: Histogram
-    proof: Gauge  # .labels(state)... already bound to the model: set(state)
+    proof: Gauge  # vitserve_proof itself: its state label is set once the proof has run
+    labels: tuple[str, str]  # model, version
 
     def set_proof(self, state: str) -> None:
-        self.proof.labels(state).set(1)
-
-
-class _ProofChild:
-    """vitserve_proof{model, version, state} with model and version bound."""
-
-    def __init__(self, gauge: Gauge, model: str, version: str):
-        self.gauge, self.model, self.version = gauge, model, version
-
-    def labels(self, state: str) -> Gauge:
-        return self.gauge.labels(self.model, self.version, state)
+        self.proof.labels(*self.labels, state).set(1)
 
 
 class Metrics:
@@ -68,7 +59,7 @@ class Metrics:
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
         series = [m.labels(model, version) for m in self._per_model]
-        return ModelMetrics(*series, proof=_ProofChild(self.proof, model, version))
+        return ModelMetrics(*series, proof=self.proof, labels=(model, version))
 
     def forget(self, model: str, version: str) -> None:
         """Drops an unloaded version's series (the request counts stay: they are history)."""

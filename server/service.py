@@ -18,7 +18,7 @@ import numpy as np
 
 from vitserve import runtimes
 from vitserve.artifact import Manifest, read_labels
-from vitserve.errors import ArtifactError, VitServeError
+from vitserve.errors import ArtifactError, RequestError, VitServeError
 from vitserve.preprocess import decode_image, draft_side, transform
 from vitserve.runtimes.base import Runtime
 from vitserve.server.batching import BatchStats, DeadlineExceededError, DynamicBatcher
@@ -69,8 +69,6 @@ class Service:
         return np.stack(arrays)
 
     def check_image_count(self, count: int) -> None:
-        from vitserve.errors import RequestError
-
         if count == 0:
             raise RequestError("no images in the request")
         if count > self.settings.max_images:
