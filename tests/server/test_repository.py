@@ -218,3 +218,16 @@ def test_decode_on_device_needs_the_torch_runtime(digits_artifact):
     with pytest.raises(ArtifactError, match="--decode device needs the torch runtime"):
         with TestClient(create_app(Settings(artifact=[digits_artifact], backend="onnxruntime", decode="device"))):
             pass
+
+
+def test_the_repository_routes_need_the_api_key(digits_artifact):
+    from pydantic import SecretStr
+
+    settings = Settings(artifact=[digits_artifact], backend="onnxruntime", api_key=SecretStr("k"))
+    with TestClient(create_app(settings)) as client:
+        for path in ("/v2/repository/index", "/v2/repository/models/swin_digits/unload",
+                     "/v2/repository/models/swin_digits/load"):
+            refused = client.post(path)
+            assert refused.status_code == 401 and "API key" in refused.json()["error"]
+        assert client.post("/v2/repository/index", headers={"X-API-Key": "k"}).json()[0]["state"] == "READY"
+        assert client.get("/readyz").status_code == 200  # still loaded: the refused unload did nothing
