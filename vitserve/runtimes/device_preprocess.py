@@ -4,7 +4,7 @@ JPEGs are decoded where the model runs (torchvision's decode_jpeg: nvJPEG in bat
 on the CPU), so that the compressed bytes, not float32 pixels, cross the bus; other formats (PNG, WebP, ...) and
 JPEGs the device decoder refuses (CMYK, progressive ones some nvJPEG versions reject) are decoded on the CPU by the
 server's own decode_image and sent as uint8. Resize (antialiased, the artifact's interpolation), crop or pad and
-normalise then run on the device, image by image (sizes differ), following the same `vitserve.preprocess.geometry`
+normalise then run on the device, all the images of one size at once, following the same `vitserve.preprocess.geometry`
 as the CPU path; tests/runtimes/test_device_preprocess.py holds the two to a stated tolerance on photographs.
 
 Each image keeps its own outcome: one that cannot be decoded gets its RequestError in place of its pixels, and the
@@ -68,13 +68,18 @@ class DevicePreprocess:
         batch = torch.zeros((len(blobs), 3, size, size), dtype=self.dtype, device=self.device)
         failures: list[Exception | None] = [None] * len(blobs)
         pixels = self.decode(blobs, max_pixels, failures)
+        sizes: dict[tuple[int, int], list[int]] = {}  # images of one size are transformed together: a few launches
         for i, image in enumerate(pixels):
-            if image is None:
-                continue
+            if isinstance(image, np.ndarray):  # transformed on the CPU already
+                batch[i] = torch.from_numpy(image).to(self.device, self.dtype, non_blocking=True)
+            elif image is not None:
+                sizes.setdefault(tuple(image.shape[1:]), []).append(i)
+        for rows in sizes.values():
             try:
-                batch[i] = self.transform(image)
-            except Exception as e:  # noqa: BLE001 - this image only
-                failures[i] = RequestError(f"cannot preprocess this image: {e}")
+                batch[rows] = self.transform(torch.stack([pixels[i] for i in rows]))
+            except Exception as e:  # noqa: BLE001 - these images only
+                for i in rows:
+                    failures[i] = RequestError(f"cannot preprocess this image: {e}")
         return batch, failures
 
     def decode(self, blobs: list[bytes], max_pixels: int | None,
@@ -141,21 +146,19 @@ class DevicePreprocess:
             return transform(image, self.preprocess)
         return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).to(self.device, non_blocking=True)
 
-    def transform(self, image: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (3, H, W) on the device -> the normalised crop; a CPU-transformed array is moved as it is."""
-        if isinstance(image, np.ndarray):
-            return torch.from_numpy(image).to(self.device, self.dtype, non_blocking=True)
-        g = geometry(image.shape[2], image.shape[1], self.preprocess)
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (K, 3, H, W) on the device, images of one size -> their normalised crops (K, 3, S, S)."""
+        g = geometry(images.shape[3], images.shape[2], self.preprocess)
         if g.resize is not None:
             width, height = g.resize
-            image = F.resize(image, [height, width], interpolation=MODES[self.preprocess.interpolation],
-                             antialias=True)
+            images = F.resize(images, [height, width], interpolation=MODES[self.preprocess.interpolation],
+                              antialias=True)
         if g.canvas is not None:
             width, height = g.canvas
             x, y = g.offset
-            canvas = torch.tensor(g.fill, dtype=torch.uint8, device=self.device).view(3, 1, 1).expand(
-                3, height, width).clone()
-            canvas[:, y:y + image.shape[1], x:x + image.shape[2]] = image
-            image = canvas
-        crop = image[:, g.top:g.top + g.size, g.left:g.left + g.size]
+            canvas = torch.tensor(g.fill, dtype=torch.uint8, device=self.device).view(1, 3, 1, 1).expand(
+                len(images), 3, height, width).clone()
+            canvas[:, :, y:y + images.shape[2], x:x + images.shape[3]] = images
+            images = canvas
+        crop = images[:, :, g.top:g.top + g.size, g.left:g.left + g.size]
         return ((crop.float() - self.mean) / self.std).to(self.dtype)
