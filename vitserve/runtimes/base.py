@@ -62,13 +62,17 @@ class Runtime(abc.ABC):
     def decode_on_device(self, max_pixels: int | None) -> None:
         """From now on run_encoded takes encoded files (images over `max_pixels` refused); ArtifactError where this
         runtime cannot decode."""
-        raise ArtifactError(f"the {self.name} runtime does not decode images on its device; --decode device needs "
-                            "the torch runtime (an artifact of export --format torch)")
+        raise self._no_decoding()
 
     def run_encoded(self, items: list) -> list:
         """Encoded image files (bytes) or preprocessed (C, H, W) float32 arrays -> per item its logits, or the
-        RequestError that keeps it from being classified (after decode_on_device)."""
-        raise NotImplementedError
+        RequestError that keeps it from being classified (after decode_on_device); ArtifactError where this runtime
+        cannot decode."""
+        raise self._no_decoding()
+
+    def _no_decoding(self) -> ArtifactError:
+        return ArtifactError(f"the {self.name} runtime does not decode images on its device; --decode device needs "
+                             "the torch runtime (an artifact of export --format torch)")
 
     def check_proof(self) -> dict[str, Any] | None:
         """The artifact's proof (vitserve.proof) run here and gated at the precision this computes in: the report,

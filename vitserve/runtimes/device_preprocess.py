@@ -121,14 +121,14 @@ class DevicePreprocess:
     def _decode_jpegs(self, blobs: list[bytes]) -> list[torch.Tensor | None]:
         """All at once (one nvJPEG batch on CUDA); where the batch fails, one by one, None for those that fail."""
         data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        options = {"mode": ImageReadMode.RGB, "device": self.device, "apply_exif_orientation": True}
         try:
-            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
+            return list(decode_jpeg(data, **options))
         except RuntimeError:
             decoded = []
             for one in data:
                 try:
-                    decoded.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=self.device,
-                                               apply_exif_orientation=True))
+                    decoded.append(decode_jpeg(one, **options))
                 except RuntimeError:
                     decoded.append(None)
             return decoded

@@ -190,28 +190,27 @@ class GraphBucket:
         n = len(x)
         with self.staging.take() as (host_in, host_out, done):
             host_in[:n].copy_(x)  # the cast, on the CPU's threads
-            with self.gpu_lock:  # one stream: the copy in waits for the replay before it, which read the input
-                self.device_in[:n].copy_(host_in[:n], non_blocking=True)
-                self.device_in[n:].zero_()
-                self.graph.replay()
-                host_out[:n].copy_(self.output[:n], non_blocking=True)  # before the next replay overwrites it
-                done.record()
-            done.synchronize()
-            return host_out[:n].numpy().copy()
+            return self._replay(host_in[:n], host_out, done)
 
     def on_device(self, x: torch.Tensor) -> np.ndarray:
         """The same for a batch already on the GPU (decoded there): copied into the graph's input on the device,
         nothing crossing the bus but the logits."""
-        n = len(x)
         with self.staging.take() as (_, host_out, done):
-            with self.gpu_lock:  # after the decode's kernels, on this stream
-                self.device_in[:n].copy_(x)
-                self.device_in[n:].zero_()
-                self.graph.replay()
-                host_out[:n].copy_(self.output[:n], non_blocking=True)
-                done.record()
-            done.synchronize()
-            return host_out[:n].numpy().copy()
+            return self._replay(x, host_out, done)
+
+    def _replay(self, x: torch.Tensor, host_out: torch.Tensor, done: torch.cuda.Event) -> np.ndarray:
+        """`x` (pinned host memory, or the device) into the graph's input, the replay, the logits out."""
+        n = len(x)
+        # one stream: the copy in waits for the replay before it, which read the input (and, for a batch decoded
+        # on the device, for the decode's kernels)
+        with self.gpu_lock:
+            self.device_in[:n].copy_(x, non_blocking=True)
+            self.device_in[n:].zero_()
+            self.graph.replay()
+            host_out[:n].copy_(self.output[:n], non_blocking=True)  # before the next replay overwrites it
+            done.record()
+        done.synchronize()
+        return host_out[:n].numpy().copy()
 
 
 class PackageRunner:
@@ -274,28 +273,23 @@ class PackageRunner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Safe to call from several threads; with CUDA graphs one call's host work overlaps another's GPU work."""
-        n = len(batch)
-        size = self.bucket(n)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        with torch.no_grad():
-            if self.cuda_graphs:
-                return self.graph(size)(x)
-            if size != n:
-                x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
-            with self._lock:
-                return self.model(x.to(self.device))[:n].float().cpu().numpy()
+        return self._run(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)), on_device=False)
 
     def run_on_device(self, x: torch.Tensor) -> np.ndarray:
         """A batch already on the package's device (N, C, H, W) -> logits on the host."""
+        return self._run(x, on_device=True)
+
+    def _run(self, x: torch.Tensor, on_device: bool) -> np.ndarray:
         n = len(x)
         size = self.bucket(n)
         with torch.no_grad():
             if self.cuda_graphs:
-                return self.graph(size).on_device(x)
+                graph = self.graph(size)
+                return graph.on_device(x) if on_device else graph(x)
             if size != n:
                 x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
-            with self._lock:
-                return self.model(x.float())[:n].float().cpu().numpy()
+            with self._lock:  # .float(): a batch decoded on the device comes in the compute precision
+                return self.model(x.to(self.device).float())[:n].float().cpu().numpy()
 
 
 class TorchRuntime(PackageRunner, Runtime):
