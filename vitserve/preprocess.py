@@ -7,6 +7,7 @@ and Normalize, all in float32. tests/test_preprocess.py checks it against timm o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import warnings
@@ -49,6 +50,36 @@ def draft_side(preprocess: Preprocess) -> int:
     return 2 * math.floor(preprocess.input_size[1] / preprocess.crop_pct)
 
 
+@contextlib.contextmanager
+def _reading():
+    """PIL's errors while reading an image, as the server answers them: RequestError for unreadable data,
+    PayloadTooLargeError for a decompression bomb (PIL's warning made an error)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}") from e
+    except UnidentifiedImageError as e:  # PIL's own message names an in-memory object, which tells a client nothing
+        raise RequestError("not a readable image: its bytes begin like no image format the server reads (JPEG, "
+                           "PNG, WebP, GIF, BMP, TIFF, ...)") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's errors for corrupt, truncated data
+        raise RequestError(f"not a readable image ({type(e).__name__}: {e})") from e
+
+
+def open_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """The image with its header read and no pixel decoded yet (its format and size known): RequestError for empty
+    or unreadable data, PayloadTooLargeError over `max_pixels` or for a decompression bomb."""
+    if not data:
+        raise RequestError("empty image: the upload has no bytes")
+    with _reading():
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise PayloadTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return image
+
+
 def decode_image(data: bytes, max_pixels: int | None = None, min_side: int | None = None) -> Image.Image:
     """Encoded bytes -> upright RGB PIL image (EXIF orientation applied, 16-bit scaled to 8-bit).
 
@@ -57,28 +88,13 @@ def decode_image(data: bytes, max_pixels: int | None = None, min_side: int | Non
     pixels close to, not equal to, a full decode resized (benchmarks/decode.py).
 
     Raises RequestError for empty, unreadable or truncated data and PayloadTooLargeError for an image over
-    `max_pixels`, checked from the header before any pixel is decoded (decompression bombs).
+    `max_pixels`, checked from the header before any pixel is decoded (decompression bombs): open_image.
     """
-    if not data:
-        raise RequestError("empty image: the upload has no bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise PayloadTooLargeError(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-            if min_side is not None and image.format == "JPEG":
-                image.draft(None, (min_side, min_side))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}") from e
-    except UnidentifiedImageError as e:  # PIL's own message names an in-memory object, which tells a client nothing
-        raise RequestError("not a readable image: its bytes begin like no image format the server reads (JPEG, "
-                           "PNG, WebP, GIF, BMP, TIFF, ...)") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's errors for corrupt, truncated data
-        raise RequestError(f"not a readable image ({type(e).__name__}: {e})") from e
+    image = open_image(data, max_pixels)
+    with _reading():
+        if min_side is not None and image.format == "JPEG":
+            image.draft(None, (min_side, min_side))
+        image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: PIL's RGB conversion would clip at 255; scale to 8 bits instead

@@ -13,18 +13,15 @@ rest of the batch goes on.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from vitserve.artifact import Preprocess
-from vitserve.errors import PayloadTooLargeError, RequestError
-from vitserve.preprocess import decode_image, geometry, transform
+from vitserve.errors import RequestError
+from vitserve.preprocess import decode_image, geometry, open_image, transform
 
 MODES = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
          "bicubic": InterpolationMode.BICUBIC, "lanczos": InterpolationMode.LANCZOS, "box": InterpolationMode.BOX,
@@ -34,21 +31,11 @@ JPEG_START = b"\xff\xd8\xff"
 
 
 def check_header(data: bytes, max_pixels: int | None) -> tuple[str, int, int]:
-    """(format, width, height) from the header alone, before any pixel is decoded: RequestError for data that is no
-    image, PayloadTooLargeError over `max_pixels` (the CPU path's checks, without its decode)."""
-    if not data:
-        raise RequestError("empty image: the upload has no bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt, (width, height) = image.format, image.size
-    except Image.DecompressionBombError as e:
-        raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}") from e
-    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for data that is no image
-        raise RequestError("not a readable image: its bytes begin like no image format the server reads (JPEG, "
-                           "PNG, WebP, GIF, BMP, TIFF, ...)") from e
-    if max_pixels is not None and width * height > max_pixels:
-        raise PayloadTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-    return fmt, width, height
+    """(format, width, height) from the header alone, before any pixel is decoded, with the CPU path's checks
+    (vitserve.preprocess.open_image: RequestError for data that is no image, PayloadTooLargeError over `max_pixels`
+    or for a decompression bomb)."""
+    with open_image(data, max_pixels) as image:
+        return image.format, *image.size
 
 
 class DevicePreprocess:
