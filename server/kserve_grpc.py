@@ -146,8 +146,8 @@ class Servicer:
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         service = self._resolve(request.name, request.version)
-        meta = v2.model_metadata(service.name, list(self.repository.services.get(service.name, {})),
-                                 service.manifest, service.backend.name)
+        meta = v2.model_metadata(service.name, self.repository.versions(service.name), service.manifest,
+                                 service.backend.name)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                                         inputs=[tensor(**t) for t in meta["inputs"]],

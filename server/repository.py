@@ -210,12 +210,20 @@ class Repository:
         return service
 
     @property
+    def missing(self) -> list[str]:
+        """Models marked to load (in the repository, not unloaded by request) with no version loaded."""
+        return [name for name in self.sources if name not in self.unloaded and not self.services.get(name)]
+
+    @property
     def ready(self) -> bool:
         """Every model marked to load has its versions loaded and ready (none refused), and no shutdown began."""
         if not self.started or self.draining:
             return False
-        wanted = [name for name in self.sources if name not in self.unloaded]
-        return all(self.services.get(name) for name in wanted) and all(s.ready for s in self.loaded())
+        return not self.missing and all(s.ready for s in self.loaded())
+
+    def versions(self, name: str) -> list[int]:
+        """The model's versions loaded, in order."""
+        return sorted(self.services.get(name, {}))
 
     @property
     def refused(self) -> list[Service]:
@@ -279,13 +287,13 @@ class Repository:
         """Loads every model's versions in its policy, proof re-run and warmed: before the server starts, in the
         calling thread; the first error stops it (VitServeError)."""
         for source in self.sources.values():
-            for version in source.policy.select(list(source.versions())):
-                service = prepare(self._load(source, version))
-                self.services.setdefault(source.name, {})[version] = service
+            on_disk = source.versions()
+            for version in source.policy.select(list(on_disk)):
+                self.services.setdefault(source.name, {})[version] = self._load(source.name, version, on_disk[version])
 
-    def _load(self, source: Source, version: int) -> Service:
-        return load_service(self.settings, source.versions()[version], self.metrics, name=source.name,
-                            version=version)
+    def _load(self, name: str, version: int, artifact: Path) -> Service:
+        """A version loaded, its proof re-run and warmed (blocking)."""
+        return prepare(load_service(self.settings, artifact, self.metrics, name=name, version=version))
 
     def start(self) -> None:
         """Starts every loaded version's batcher (on the running event loop) and opens for requests."""
@@ -319,8 +327,7 @@ class Repository:
             if name not in self.sources and name not in self.services:
                 raise NotFoundError(f"unknown model {name!r}")
             self.unloaded.add(name)
-            for version in sorted(self.services.get(name, {})):
-                await self._retire(name, version)
+            await self._retire_all(name)
 
     async def poll(self) -> None:
         """Re-reads the repositories: new models and versions load, versions gone from disk or from the policy
@@ -333,8 +340,7 @@ class Repository:
                 return
             for name in set(self.sources) - set(found):
                 log.info("%s is gone from the repository: unloading it", name)
-                for version in sorted(self.services.get(name, {})):
-                    await self._retire(name, version)
+                await self._retire_all(name)
             self.sources = found
             for source in found.values():
                 if source.name not in self.unloaded:
@@ -361,7 +367,7 @@ class Repository:
                 continue
             log.info("loading %s version %d from %s", source.name, version, on_disk[version])
             try:
-                service = await run_in_threadpool(lambda v=version: prepare(self._load(source, v)))
+                service = await run_in_threadpool(self._load, source.name, version, on_disk[version])
             except VitServeError as e:
                 self.failed[(source.name, version)] = str(e)
                 problems.append(f"version {version}: {e}")
@@ -378,6 +384,10 @@ class Repository:
         if not current:
             del self.services[source.name]
         return problems
+
+    async def _retire_all(self, name: str) -> None:
+        for version in self.versions(name):
+            await self._retire(name, version)
 
     async def _retire(self, name: str, version: int) -> None:
         """Out of service: no longer chosen; the requests routed to it finish; its batcher drains; its runtime and

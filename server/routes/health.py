@@ -49,8 +49,7 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "refused", **body, "reason": reason if len(services) > 1 else
                              refused[0].refused}, status_code=503)
     if not repository.ready:
-        missing = [n for n in repository.sources if n not in repository.unloaded and n not in repository.services]
-        return JSONResponse({"status": "loading", **body, "missing": missing}, status_code=503)
+        return JSONResponse({"status": "loading", **body, "missing": repository.missing}, status_code=503)
     return JSONResponse({"status": "ready", **body})
 
 

@@ -99,8 +99,8 @@ def ready(request: Request) -> JSONResponse:
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 def model_metadata(service: V2Service, repository: RepositoryDep) -> dict:
-    versions = list(repository.services.get(service.name, {}))
-    return v2.model_metadata(service.name, versions, service.manifest, service.backend.name)
+    return v2.model_metadata(service.name, repository.versions(service.name), service.manifest,
+                             service.backend.name)
 
 
 @router.get("/models/{name}/ready")
