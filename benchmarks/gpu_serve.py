@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,35 +57,14 @@ def photographs(count: int) -> list[bytes]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start(artifact: Path, args: argparse.Namespace, batch: int) -> tuple[subprocess.Popen, str]:
+    # here, not at the top: the client processes import this module and need none of serve_load's imports
+    from serve_load import start_server  # benchmarks/serve_load.py, beside this script
 
-
-def start_server(artifact: Path, args: argparse.Namespace, batch: int) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    command = [sys.executable, "-m", "vitserve", "serve", str(artifact), "--port", str(port), "--backend",
-               args.backend, "--decode", args.decode, "--max-batch-size", str(batch), "--max-images",
-               str(max(args.images_per_request)), "--max-queue", "100000", "--timeout-ms", "120000",
-               "--max-body-mb", "256"]
-    log = open(args.log or Path(args.out) / "server.log", "a")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + args.start_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited; see {log.name}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"the server was not ready within {args.start_timeout} s; see {log.name}")
+    extra = ("--backend", args.backend, "--decode", args.decode, "--max-images", str(max(args.images_per_request)),
+             "--timeout-ms", "120000", "--max-body-mb", "256")
+    return start_server(artifact, batch, None, 5.0, extra, max_queue=100_000,
+                        log=args.log or Path(args.out) / "server.log", ready_timeout_s=args.start_timeout)
 
 
 def _client_process(url: str, blobs: list[bytes], per_request: int, threads: int, seconds: float, queue) -> None:
@@ -262,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                "machine": machine(args), "artifact": str(args.artifact), "backend": args.backend,
                "decode": args.decode, "server_max_batch_size": batch, "seconds": args.seconds,
                "jpeg_bytes_mean": int(np.mean([len(b) for b in blobs])), "rows": []}
-    server, url = start_server(args.artifact, args, batch)
+    server, url = start(args.artifact, args, batch)
     try:
         import httpx
 

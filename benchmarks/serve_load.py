@@ -47,24 +47,31 @@ def free_port() -> int:
 
 
 def start_server(artifact: Path, max_batch_size: int, threads: int | None, max_wait_ms: float,
-                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
-    """`vitserve serve` on a free port of 127.0.0.1 (and `extra` flags), once ready: (process, its URL)."""
+                 extra: tuple[str, ...] = (), max_queue: int = 1024, log: Path | None = None,
+                 ready_timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """`vitserve serve` on a free port of 127.0.0.1 (and `extra` flags), once ready: (process, its URL); its output
+    appended to `log` (default: discarded)."""
     port = free_port()
     args = [sys.executable, "-m", "vitserve", "serve", str(artifact), "--port", str(port),
-            "--max-batch-size", str(max_batch_size), "--max-queue", "1024", "--max-wait-ms", str(max_wait_ms), *extra]
+            "--max-batch-size", str(max_batch_size), "--max-queue", str(max_queue), "--max-wait-ms", str(max_wait_ms),
+            *extra]
     if threads:
         args += ["--threads", str(threads)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = open(log, "a") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited{f'; see {log}' if log else ''}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return proc, url
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not become ready")
+    raise RuntimeError(f"server did not become ready within {ready_timeout_s:.0f} s")
 
 
 WRK_SCRIPT = """
