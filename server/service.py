@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import numpy as np
+from PIL import Image
 
 from vitserve import runtimes
 from vitserve.artifact import Manifest, read_labels
@@ -214,8 +215,6 @@ def warm_up(service: Service) -> None:
 
 
 def _sample_jpeg(side: int) -> bytes:
-    from PIL import Image
-
     out = io.BytesIO()
     Image.new("RGB", (side * 2, side * 2), (128, 96, 64)).save(out, "JPEG")
     return out.getvalue()
